@@ -1,0 +1,37 @@
+# token-janitor — `make demo` and `make test` do their own set-up: a local
+# PostgreSQL 15 with pg_cron (scripts/pg.sh), unless DATABASE_URL is set.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PG := scripts/pg.sh
+# The server to use: DATABASE_URL when set, else the local throwaway cluster.
+DB = $${DATABASE_URL:-$$($(PG) start)}
+
+.PHONY: test demo lint pg-start pg-stop pg-destroy
+
+## test: provision, check formatting and lints, build, run every test
+test: lint
+	export DATABASE_URL="$(DB)"; \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --no-fail-fast; \
+	else \
+		cargo test --no-fail-fast; \
+	fi
+
+## lint: rustfmt and clippy, warnings as errors
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+
+## demo: provision, migrate, issue and rotate tokens, show the tables
+demo:
+	export DATABASE_URL="$(DB)"; \
+	cargo build --release --quiet --bin token-janitor --example demo; \
+	target/release/token-janitor migrate; \
+	target/release/examples/demo
+
+pg-start:
+	@$(PG) start
+pg-stop:
+	@$(PG) stop
+pg-destroy:
+	@$(PG) destroy

@@ -1,0 +1,291 @@
+-- The purge: which token rows are due, deleting them in bounded batches, and
+-- the scheduled procedure that runs it. Re-applied on every migrate.
+--
+-- Every query here is index-driven (sql/indexes.sql). The purge functions set
+-- enable_seqscan = off for themselves: a batch must stay a bounded index range
+-- whatever the statistics say, since right after a large delete they are stale
+-- and would otherwise turn the next batch into a scan of the whole table.
+
+-- auth.purge_kind: deletes up to p_limit due token rows of one kind, oldest
+-- first; returns how many, from which sessions, and whether it saw the end of
+-- the kind's due rows. Row locks: the deleted rows, until the caller's
+-- transaction ends.
+--   expired  expires_at < p_cutoff, whatever the revoke state
+--   revoked  revoked for any reason but 'rotated', revoked_at < p_cutoff
+--   rotated  revoked 'rotated', revoked_at < p_cutoff
+-- Each step deletes the key range below the (n + 1)-th due key (n: what is
+-- left of p_limit), one index range scan with no per-row lookups. Rows that
+-- share the bounding key wait for the next step; when the first n + 1 due
+-- rows all share one key, n of them are taken by primary key instead.
+CREATE OR REPLACE FUNCTION auth.purge_kind(
+    p_kind    text,
+    p_cutoff  timestamptz,
+    p_limit   bigint,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT drained boolean
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_key     text;
+    v_due     text;
+    v_bound   timestamptz;
+    v_step    bigint;
+    v_touched uuid[];
+    v_count   constant text := 'SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
+BEGIN
+    CASE p_kind
+        WHEN 'expired' THEN
+            v_key := 'expires_at';
+            v_due := 'expires_at < $1';
+        WHEN 'revoked' THEN
+            v_key := 'revoked_at';
+            v_due := 'revoke_reason <> ''rotated'' AND revoked_at < $1';
+        WHEN 'rotated' THEN
+            v_key := 'revoked_at';
+            v_due := 'revoke_reason = ''rotated'' AND revoked_at < $1';
+        ELSE
+            RAISE EXCEPTION 'unknown purge kind %: expected expired, revoked or rotated', quote_literal(p_kind);
+    END CASE;
+    deleted := 0;
+    touched := '{}';
+    drained := false;
+
+    WHILE deleted < p_limit LOOP
+        EXECUTE format('SELECT %1$I FROM auth.refresh_tokens WHERE %2$s ORDER BY %1$I OFFSET $2 LIMIT 1',
+                       v_key, v_due)
+            INTO v_bound USING p_cutoff, p_limit - deleted;
+        IF v_bound IS NULL THEN
+            EXECUTE format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s RETURNING session_id) %s',
+                           v_due, v_count)
+                INTO v_step, v_touched USING p_cutoff;
+            drained := true;
+        ELSE
+            EXECUTE format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s AND %I < $2 RETURNING session_id) %s',
+                           v_due, v_key, v_count)
+                INTO v_step, v_touched USING p_cutoff, v_bound;
+            IF v_step = 0 THEN
+                EXECUTE format(
+                    'WITH d AS (DELETE FROM auth.refresh_tokens t WHERE (t.session_id, t.generation) IN ('
+                    '    SELECT session_id, generation FROM auth.refresh_tokens WHERE %s AND %I = $2 LIMIT $3'
+                    ') RETURNING t.session_id) %s',
+                    v_due, v_key, v_count)
+                    INTO v_step, v_touched USING p_cutoff, v_bound, p_limit - deleted;
+            END IF;
+        END IF;
+        deleted := deleted + v_step;
+        touched := touched || v_touched;
+        EXIT WHEN drained;
+    END LOOP;
+END
+$$;
+
+-- auth.purge_sessions: deletes dead sessions that have no token rows left.
+-- Dead: refresh_expires_at < p_expired_cutoff or revoked_at < p_revoked_cutoff.
+-- Looks at p_touched (the sessions whose tokens were just deleted) and, with
+-- p_sweep, at every dead session (once the token backlog is done). A dead
+-- session never gets a token again, so "empty" cannot change under us.
+CREATE OR REPLACE FUNCTION auth.purge_sessions(
+    p_expired_cutoff timestamptz,
+    p_revoked_cutoff timestamptz,
+    p_touched        uuid[],
+    p_sweep          boolean
+)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_touched bigint;
+    v_swept   bigint := 0;
+BEGIN
+    DELETE FROM auth.sessions s
+    WHERE s.id = ANY (p_touched)
+      AND (s.refresh_expires_at < p_expired_cutoff OR s.revoked_at < p_revoked_cutoff)
+      AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id);
+    GET DIAGNOSTICS v_touched = ROW_COUNT;
+    IF p_sweep THEN
+        DELETE FROM auth.sessions s
+        WHERE (s.refresh_expires_at < p_expired_cutoff OR s.revoked_at < p_revoked_cutoff)
+          AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id);
+        GET DIAGNOSTICS v_swept = ROW_COUNT;
+    END IF;
+    RETURN v_touched + v_swept;
+END
+$$;
+
+-- auth.purge_batch: one batch of the purge, as purge_refresh_tokens below,
+-- plus whether it deleted everything that was due (the run's stop signal).
+-- A row due under several rules is counted once, under the first of expired,
+-- revoked, rotated. Row locks: the deleted token and session rows.
+CREATE OR REPLACE FUNCTION auth.purge_batch(
+    p_now   timestamptz,
+    p_limit bigint
+)
+RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint, drained boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_left    bigint;
+    v_touched uuid[] := '{}';
+    v_kind    record;
+BEGIN
+    IF p_limit < 0 THEN
+        RAISE EXCEPTION 'p_limit must be NULL (everything due) or at least 0, got %', p_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
+    END IF;
+    v_left := coalesce(p_limit, 9223372036854775807);
+    drained := true;
+
+    SELECT * INTO v_kind FROM auth.purge_kind('expired', v_now - v_policy.expired_retention, v_left);
+    expired := v_kind.deleted;
+    v_left := v_left - v_kind.deleted;
+    v_touched := v_touched || v_kind.touched;
+    drained := drained AND v_kind.drained;
+
+    SELECT * INTO v_kind FROM auth.purge_kind('revoked', v_now - v_policy.revoked_retention, v_left);
+    revoked := v_kind.deleted;
+    v_left := v_left - v_kind.deleted;
+    v_touched := v_touched || v_kind.touched;
+    drained := drained AND v_kind.drained;
+
+    SELECT * INTO v_kind FROM auth.purge_kind('rotated', v_now - v_policy.rotated_retention, v_left);
+    rotated := v_kind.deleted;
+    v_touched := v_touched || v_kind.touched;
+    drained := drained AND v_kind.drained;
+
+    sessions := auth.purge_sessions(v_now - v_policy.expired_retention,
+                                    v_now - v_policy.revoked_retention,
+                                    v_touched, drained);
+    RETURN NEXT;
+END
+$$;
+
+-- auth.purge_refresh_tokens: deletes up to p_limit due token rows (NULL: all
+-- that are due) in the caller's transaction, then the dead sessions left
+-- without tokens; returns how many rows of each kind it deleted.
+CREATE OR REPLACE FUNCTION auth.purge_refresh_tokens(
+    p_now   timestamptz DEFAULT now(),
+    p_limit integer DEFAULT NULL
+)
+RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT b.expired, b.revoked, b.rotated, b.sessions FROM auth.purge_batch(p_now, p_limit) b
+$$;
+
+-- auth.run_token_cleanup: the scheduled entry point (pg_cron job
+-- refresh-token-cleanup). One run: batches of batch_size, each committed,
+-- until nothing is due or max_runtime is spent; recorded in auth.cleanup_runs.
+-- Locks: session advisory lock 1953129324 for the whole run (a second run
+-- records 'skipped' and returns at once); each batch's deleted rows until its
+-- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
+-- clause: every name in it is schema-qualified instead.
+CREATE OR REPLACE PROCEDURE auth.run_token_cleanup()
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    c_lock constant bigint := 1953129324;
+    v_started timestamptz := pg_catalog.clock_timestamp();
+    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_run     bigint;
+    v_batch   record;
+    v_status  text;
+    v_error   text;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE NOTICE 'auth.run_token_cleanup: this server is a standby; the primary runs the cleanup';
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_lock(c_lock) THEN
+        INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+        VALUES (v_started, pg_catalog.clock_timestamp(), 'skipped');
+        COMMIT;
+        RAISE NOTICE 'auth.run_token_cleanup: another run is in progress; skipped';
+        RETURN;
+    END IF;
+
+    -- Holding the lock, any run still marked running was killed mid-way.
+    UPDATE auth.cleanup_runs
+    SET status = 'failed', finished_at = pg_catalog.clock_timestamp(),
+        error = 'run ended without finishing (backend terminated or server restarted)'
+    WHERE status = 'running';
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    INSERT INTO auth.cleanup_runs (started_at, status) VALUES (v_started, 'running')
+    RETURNING id INTO v_run;
+    COMMIT;
+
+    LOOP
+        BEGIN
+            SELECT * INTO v_batch FROM auth.purge_batch(v_started, v_policy.batch_size);
+        EXCEPTION WHEN OTHERS THEN
+            v_error := SQLSTATE || ': ' || SQLERRM;
+        END;
+        EXIT WHEN v_error IS NOT NULL;
+
+        UPDATE auth.cleanup_runs
+        SET expired_deleted  = expired_deleted + v_batch.expired,
+            revoked_deleted  = revoked_deleted + v_batch.revoked,
+            rotated_deleted  = rotated_deleted + v_batch.rotated,
+            sessions_deleted = sessions_deleted + v_batch.sessions,
+            batches = batches + 1
+        WHERE id = v_run;
+        COMMIT;
+
+        IF v_batch.drained THEN
+            v_status := 'ok';
+            EXIT;
+        END IF;
+        IF pg_catalog.clock_timestamp() >= v_started + v_policy.max_runtime THEN
+            v_status := 'partial';
+            EXIT;
+        END IF;
+    END LOOP;
+
+    IF v_error IS NULL THEN
+        BEGIN
+            PERFORM auth.prune_cleanup_history(v_started - v_policy.history_retention);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'auth.run_token_cleanup: could not prune run history: %', SQLERRM;
+        END;
+    END IF;
+
+    UPDATE auth.cleanup_runs
+    SET status = coalesce(v_status, 'failed'), finished_at = pg_catalog.clock_timestamp(), error = v_error
+    WHERE id = v_run;
+    COMMIT;
+    PERFORM pg_catalog.pg_advisory_unlock(c_lock);
+    IF v_error IS NOT NULL THEN
+        RAISE EXCEPTION 'auth.run_token_cleanup failed: %', v_error;
+    END IF;
+END
+$$;
+
+-- auth.prune_cleanup_history: deletes auth.cleanup_runs rows and this job's
+-- cron.job_run_details rows that started before p_before.
+CREATE OR REPLACE FUNCTION auth.prune_cleanup_history(p_before timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM auth.cleanup_runs WHERE started_at < p_before AND status <> 'running';
+    IF to_regclass('cron.job_run_details') IS NOT NULL THEN
+        EXECUTE 'DELETE FROM cron.job_run_details d USING cron.job j '
+                'WHERE d.jobid = j.jobid AND j.jobname = $1 AND d.start_time < $2'
+            USING 'refresh-token-cleanup', p_before;
+    END IF;
+END
+$$;

@@ -1,0 +1,19 @@
+//! token-janitor: a refresh-token store for PostgreSQL whose cleanup lives
+//! inside the database.
+//!
+//! - [`migrate::migrate`] installs the `auth` schema, the SQL API, the purge's
+//!   indexes and the pg_cron job;
+//! - [`store::TokenStore`] issues, rotates and revokes tokens through it.
+
+pub mod db;
+pub mod error;
+pub mod migrate;
+pub mod schedule;
+pub mod store;
+pub mod token;
+
+pub use db::DatabaseUrl;
+pub use error::{Error, Result};
+pub use migrate::{MigrateOptions, MigrateReport, migrate};
+pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
+pub use token::RefreshToken;

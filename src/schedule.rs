@@ -1,0 +1,119 @@
+//! pg_cron: diagnosing why it cannot be used, creating the extension and
+//! upserting the cleanup job.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result, db};
+
+/// The pg_cron job name (pinned).
+pub const JOB_NAME: &str = "refresh-token-cleanup";
+/// The job's command (pinned): anything before the CALL in the same command
+/// string would open a transaction and break the procedure's COMMITs.
+pub const JOB_COMMAND: &str = "CALL auth.run_token_cleanup()";
+/// The default schedule: every five minutes, UTC.
+pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+
+/// Checks a schedule before anything is changed. pg_cron validates it again
+/// when the job is upserted; this catches the forms pg_cron 1.4 lacks early.
+///
+/// # Errors
+/// [`Error::InvalidSchedule`] saying what is wrong.
+pub fn check_schedule(schedule: &str) -> Result<()> {
+    let invalid = |reason: &str| Error::InvalidSchedule {
+        schedule: schedule.to_string(),
+        reason: reason.to_string(),
+    };
+    if schedule.contains("second") {
+        return Err(invalid("sub-minute schedules need pg_cron 1.5 or later"));
+    }
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(invalid(&format!(
+            "it has {} fields, cron expressions have 5 (minute hour day-of-month month day-of-week)",
+            fields.len()
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-');
+    if let Some(field) = fields.iter().find(|f| !f.chars().all(allowed)) {
+        return Err(invalid(&format!("field '{field}' has characters cron does not use")));
+    }
+    Ok(())
+}
+
+/// Checks that pg_cron can be used from this connection: preloaded, this is
+/// cron.database_name, and the extension exists or this role may create it.
+///
+/// # Errors
+/// [`Error::PgCronNotPreloaded`], [`Error::PgCronWrongDatabase`] or
+/// [`Error::PgCronNotSuperuser`].
+pub async fn check_pg_cron(client: &Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('shared_preload_libraries'),
+                    current_setting('cron.database_name', true),
+                    current_database()::text,
+                    current_user::text,
+                    coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')",
+            &[],
+        )
+        .await
+        .map_err(db("reading pg_cron settings"))?;
+    let preload: String = row.get(0);
+    let configured: Option<String> = row.get(1);
+    let current: String = row.get(2);
+    let role: String = row.get(3);
+    let superuser: bool = row.get(4);
+    let installed: bool = row.get(5);
+
+    let preloaded = preload
+        .split(',')
+        .any(|lib| lib.trim().trim_matches('"') == "pg_cron");
+    if !preloaded {
+        return Err(Error::PgCronNotPreloaded { current: preload });
+    }
+    // pg_cron defaults cron.database_name to 'postgres' when it is unset.
+    let configured = configured
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "postgres".to_string());
+    if configured != current {
+        return Err(Error::PgCronWrongDatabase {
+            configured,
+            current,
+        });
+    }
+    if !installed && !superuser {
+        return Err(Error::PgCronNotSuperuser { role });
+    }
+    Ok(())
+}
+
+/// Creates the pg_cron extension when missing and upserts the cleanup job
+/// (`cron.schedule` upserts by job name and user, so this is safe on every
+/// deploy). Returns the job id.
+///
+/// # Errors
+/// [`Error::InvalidSchedule`] when pg_cron refuses the schedule; [`Error::Db`]
+/// for anything else.
+pub async fn install_schedule(client: &Client, schedule: &str) -> Result<i64> {
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        .await
+        .map_err(db("creating the pg_cron extension"))?;
+    let row = client
+        .query_one(
+            "SELECT cron.schedule(job_name => $1, schedule => $2, command => $3)",
+            &[&JOB_NAME, &schedule, &JOB_COMMAND],
+        )
+        .await
+        .map_err(|err| match err.as_db_error() {
+            Some(db_err) if db_err.message().contains("invalid schedule") => {
+                Error::InvalidSchedule {
+                    schedule: schedule.to_string(),
+                    reason: db_err.message().to_string(),
+                }
+            }
+            _ => db("scheduling the cleanup job with pg_cron")(err),
+        })?;
+    Ok(row.get(0))
+}

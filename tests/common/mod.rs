@@ -1,0 +1,224 @@
+//! Test databases on the server DATABASE_URL points at (`make test` starts a
+//! local one with pg_cron). Each test gets its own database, dropped when the
+//! test ends; tests that need pg_cron share cron.database_name and take turns.
+
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
+
+/// The server under test.
+pub fn server() -> DatabaseUrl {
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the tests with `make test`, or point DATABASE_URL at a \
+         PostgreSQL 15 server with pg_cron preloaded",
+    );
+    DatabaseUrl::parse(&url).expect("DATABASE_URL parses")
+}
+
+/// Migrate options for a database without pg_cron.
+pub fn no_schedule() -> MigrateOptions {
+    MigrateOptions {
+        schedule: None,
+        ..MigrateOptions::default()
+    }
+}
+
+/// A database of its own for one test, dropped when it goes out of scope.
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    pub client: Client,
+    name: String,
+}
+
+impl TestDb {
+    /// An empty database.
+    pub async fn empty() -> Self {
+        let name = format!("tj_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = server().with_dbname("postgres").connect().await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = server().with_dbname(&name);
+        let client = url.connect().await.unwrap();
+        Self { url, client, name }
+    }
+
+    /// A database with the schema installed (no pg_cron: it is not
+    /// cron.database_name).
+    pub async fn migrated() -> Self {
+        let mut db = Self::empty().await;
+        migrate(&mut db.client, &no_schedule()).await.unwrap();
+        db
+    }
+
+    /// Another connection to this database.
+    pub async fn connect(&self) -> Client {
+        self.url.connect().await.unwrap()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block: use a
+        // runtime of our own on another thread.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    if let Ok(admin) = server().with_dbname("postgres").connect().await {
+                        let _ = admin
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
+
+/// Exclusive use of cron.database_name (the DATABASE_URL database), reset to
+/// an empty state: no auth schema, no migration history, no pg_cron. The
+/// turn-taking lock lives in the `postgres` database so that waiting for it
+/// holds no snapshot in this one (CREATE INDEX CONCURRENTLY would wait on it).
+pub struct CronDb {
+    pub url: DatabaseUrl,
+    pub client: Client,
+    _lock: Client,
+}
+
+const CRON_DB_TEST_LOCK: i64 = 0x746a_7465;
+
+impl CronDb {
+    pub async fn fresh() -> Self {
+        let lock = server().with_dbname("postgres").connect().await.unwrap();
+        lock.query_one("SELECT pg_advisory_lock($1)", &[&CRON_DB_TEST_LOCK])
+            .await
+            .unwrap();
+        let url = server();
+        let client = url.connect().await.unwrap();
+        client
+            .batch_execute(
+                "DROP SCHEMA IF EXISTS auth CASCADE;
+                 DROP TABLE IF EXISTS refinery_schema_history;
+                 DROP EXTENSION IF EXISTS pg_cron;",
+            )
+            .await
+            .unwrap();
+        Self {
+            url,
+            client,
+            _lock: lock,
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns Some, or panics after `limit`.
+pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Row counts of the two token tables.
+pub async fn counts(client: &Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM auth.sessions), (SELECT count(*) FROM auth.refresh_tokens)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// 2026-01-01T00:00:00Z, the fixed clock tests start from.
+pub const T0_UNIX: u64 = 1_767_225_600;
+
+/// T0 plus `seconds` (negative: before T0).
+pub fn at(seconds: i64) -> std::time::SystemTime {
+    let t0 = std::time::UNIX_EPOCH + Duration::from_secs(T0_UNIX);
+    if seconds >= 0 {
+        t0 + Duration::from_secs(seconds as u64)
+    } else {
+        t0 - Duration::from_secs(seconds.unsigned_abs())
+    }
+}
+
+pub const MINUTE: i64 = 60;
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 86_400;
+
+/// A stand-in token hash: SHA-256 of `seed`.
+pub fn hash(seed: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(seed.as_bytes()).to_vec()
+}
+
+/// `auth.issue_token` with hash(seed), a TTL in seconds, at `now`.
+pub async fn issue(client: &Client, user: &str, seed: &str, ttl_s: i64, now: std::time::SystemTime) -> uuid::Uuid {
+    client
+        .query_one(
+            "SELECT session_id FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
+                 p_ttl => make_interval(secs => $3), p_now => $4)",
+            &[&user, &hash(seed), &(ttl_s as f64), &now],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `auth.rotate_token` presenting hash(seed) for `generation` and asking for
+/// hash(new_seed); returns the outcome.
+pub async fn rotate(
+    client: &Client,
+    session: uuid::Uuid,
+    generation: i32,
+    seed: &str,
+    new_seed: &str,
+    ttl_s: i64,
+    now: std::time::SystemTime,
+) -> String {
+    client
+        .query_one(
+            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
+                 p_token_hash => $3, p_new_token_hash => $4,
+                 p_ttl => make_interval(secs => $5), p_now => $6)",
+            &[&session, &generation, &hash(seed), &hash(new_seed), &(ttl_s as f64), &now],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `auth.purge_refresh_tokens` at `now`: (expired, revoked, rotated, sessions).
+pub async fn purge(client: &Client, now: std::time::SystemTime, limit: Option<i32>) -> (i64, i64, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT expired, revoked, rotated, sessions
+             FROM auth.purge_refresh_tokens(p_now => $1, p_limit => $2)",
+            &[&now, &limit],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
