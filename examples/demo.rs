@@ -27,7 +27,11 @@ async fn show(client: &tokio_postgres::Client, title: &str) -> anyhow::Result<()
         )
         .await?;
     for row in &rows {
-        println!("  {:<26} {:>7}", row.get::<_, String>(0), row.get::<_, i64>(1));
+        println!(
+            "  {:<26} {:>7}",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1)
+        );
     }
     let sizes = client
         .query_one(
@@ -79,7 +83,9 @@ async fn main() -> anyhow::Result<()> {
     println!("{USERS} users, {rotations} rotations over two simulated days");
     show(&client, "before cleanup:").await?;
 
-    client.batch_execute("CALL auth.run_token_cleanup()").await?;
+    client
+        .batch_execute("CALL auth.run_token_cleanup()")
+        .await?;
     let run = client
         .query_one(
             "SELECT status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches

@@ -16,7 +16,10 @@ pub const MIGRATE_LOCK_KEY: i64 = 0x746a_6d67;
 
 /// Definitions re-applied on every migrate, in order (`CREATE OR REPLACE`).
 const DEFINITIONS: &[(&str, &str)] = &[
-    ("sql/10_lifecycle.sql", include_str!("../sql/10_lifecycle.sql")),
+    (
+        "sql/10_lifecycle.sql",
+        include_str!("../sql/10_lifecycle.sql"),
+    ),
     ("sql/20_cleanup.sql", include_str!("../sql/20_cleanup.sql")),
 ];
 

@@ -35,7 +35,9 @@ pub fn check_schedule(schedule: &str) -> Result<()> {
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-');
     if let Some(field) = fields.iter().find(|f| !f.chars().all(allowed)) {
-        return Err(invalid(&format!("field '{field}' has characters cron does not use")));
+        return Err(invalid(&format!(
+            "field '{field}' has characters cron does not use"
+        )));
     }
     Ok(())
 }
@@ -47,36 +49,59 @@ pub fn check_schedule(schedule: &str) -> Result<()> {
 /// [`Error::PgCronNotPreloaded`], [`Error::PgCronWrongDatabase`] or
 /// [`Error::PgCronNotSuperuser`].
 pub async fn check_pg_cron(client: &Client) -> Result<()> {
+    // shared_preload_libraries and cron.database_name are readable only by
+    // superusers and pg_read_all_settings; anyone can see which database the
+    // pg_cron launcher serves in pg_stat_activity.
     let row = client
         .query_one(
-            "SELECT current_setting('shared_preload_libraries'),
-                    current_setting('cron.database_name', true),
+            "WITH me AS (
+                 SELECT coalesce((SELECT rolsuper FROM pg_catalog.pg_roles
+                                  WHERE rolname = current_user), false) AS superuser,
+                        pg_catalog.pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') AS reader
+             )
+             SELECT CASE WHEN superuser OR reader
+                         THEN current_setting('shared_preload_libraries') END,
+                    CASE WHEN superuser OR reader
+                         THEN current_setting('cron.database_name', true) END,
+                    (SELECT datname::text FROM pg_catalog.pg_stat_activity
+                     WHERE backend_type = 'pg_cron launcher' LIMIT 1),
                     current_database()::text,
                     current_user::text,
-                    coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false),
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')",
+                    superuser,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')
+             FROM me",
             &[],
         )
         .await
         .map_err(db("reading pg_cron settings"))?;
-    let preload: String = row.get(0);
-    let configured: Option<String> = row.get(1);
-    let current: String = row.get(2);
-    let role: String = row.get(3);
-    let superuser: bool = row.get(4);
-    let installed: bool = row.get(5);
+    let preload: Option<String> = row.get(0);
+    let setting: Option<String> = row.get(1);
+    let launcher: Option<String> = row.get(2);
+    let current: String = row.get(3);
+    let role: String = row.get(4);
+    let superuser: bool = row.get(5);
+    let installed: bool = row.get(6);
 
-    let preloaded = preload
-        .split(',')
-        .any(|lib| lib.trim().trim_matches('"') == "pg_cron");
-    if !preloaded {
-        return Err(Error::PgCronNotPreloaded { current: preload });
-    }
-    // pg_cron defaults cron.database_name to 'postgres' when it is unset.
-    let configured = configured
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "postgres".to_string());
-    if configured != current {
+    let configured = match preload {
+        Some(preload) => {
+            let preloaded = preload
+                .split(',')
+                .any(|lib| lib.trim().trim_matches('"') == "pg_cron");
+            if !preloaded {
+                return Err(Error::PgCronNotPreloaded { current: preload });
+            }
+            // pg_cron defaults cron.database_name to 'postgres' when unset.
+            Some(
+                setting
+                    .filter(|name| !name.is_empty())
+                    .unwrap_or_else(|| "postgres".to_string()),
+            )
+        }
+        None => launcher,
+    };
+    if let Some(configured) = configured
+        && configured != current
+    {
         return Err(Error::PgCronWrongDatabase {
             configured,
             current,

@@ -248,7 +248,9 @@ pub struct TokenStore {
 
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStore").field("ttl", &self.ttl).finish()
+        f.debug_struct("TokenStore")
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 

@@ -26,7 +26,10 @@ async fn rotation_issues_the_next_generation_and_advances_the_session() {
         .unwrap();
     assert_eq!(row.get::<_, &str>(0), "rotated");
     assert_eq!(row.get::<_, i32>(1), 1);
-    assert_eq!(row.get::<_, std::time::SystemTime>(2), at(15 * MINUTE + TTL));
+    assert_eq!(
+        row.get::<_, std::time::SystemTime>(2),
+        at(15 * MINUTE + TTL)
+    );
 
     let old = c
         .query_one(
@@ -35,15 +38,27 @@ async fn rotation_issues_the_next_generation_and_advances_the_session() {
         )
         .await
         .unwrap();
-    assert_eq!(old.get::<_, Option<std::time::SystemTime>>(0), Some(at(15 * MINUTE)));
+    assert_eq!(
+        old.get::<_, Option<std::time::SystemTime>>(0),
+        Some(at(15 * MINUTE))
+    );
     assert_eq!(old.get::<_, Option<&str>>(1), Some("rotated"));
     let session = c
-        .query_one("SELECT generation, refresh_expires_at FROM auth.sessions WHERE id = $1", &[&s])
+        .query_one(
+            "SELECT generation, refresh_expires_at FROM auth.sessions WHERE id = $1",
+            &[&s],
+        )
         .await
         .unwrap();
     assert_eq!(session.get::<_, i32>(0), 1);
-    assert_eq!(session.get::<_, std::time::SystemTime>(1), at(15 * MINUTE + TTL));
-    assert_eq!(rotate(c, s, 1, "g1", "g2", TTL, at(30 * MINUTE)).await, "rotated");
+    assert_eq!(
+        session.get::<_, std::time::SystemTime>(1),
+        at(15 * MINUTE + TTL)
+    );
+    assert_eq!(
+        rotate(c, s, 1, "g1", "g2", TTL, at(30 * MINUTE)).await,
+        "rotated"
+    );
 }
 
 /// Each non-rotating outcome, and what it does to the session.
@@ -59,19 +74,28 @@ async fn rotate_outcomes(#[case] case: &str) {
     let db = TestDb::migrated().await;
     let c = &db.client;
     let s = issue(c, "bob", "g0", TTL, at(0)).await;
-    assert_eq!(rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await, "rotated");
+    assert_eq!(
+        rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await,
+        "rotated"
+    );
     let (outcome, session_revoked) = match case {
         "unknown" => (
             rotate(c, uuid::Uuid::new_v4(), 0, "g0", "x", TTL, at(2 * MINUTE)).await,
             None,
         ),
         "unknown_generation" => (rotate(c, s, 5, "g1", "x", TTL, at(2 * MINUTE)).await, None),
-        "invalid" => (rotate(c, s, 1, "wrong", "x", TTL, at(2 * MINUTE)).await, None),
+        "invalid" => (
+            rotate(c, s, 1, "wrong", "x", TTL, at(2 * MINUTE)).await,
+            None,
+        ),
         "reuse_detected" => (
             rotate(c, s, 0, "g0", "x", TTL, at(2 * MINUTE)).await,
             Some("reuse_detected"),
         ),
-        "expired" => (rotate(c, s, 1, "g1", "x", TTL, at(MINUTE + TTL + 1)).await, None),
+        "expired" => (
+            rotate(c, s, 1, "g1", "x", TTL, at(MINUTE + TTL + 1)).await,
+            None,
+        ),
         "revoked" => {
             c.query_one(
                 "SELECT auth.revoke_session(p_session_id => $1, p_reason => 'logout', p_now => $2)",
@@ -79,18 +103,32 @@ async fn rotate_outcomes(#[case] case: &str) {
             )
             .await
             .unwrap();
-            (rotate(c, s, 1, "g1", "x", TTL, at(3 * MINUTE)).await, Some("logout"))
+            (
+                rotate(c, s, 1, "g1", "x", TTL, at(3 * MINUTE)).await,
+                Some("logout"),
+            )
         }
         _ => unreachable!(),
     };
-    let expected = if case == "unknown_generation" { "unknown" } else { case };
+    let expected = if case == "unknown_generation" {
+        "unknown"
+    } else {
+        case
+    };
     assert_eq!(outcome, expected);
 
     let session = c
-        .query_one("SELECT generation, revoke_reason FROM auth.sessions WHERE id = $1", &[&s])
+        .query_one(
+            "SELECT generation, revoke_reason FROM auth.sessions WHERE id = $1",
+            &[&s],
+        )
         .await
         .unwrap();
-    assert_eq!(session.get::<_, i32>(0), 1, "no outcome but rotated issues a token");
+    assert_eq!(
+        session.get::<_, i32>(0),
+        1,
+        "no outcome but rotated issues a token"
+    );
     assert_eq!(session.get::<_, Option<&str>>(1), session_revoked);
     let live: i64 = c
         .query_one(
@@ -109,13 +147,28 @@ async fn a_replay_revokes_the_whole_family_and_the_thiefs_branch_dies() {
     let db = TestDb::migrated().await;
     let c = &db.client;
     let s = issue(c, "carol", "g0", TTL, at(0)).await;
-    assert_eq!(rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await, "rotated");
-    assert_eq!(rotate(c, s, 1, "g1", "g2", TTL, at(2 * MINUTE)).await, "rotated");
+    assert_eq!(
+        rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await,
+        "rotated"
+    );
+    assert_eq!(
+        rotate(c, s, 1, "g1", "g2", TTL, at(2 * MINUTE)).await,
+        "rotated"
+    );
     // The thief replays g0: the session dies, so the holder of g2 is locked out too.
-    assert_eq!(rotate(c, s, 0, "g0", "x", TTL, at(3 * MINUTE)).await, "reuse_detected");
-    assert_eq!(rotate(c, s, 2, "g2", "g3", TTL, at(4 * MINUTE)).await, "revoked");
+    assert_eq!(
+        rotate(c, s, 0, "g0", "x", TTL, at(3 * MINUTE)).await,
+        "reuse_detected"
+    );
+    assert_eq!(
+        rotate(c, s, 2, "g2", "g3", TTL, at(4 * MINUTE)).await,
+        "revoked"
+    );
     // Replaying a rotated token keeps reading reuse_detected.
-    assert_eq!(rotate(c, s, 1, "g1", "x", TTL, at(5 * MINUTE)).await, "reuse_detected");
+    assert_eq!(
+        rotate(c, s, 1, "g1", "x", TTL, at(5 * MINUTE)).await,
+        "reuse_detected"
+    );
     let reasons: Vec<(i32, Option<String>)> = c
         .query(
             "SELECT generation, revoke_reason FROM auth.refresh_tokens WHERE session_id = $1 ORDER BY generation",
@@ -149,11 +202,17 @@ async fn concurrent_rotations_of_one_token_give_exactly_one_rotated() {
         );
         let mut outcomes = [first, second];
         outcomes.sort();
-        assert_eq!(outcomes, ["reuse_detected".to_string(), "rotated".to_string()]);
+        assert_eq!(
+            outcomes,
+            ["reuse_detected".to_string(), "rotated".to_string()]
+        );
         // The loser was a replay: the family is gone; start a new one.
         let revoked: Option<String> = db
             .client
-            .query_one("SELECT revoke_reason FROM auth.sessions WHERE id = $1", &[&s])
+            .query_one(
+                "SELECT revoke_reason FROM auth.sessions WHERE id = $1",
+                &[&s],
+            )
             .await
             .unwrap()
             .get(0);
@@ -174,26 +233,50 @@ async fn revoke_session_revokes_its_tokens_once() {
     let db = TestDb::migrated().await;
     let c = &db.client;
     let s = issue(c, "erin", "g0", TTL, at(0)).await;
-    assert_eq!(rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await, "rotated");
+    assert_eq!(
+        rotate(c, s, 0, "g0", "g1", TTL, at(MINUTE)).await,
+        "rotated"
+    );
     let revoke = "SELECT auth.revoke_session(p_session_id => $1, p_reason => 'admin', p_now => $2)";
-    let first: i32 = c.query_one(revoke, &[&s, &at(2 * MINUTE)]).await.unwrap().get(0);
-    let second: i32 = c.query_one(revoke, &[&s, &at(3 * MINUTE)]).await.unwrap().get(0);
-    assert_eq!((first, second), (1, 0), "only the live token is revoked, and only once");
+    let first: i32 = c
+        .query_one(revoke, &[&s, &at(2 * MINUTE)])
+        .await
+        .unwrap()
+        .get(0);
+    let second: i32 = c
+        .query_one(revoke, &[&s, &at(3 * MINUTE)])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (first, second),
+        (1, 0),
+        "only the live token is revoked, and only once"
+    );
     let row = c
-        .query_one("SELECT revoked_at, revoke_reason FROM auth.sessions WHERE id = $1", &[&s])
+        .query_one(
+            "SELECT revoked_at, revoke_reason FROM auth.sessions WHERE id = $1",
+            &[&s],
+        )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, Option<std::time::SystemTime>>(0), Some(at(2 * MINUTE)));
+    assert_eq!(
+        row.get::<_, Option<std::time::SystemTime>>(0),
+        Some(at(2 * MINUTE))
+    );
     assert_eq!(row.get::<_, Option<&str>>(1), Some("admin"));
     let default_reason: Option<String> = {
         let s2 = issue(c, "erin", "h0", TTL, at(0)).await;
         c.query_one("SELECT auth.revoke_session(p_session_id => $1)", &[&s2])
             .await
             .unwrap();
-        c.query_one("SELECT revoke_reason FROM auth.sessions WHERE id = $1", &[&s2])
-            .await
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT revoke_reason FROM auth.sessions WHERE id = $1",
+            &[&s2],
+        )
+        .await
+        .unwrap()
+        .get(0)
     };
     assert_eq!(default_reason.as_deref(), Some("logout"));
 }
@@ -219,7 +302,10 @@ async fn revoke_user_sessions_revokes_only_that_users_live_sessions() {
         .get(0);
     assert_eq!(revoked, 2);
     let reasons: Vec<(String, Option<String>)> = c
-        .query("SELECT user_id, revoke_reason FROM auth.sessions ORDER BY user_id, revoke_reason", &[])
+        .query(
+            "SELECT user_id, revoke_reason FROM auth.sessions ORDER BY user_id, revoke_reason",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -234,20 +320,45 @@ async fn revoke_user_sessions_revokes_only_that_users_live_sessions() {
             ("grace".into(), None),
         ]
     );
-    assert_eq!(rotate(c, other, 0, "b1", "b2", TTL, at(2 * MINUTE)).await, "rotated");
+    assert_eq!(
+        rotate(c, other, 0, "b1", "b2", TTL, at(2 * MINUTE)).await,
+        "rotated"
+    );
 }
 
 #[rstest]
-#[case::null_hash("SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => NULL, p_ttl => '1 day')", "p_token_hash")]
-#[case::oversized_hash("SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => decode(repeat('ab', 65), 'hex'), p_ttl => '1 day')", "p_token_hash")]
-#[case::empty_user("SELECT * FROM auth.issue_token(p_user_id => '', p_token_hash => sha256('x'), p_ttl => '1 day')", "p_user_id")]
-#[case::negative_ttl("SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => sha256('x'), p_ttl => '-1 day')", "p_ttl")]
-#[case::bad_reason("SELECT auth.revoke_user_sessions(p_user_id => 'u', p_reason => 'bored')", "p_reason")]
+#[case::null_hash(
+    "SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => NULL, p_ttl => '1 day')",
+    "p_token_hash"
+)]
+#[case::oversized_hash(
+    "SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => decode(repeat('ab', 65), 'hex'), p_ttl => '1 day')",
+    "p_token_hash"
+)]
+#[case::empty_user(
+    "SELECT * FROM auth.issue_token(p_user_id => '', p_token_hash => sha256('x'), p_ttl => '1 day')",
+    "p_user_id"
+)]
+#[case::negative_ttl(
+    "SELECT * FROM auth.issue_token(p_user_id => 'u', p_token_hash => sha256('x'), p_ttl => '-1 day')",
+    "p_ttl"
+)]
+#[case::bad_reason(
+    "SELECT auth.revoke_user_sessions(p_user_id => 'u', p_reason => 'bored')",
+    "p_reason"
+)]
 #[tokio::test]
-async fn bad_arguments_are_refused_by_name_and_write_nothing(#[case] sql: &str, #[case] names: &str) {
+async fn bad_arguments_are_refused_by_name_and_write_nothing(
+    #[case] sql: &str,
+    #[case] names: &str,
+) {
     let db = TestDb::migrated().await;
     let err = db.client.query(sql, &[]).await.unwrap_err();
-    let message = err.as_db_error().expect("a server error").message().to_string();
+    let message = err
+        .as_db_error()
+        .expect("a server error")
+        .message()
+        .to_string();
     assert!(message.contains(names), "{message:?} does not name {names}");
     assert_eq!(counts(&db.client).await, (0, 0));
 }
@@ -261,9 +372,18 @@ async fn token_store_round_trip_and_malformed_tokens() {
     let Rotation::Rotated(second) = store.rotate(first.token.expose()).await.unwrap() else {
         panic!("a fresh token rotates");
     };
-    assert_eq!((second.session_id, second.generation), (first.session_id, 1));
-    assert!(matches!(store.rotate(first.token.expose()).await.unwrap(), Rotation::ReuseDetected));
-    assert!(matches!(store.rotate(second.token.expose()).await.unwrap(), Rotation::Revoked));
+    assert_eq!(
+        (second.session_id, second.generation),
+        (first.session_id, 1)
+    );
+    assert!(matches!(
+        store.rotate(first.token.expose()).await.unwrap(),
+        Rotation::ReuseDetected
+    ));
+    assert!(matches!(
+        store.rotate(second.token.expose()).await.unwrap(),
+        Rotation::Revoked
+    ));
 
     // Nothing about the token reaches the database: only its hash.
     let stored: Vec<u8> = db
@@ -278,15 +398,36 @@ async fn token_store_round_trip_and_malformed_tokens() {
     assert_eq!(stored.len(), 32);
     assert!(!format!("{second:?}").contains(second.token.expose()));
 
-    for bad in ["", "rt1_", "garbage", "rt1_!!!!", &first.token.expose()[..20]] {
-        assert!(matches!(store.rotate(bad).await, Err(Error::MalformedToken(_))), "{bad:?}");
+    for bad in [
+        "",
+        "rt1_",
+        "garbage",
+        "rt1_!!!!",
+        &first.token.expose()[..20],
+    ] {
+        assert!(
+            matches!(store.rotate(bad).await, Err(Error::MalformedToken(_))),
+            "{bad:?}"
+        );
     }
 
     let third = store.issue("heidi").await.unwrap();
     let sessions = store.list_sessions("heidi").await.unwrap();
     assert_eq!(sessions.len(), 2);
-    assert_eq!(store.revoke_user_sessions("heidi", RevokeReason::Admin).await.unwrap(), 1);
-    assert_eq!(store.revoke_session(third.session_id, RevokeReason::Logout).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .revoke_user_sessions("heidi", RevokeReason::Admin)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .revoke_session(third.session_id, RevokeReason::Logout)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -296,9 +437,14 @@ async fn twins_compose_inside_a_caller_transaction() {
     let issued = issue_with(&tx, "ivan", std::time::Duration::from_secs(60), Some(at(0)))
         .await
         .unwrap();
-    let rotated = rotate_with(&tx, issued.token.expose(), std::time::Duration::from_secs(60), Some(at(30)))
-        .await
-        .unwrap();
+    let rotated = rotate_with(
+        &tx,
+        issued.token.expose(),
+        std::time::Duration::from_secs(60),
+        Some(at(30)),
+    )
+    .await
+    .unwrap();
     assert!(matches!(rotated, Rotation::Rotated(_)));
     tx.rollback().await.unwrap();
     assert_eq!(counts(&db.client).await, (0, 0));

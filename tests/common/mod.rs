@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
 use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
+use tokio_postgres::Client;
 
 /// The server under test.
 pub fn server() -> DatabaseUrl {
@@ -134,7 +134,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -175,7 +178,13 @@ pub fn hash(seed: &str) -> Vec<u8> {
 }
 
 /// `auth.issue_token` with hash(seed), a TTL in seconds, at `now`.
-pub async fn issue(client: &Client, user: &str, seed: &str, ttl_s: i64, now: std::time::SystemTime) -> uuid::Uuid {
+pub async fn issue(
+    client: &Client,
+    user: &str,
+    seed: &str,
+    ttl_s: i64,
+    now: std::time::SystemTime,
+) -> uuid::Uuid {
     client
         .query_one(
             "SELECT session_id FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
@@ -203,7 +212,14 @@ pub async fn rotate(
             "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
                  p_token_hash => $3, p_new_token_hash => $4,
                  p_ttl => make_interval(secs => $5), p_now => $6)",
-            &[&session, &generation, &hash(seed), &hash(new_seed), &(ttl_s as f64), &now],
+            &[
+                &session,
+                &generation,
+                &hash(seed),
+                &hash(new_seed),
+                &(ttl_s as f64),
+                &now,
+            ],
         )
         .await
         .unwrap()
@@ -211,7 +227,11 @@ pub async fn rotate(
 }
 
 /// `auth.purge_refresh_tokens` at `now`: (expired, revoked, rotated, sessions).
-pub async fn purge(client: &Client, now: std::time::SystemTime, limit: Option<i32>) -> (i64, i64, i64, i64) {
+pub async fn purge(
+    client: &Client,
+    now: std::time::SystemTime,
+    limit: Option<i32>,
+) -> (i64, i64, i64, i64) {
     let row = client
         .query_one(
             "SELECT expired, revoked, rotated, sessions

@@ -1,0 +1,378 @@
+//! `CALL auth.run_token_cleanup()`: committed batches, one run at a time,
+//! killed runs lose nothing, the runtime cap, failures recorded, history pruned.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio_postgres::Client;
+
+/// `n` families issued an hour apart from T0 - 30 days, each rotated once a
+/// minute later: n rotated rows due under the default policy, n live tokens.
+async fn seed_rotated(client: &Client, n: i64) {
+    client
+        .execute(
+            "WITH s AS (
+                 INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at)
+                 SELECT 'u' || i, $1::timestamptz + i * interval '1 second', 1, now() + interval '30 days'
+                 FROM generate_series(1, $2::bigint) i RETURNING id, created_at)
+             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+             SELECT id, g, sha256((id::text || g)::bytea), created_at, now() + interval '30 days',
+                    CASE g WHEN 0 THEN created_at + interval '1 minute' END,
+                    CASE g WHEN 0 THEN 'rotated' END
+             FROM s, generate_series(0, 1) g",
+            &[&at(-30 * DAY), &n],
+        )
+        .await
+        .unwrap();
+}
+
+async fn live_tokens(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM auth.refresh_tokens WHERE revoked_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[derive(Debug, PartialEq)]
+struct Run {
+    status: String,
+    rotated: i64,
+    batches: i32,
+    error: Option<String>,
+}
+
+async fn runs(client: &Client) -> Vec<Run> {
+    client
+        .query(
+            "SELECT status, rotated_deleted, batches, error FROM auth.cleanup_runs ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Run {
+            status: r.get(0),
+            rotated: r.get(1),
+            batches: r.get(2),
+            error: r.get(3),
+        })
+        .collect()
+}
+
+async fn set(client: &Client, assignments: &str) {
+    client
+        .batch_execute(&format!("UPDATE auth.cleanup_policy SET {assignments}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_run_deletes_in_committed_batches_and_records_itself() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_rotated(c, 250).await;
+    set(c, "batch_size = 100").await;
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let run = &runs(c).await[0];
+    assert_eq!(
+        (run.status.as_str(), run.rotated, run.batches),
+        ("ok", 250, 3)
+    );
+    assert_eq!(live_tokens(c).await, 250);
+    assert_eq!(counts(c).await, (250, 250));
+    let finished: bool = c
+        .query_one(
+            "SELECT finished_at >= started_at FROM auth.cleanup_runs",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(finished);
+}
+
+/// Invariant 4: while one run holds the lock, another returns at once, 'skipped'.
+#[tokio::test]
+async fn an_overlapping_run_is_skipped_at_once() {
+    let db = TestDb::migrated().await;
+    seed_rotated(&db.client, 10).await;
+    // A transaction holding a due row makes the first run wait inside its batch.
+    let blocker = db.connect().await;
+    blocker
+        .batch_execute("BEGIN; SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' LIMIT 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let first = db.connect().await;
+    let first_run =
+        tokio::spawn(async move { first.batch_execute("CALL auth.run_token_cleanup()").await });
+    poll("the first run to wait on the row lock", Duration::from_secs(30), || async {
+        let waiting: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL auth.run_token_cleanup%' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting == 1).then_some(())
+    })
+    .await;
+
+    let second = db.connect().await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        second.batch_execute("CALL auth.run_token_cleanup()"),
+    )
+    .await
+    .expect("the second run returns at once")
+    .unwrap();
+    let statuses: Vec<String> = runs(&db.client)
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, ["running", "skipped"]);
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    first_run.await.unwrap().unwrap();
+    let statuses: Vec<String> = runs(&db.client)
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, ["ok", "skipped"]);
+}
+
+/// Invariant 5: a run terminated mid-way keeps its committed batches, loses no
+/// live row, and the next run marks it failed and finishes the work.
+#[tokio::test]
+async fn a_killed_run_loses_nothing_and_the_next_run_finishes() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_rotated(c, 20_000).await;
+    set(c, "batch_size = 10").await;
+    let runner = db.connect().await;
+    let run =
+        tokio::spawn(async move { runner.batch_execute("CALL auth.run_token_cleanup()").await });
+    let pid: i32 = poll("three committed batches", Duration::from_secs(60), || async {
+        c.query_opt("SELECT backend_pid FROM auth.cleanup_runs WHERE status = 'running' AND batches >= 3", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await;
+    c.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    assert!(
+        run.await.unwrap().is_err(),
+        "the killed CALL reports an error"
+    );
+
+    let killed = &runs(c).await[0];
+    assert_eq!(killed.status, "running");
+    assert!(killed.batches >= 3);
+    let rotated_left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM auth.refresh_tokens WHERE revoke_reason = 'rotated'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        rotated_left <= 20_000 - killed.rotated,
+        "committed batches stay done: {rotated_left} left after {} recorded",
+        killed.rotated
+    );
+    assert!(rotated_left > 0, "the run was killed before it finished");
+    assert_eq!(live_tokens(c).await, 20_000);
+
+    set(c, "batch_size = 10000").await;
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let all = runs(c).await;
+    assert_eq!(all[0].status, "failed");
+    assert!(
+        all[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("without finishing")
+    );
+    assert_eq!(all[1].status, "ok");
+    assert_eq!(counts(c).await, (20_000, 20_000));
+    assert_eq!(live_tokens(c).await, 20_000);
+}
+
+/// Invariant 6: a run stops after max_runtime, 'partial', whatever the backlog.
+#[tokio::test]
+async fn a_run_stops_at_max_runtime_as_partial() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_rotated(c, 2_000).await;
+    set(c, "batch_size = 10, max_runtime = interval '1 millisecond'").await;
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let run = &runs(c).await[0];
+    assert_eq!(run.status, "partial");
+    assert!(run.batches >= 1 && run.rotated < 2_000, "{run:?}");
+    set(c, "batch_size = 10000, max_runtime = interval '1 minute'").await;
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    assert_eq!(runs(c).await[1].status, "ok");
+    assert_eq!(counts(c).await, (2_000, 2_000));
+}
+
+#[tokio::test]
+async fn a_failing_purge_is_recorded_and_releases_the_lock() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_rotated(c, 10).await;
+    c.batch_execute(
+        "ALTER FUNCTION auth.purge_kind(text, timestamptz, bigint) RENAME TO purge_kind_saved;
+         CREATE FUNCTION auth.purge_kind(p_kind text, p_cutoff timestamptz, p_limit bigint,
+             OUT deleted bigint, OUT touched uuid[], OUT drained boolean)
+         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$;",
+    )
+    .await
+    .unwrap();
+    let err = c
+        .batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("disk on fire")
+    );
+    let run = &runs(c).await[0];
+    assert_eq!(run.status, "failed");
+    assert!(run.error.as_deref().unwrap().contains("disk on fire"));
+
+    c.batch_execute(
+        "DROP FUNCTION auth.purge_kind(text, timestamptz, bigint);
+         ALTER FUNCTION auth.purge_kind_saved(text, timestamptz, bigint) RENAME TO purge_kind;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(c).await[1].status,
+        "ok",
+        "the lock was released: not skipped"
+    );
+}
+
+#[tokio::test]
+async fn old_run_history_is_pruned() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    c.batch_execute(
+        "INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+         VALUES (now() - interval '15 days', now() - interval '15 days', 'ok'),
+                (now() - interval '13 days', now() - interval '13 days', 'ok')",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let ages: Vec<i64> = c
+        .query("SELECT extract(day FROM now() - started_at)::bigint FROM auth.cleanup_runs ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ages,
+        vec![13, 0],
+        "the 15-day-old run is past the default 14-day history_retention"
+    );
+}
+
+#[rstest::rstest]
+#[case("batch_size = 0", "batch_size_must_be_between_1_and_100000")]
+#[case("batch_size = 100001", "batch_size_must_be_between_1_and_100000")]
+#[case("max_runtime = interval '0'", "max_runtime_must_be_positive")]
+#[case(
+    "expired_retention = interval '-1 second'",
+    "expired_retention_must_not_be_negative"
+)]
+#[case(
+    "revoked_retention = interval '-1 day'",
+    "revoked_retention_must_not_be_negative"
+)]
+#[case(
+    "rotated_retention = interval '-1 hour'",
+    "rotated_retention_must_not_be_negative"
+)]
+#[case(
+    "history_retention = interval '0'",
+    "history_retention_must_be_positive"
+)]
+#[case("batch_size = NULL", "batch_size")]
+#[tokio::test]
+async fn the_policy_refuses_bad_settings_by_column(#[case] assignment: &str, #[case] names: &str) {
+    let db = TestDb::migrated().await;
+    let err = db
+        .client
+        .batch_execute(&format!("UPDATE auth.cleanup_policy SET {assignment}"))
+        .await
+        .unwrap_err();
+    let db_err = err.as_db_error().unwrap();
+    let said = format!("{} {}", db_err.message(), db_err.constraint().unwrap_or(""));
+    assert!(said.contains(names), "{said}");
+}
+
+#[tokio::test]
+async fn the_policy_keeps_exactly_one_row() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let err = c
+        .batch_execute("INSERT INTO auth.cleanup_policy DEFAULT VALUES")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("cleanup_policy_has_exactly_one_row")
+    );
+    let err = c
+        .batch_execute("DELETE FROM auth.cleanup_policy")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("must keep its one row")
+    );
+    let err = c
+        .batch_execute("TRUNCATE auth.cleanup_policy")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("must keep its one row")
+    );
+}
