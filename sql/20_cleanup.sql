@@ -1,41 +1,38 @@
 -- The purge: which token rows are due, deleting them in bounded batches, and
 -- the scheduled procedure that runs it. Re-applied on every migrate.
 --
--- Every query here is index-driven (sql/indexes.sql). The purge functions set
--- enable_seqscan = off for themselves: a batch must stay a bounded index range
--- whatever the statistics say, since right after a large delete they are stale
--- and would otherwise turn the next batch into a scan of the whole table.
+-- Every query here is index-driven (sql/indexes.sql). The purge functions turn
+-- sequential scans, hash joins and merge joins off for themselves: a batch
+-- must stay a bounded index range (and per-session index probes) whatever the
+-- statistics say, since right after a large delete they are stale and would
+-- otherwise turn the next batch into a pass over the whole table.
 
--- auth.purge_kind: deletes up to p_limit due token rows of one kind, oldest
--- first; returns how many, from which sessions, and whether it saw the end of
--- the kind's due rows. Row locks: the deleted rows, until the caller's
--- transaction ends.
---   expired  expires_at < p_cutoff, whatever the revoke state
---   revoked  revoked for any reason but 'rotated', revoked_at < p_cutoff
---   rotated  revoked 'rotated', revoked_at < p_cutoff
--- Each step deletes the key range below the (n + 1)-th due key (n: what is
--- left of p_limit), one index range scan with no per-row lookups. Rows that
--- share the bounding key wait for the next step; when the first n + 1 due
--- rows all share one key, n of them are taken by primary key instead.
-CREATE OR REPLACE FUNCTION auth.purge_kind(
-    p_kind    text,
-    p_cutoff  timestamptz,
-    p_limit   bigint,
-    OUT deleted bigint,
-    OUT touched uuid[],
-    OUT drained boolean
-)
-LANGUAGE plpgsql VOLATILE
+-- auth.purge_statement: the text of every query the purge runs, so that the
+-- purge and its plan check (auth.explain_purge) cannot drift apart.
+-- Every statement takes the same four parameters, used or not:
+--   $1 timestamptz  the kind's cutoff (sessions: the expired cutoff)
+--   $2 timestamptz  a key value (sessions: the revoked cutoff)
+--   $3 bigint       a row count
+--   $4 uuid[]       session ids
+-- Token kinds: expired (expires_at < $1, whatever the revoke state), revoked
+-- (revoked for any reason but 'rotated', revoked_at < $1) and rotated
+-- (revoked 'rotated', revoked_at < $1), with steps 'bound' (the ($3 + 1)-th
+-- due key), 'below' (delete the due rows under key $2), 'all' (delete every
+-- due row) and 'ties' (delete $3 due rows at key $2); deletes return (count,
+-- distinct session ids). Kind 'sessions', steps 'touched' (sessions in $4) and
+-- 'sweep' (all): delete dead sessions that have no token rows.
+CREATE OR REPLACE FUNCTION auth.purge_statement(p_kind text, p_step text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off
 AS $$
 DECLARE
-    v_key     text;
-    v_due     text;
-    v_bound   timestamptz;
-    v_step    bigint;
-    v_touched uuid[];
-    v_count   constant text := 'SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
+    v_key   text;
+    v_due   text;
+    v_count constant text := ' RETURNING session_id) SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
+    v_dead  constant text :=
+        'DELETE FROM auth.sessions s WHERE (s.refresh_expires_at < $1 OR s.revoked_at < $2)'
+        ' AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id)';
 BEGIN
     CASE p_kind
         WHEN 'expired' THEN
@@ -47,33 +44,75 @@ BEGIN
         WHEN 'rotated' THEN
             v_key := 'revoked_at';
             v_due := 'revoke_reason = ''rotated'' AND revoked_at < $1';
+        WHEN 'sessions' THEN
+            CASE p_step
+                WHEN 'touched' THEN RETURN v_dead || ' AND s.id = ANY ($4)';
+                WHEN 'sweep' THEN RETURN v_dead;
+                ELSE NULL;
+            END CASE;
         ELSE
-            RAISE EXCEPTION 'unknown purge kind %: expected expired, revoked or rotated', quote_literal(p_kind);
+            NULL;
     END CASE;
+    CASE p_step
+        WHEN 'bound' THEN
+            RETURN format('SELECT %1$I FROM auth.refresh_tokens WHERE %2$s ORDER BY %1$I OFFSET $3 LIMIT 1',
+                          v_key, v_due);
+        WHEN 'below' THEN
+            RETURN format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s AND %I < $2%s',
+                          v_due, v_key, v_count);
+        WHEN 'all' THEN
+            RETURN format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s%s', v_due, v_count);
+        WHEN 'ties' THEN
+            RETURN format('WITH d AS (DELETE FROM auth.refresh_tokens t WHERE (t.session_id, t.generation) IN ('
+                          'SELECT session_id, generation FROM auth.refresh_tokens WHERE %s AND %I = $2 LIMIT $3)%s',
+                          v_due, v_key, replace(v_count, 'RETURNING session_id', 'RETURNING t.session_id'));
+        ELSE
+            NULL;
+    END CASE;
+    RAISE EXCEPTION 'no purge statement % for kind %', quote_literal(p_step), quote_literal(p_kind);
+END
+$$;
+
+-- auth.purge_kind: deletes up to p_limit due token rows of one kind, oldest
+-- first; returns how many, from which sessions, and whether it saw the end of
+-- the kind's due rows. Row locks: the deleted rows, until the caller's
+-- transaction ends. Each step deletes the key range below the (n + 1)-th due
+-- key (n: what is left of p_limit), one index range scan with no per-row
+-- lookups; rows sharing the bounding key wait for the next step, and when the
+-- first n + 1 due rows all share one key, n of them go by primary key.
+CREATE OR REPLACE FUNCTION auth.purge_kind(
+    p_kind    text,
+    p_cutoff  timestamptz,
+    p_limit   bigint,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT drained boolean
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+DECLARE
+    v_bound   timestamptz;
+    v_step    bigint;
+    v_touched uuid[];
+BEGIN
     deleted := 0;
     touched := '{}';
     drained := false;
-
     WHILE deleted < p_limit LOOP
-        EXECUTE format('SELECT %1$I FROM auth.refresh_tokens WHERE %2$s ORDER BY %1$I OFFSET $2 LIMIT 1',
-                       v_key, v_due)
-            INTO v_bound USING p_cutoff, p_limit - deleted;
+        EXECUTE auth.purge_statement(p_kind, 'bound') INTO v_bound
+            USING p_cutoff, NULL::timestamptz, p_limit - deleted, NULL::uuid[];
         IF v_bound IS NULL THEN
-            EXECUTE format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s RETURNING session_id) %s',
-                           v_due, v_count)
-                INTO v_step, v_touched USING p_cutoff;
+            EXECUTE auth.purge_statement(p_kind, 'all') INTO v_step, v_touched
+                USING p_cutoff, v_bound, p_limit - deleted, NULL::uuid[];
             drained := true;
         ELSE
-            EXECUTE format('WITH d AS (DELETE FROM auth.refresh_tokens WHERE %s AND %I < $2 RETURNING session_id) %s',
-                           v_due, v_key, v_count)
-                INTO v_step, v_touched USING p_cutoff, v_bound;
+            EXECUTE auth.purge_statement(p_kind, 'below') INTO v_step, v_touched
+                USING p_cutoff, v_bound, p_limit - deleted, NULL::uuid[];
             IF v_step = 0 THEN
-                EXECUTE format(
-                    'WITH d AS (DELETE FROM auth.refresh_tokens t WHERE (t.session_id, t.generation) IN ('
-                    '    SELECT session_id, generation FROM auth.refresh_tokens WHERE %s AND %I = $2 LIMIT $3'
-                    ') RETURNING t.session_id) %s',
-                    v_due, v_key, v_count)
-                    INTO v_step, v_touched USING p_cutoff, v_bound, p_limit - deleted;
+                EXECUTE auth.purge_statement(p_kind, 'ties') INTO v_step, v_touched
+                    USING p_cutoff, v_bound, p_limit - deleted, NULL::uuid[];
             END IF;
         END IF;
         deleted := deleted + v_step;
@@ -88,6 +127,7 @@ $$;
 -- Looks at p_touched (the sessions whose tokens were just deleted) and, with
 -- p_sweep, at every dead session (once the token backlog is done). A dead
 -- session never gets a token again, so "empty" cannot change under us.
+-- Row locks: the deleted session rows.
 CREATE OR REPLACE FUNCTION auth.purge_sessions(
     p_expired_cutoff timestamptz,
     p_revoked_cutoff timestamptz,
@@ -97,24 +137,62 @@ CREATE OR REPLACE FUNCTION auth.purge_sessions(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$
 DECLARE
     v_touched bigint;
     v_swept   bigint := 0;
 BEGIN
-    DELETE FROM auth.sessions s
-    WHERE s.id = ANY (p_touched)
-      AND (s.refresh_expires_at < p_expired_cutoff OR s.revoked_at < p_revoked_cutoff)
-      AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id);
+    EXECUTE auth.purge_statement('sessions', 'touched')
+        USING p_expired_cutoff, p_revoked_cutoff, NULL::bigint, p_touched;
     GET DIAGNOSTICS v_touched = ROW_COUNT;
     IF p_sweep THEN
-        DELETE FROM auth.sessions s
-        WHERE (s.refresh_expires_at < p_expired_cutoff OR s.revoked_at < p_revoked_cutoff)
-          AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id);
+        EXECUTE auth.purge_statement('sessions', 'sweep')
+            USING p_expired_cutoff, p_revoked_cutoff, NULL::bigint, p_touched;
         GET DIAGNOSTICS v_swept = ROW_COUNT;
     END IF;
     RETURN v_touched + v_swept;
+END
+$$;
+
+-- auth.explain_purge: the plan of every query the purge runs, with the
+-- policy's cutoffs at p_now, planned the way the purge plans them. Runs
+-- EXPLAIN only (nothing executes); seq_scan tells whether any node is a
+-- sequential scan, which a healthy install never has.
+CREATE OR REPLACE FUNCTION auth.explain_purge(p_now timestamptz DEFAULT now())
+RETURNS TABLE (kind text, step text, seq_scan boolean, plan text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+DECLARE
+    v_policy auth.cleanup_policy%ROWTYPE;
+    v_cutoff timestamptz;
+    v_key    timestamptz;
+    v_line   text;
+BEGIN
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    FOR kind, step IN
+        SELECT k, s FROM unnest(ARRAY['expired', 'revoked', 'rotated']) k,
+                         unnest(ARRAY['bound', 'below', 'all', 'ties']) s
+        UNION ALL
+        SELECT 'sessions', s FROM unnest(ARRAY['touched', 'sweep']) s
+    LOOP
+        v_cutoff := p_now - CASE kind WHEN 'revoked' THEN v_policy.revoked_retention
+                                      WHEN 'rotated' THEN v_policy.rotated_retention
+                                      ELSE v_policy.expired_retention END;
+        -- A batch's key range ends within the due rows, below the cutoff.
+        v_key := CASE kind WHEN 'sessions' THEN p_now - v_policy.revoked_retention
+                           ELSE v_cutoff - interval '1 minute' END;
+        plan := '';
+        FOR v_line IN EXECUTE 'EXPLAIN ' || auth.purge_statement(kind, step)
+            USING v_cutoff, v_key, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()]
+        LOOP
+            plan := plan || v_line || E'\n';
+        END LOOP;
+        seq_scan := plan LIKE '%Seq Scan%';
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 

@@ -242,3 +242,29 @@ pub async fn purge(
         .unwrap();
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
+
+/// Seeds `sessions` live families of `per_session` tokens each: generations
+/// 0..n-2 rotated (about one a minute, ending two hours ago, so all due under
+/// the default policy) and the newest live; then ANALYZEs the tables.
+pub async fn seed_families(client: &Client, sessions: i64, per_session: i32) {
+    client
+        .execute(
+            "WITH s AS (
+                 INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at)
+                 SELECT 'user-' || i, now() - interval '3 hours', $2 - 1, now() + interval '30 days'
+                 FROM generate_series(1, $1::bigint) i RETURNING id)
+             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+             SELECT id, g, sha256((id::text || g)::bytea), now() - interval '3 hours', now() + interval '30 days',
+                    CASE WHEN g < $2 - 1
+                         THEN now() - interval '2 hours' - ($2 - g) * interval '1 minute' - random() * interval '1 minute' END,
+                    CASE WHEN g < $2 - 1 THEN 'rotated' END
+             FROM s, generate_series(0, $2 - 1) g",
+            &[&sessions, &per_session],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("ANALYZE auth.sessions, auth.refresh_tokens")
+        .await
+        .unwrap();
+}

@@ -1,0 +1,116 @@
+//! The purge's indexes on a table of a million rows: every purge query is
+//! index-driven, and building an index does not stop token traffic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use token_janitor::migrate;
+
+async fn assert_index_driven(client: &tokio_postgres::Client) {
+    let plans = client
+        .query(
+            "SELECT kind, step, seq_scan, plan FROM auth.explain_purge()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(plans.len(), 14, "3 token kinds x 4 steps + 2 session steps");
+    for row in &plans {
+        let (kind, step, seq, plan): (&str, &str, bool, &str) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert!(!seq, "{kind}/{step} scans a table sequentially:\n{plan}");
+        assert!(
+            plan.contains("Index"),
+            "{kind}/{step} uses no index:\n{plan}"
+        );
+        if kind != "sessions" && step != "ties" {
+            let index = match kind {
+                "expired" => "refresh_tokens_expires_at_idx",
+                k => &format!("refresh_tokens_{k}_idx"),
+            };
+            assert!(
+                plan.contains(index),
+                "{kind}/{step} does not use {index}:\n{plan}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn purge_queries_use_indexes_and_index_builds_do_not_block_rotations() {
+    let mut db = TestDb::migrated().await;
+    seed_families(&db.client, 100_000, 10).await;
+    assert_eq!(counts(&db.client).await, (100_000, 1_000_000));
+    assert_index_driven(&db.client).await;
+
+    // Rebuild the largest purge index as a deploy would on a live table.
+    db.client
+        .batch_execute("DROP INDEX auth.refresh_tokens_expires_at_idx")
+        .await
+        .unwrap();
+    let live: Vec<(uuid::Uuid, i32)> = db
+        .client
+        .query("SELECT session_id, generation FROM auth.refresh_tokens WHERE revoked_at IS NULL LIMIT 50", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let traffic = db.connect().await;
+    let watcher = db.connect().await;
+    let mut deploy_client = db.connect().await;
+    let deploy = tokio::spawn(async move { migrate(&mut deploy_client, &no_schedule()).await });
+
+    poll("the concurrent index build to start", Duration::from_secs(60), || async {
+        let building: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_progress_create_index
+                 WHERE relid = 'auth.refresh_tokens'::regclass AND command = 'CREATE INDEX CONCURRENTLY'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (building > 0).then_some(())
+    })
+    .await;
+    let mut during_build = 0;
+    for (session, generation) in live {
+        let outcome: String = traffic
+            .query_one(
+                "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
+                     p_token_hash => sha256(($1::uuid::text || $2::int::text)::bytea), p_new_token_hash => sha256('next'::bytea),
+                     p_ttl => interval '30 days')",
+                &[&session, &generation],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(outcome, "rotated");
+        let still_building: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_progress_create_index WHERE relid = 'auth.refresh_tokens'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if still_building == 0 {
+            break;
+        }
+        during_build += 1;
+    }
+    assert!(
+        during_build > 0,
+        "no rotation completed while the index was being built"
+    );
+    let report = deploy.await.unwrap().unwrap();
+    assert_eq!(
+        report.indexes_built,
+        vec!["refresh_tokens_expires_at_idx".to_string()]
+    );
+    migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert_index_driven(&db.client).await;
+}

@@ -1,0 +1,87 @@
+//! End to end: pg_cron itself runs the cleanup job on a one-minute schedule.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use token_janitor::{MigrateOptions, migrate};
+
+#[tokio::test]
+async fn pg_cron_runs_the_cleanup_on_schedule() {
+    let mut cron = CronDb::fresh().await;
+    let options = MigrateOptions {
+        schedule: Some("* * * * *".into()),
+        ..MigrateOptions::default()
+    };
+    let report = migrate(&mut cron.client, &options).await.unwrap();
+    let job_id = report.job_id.unwrap();
+    let c = &cron.client;
+
+    // 100 rotated rows due now, and their live successors.
+    for i in 0..100 {
+        let s = issue(
+            c,
+            "cron",
+            &format!("{i}-0"),
+            30 * DAY,
+            std::time::SystemTime::now() - Duration::from_secs(3 * 3600),
+        )
+        .await;
+        let outcome = rotate(
+            c,
+            s,
+            0,
+            &format!("{i}-0"),
+            &format!("{i}-1"),
+            30 * DAY,
+            std::time::SystemTime::now() - Duration::from_secs(2 * 3600),
+        )
+        .await;
+        assert_eq!(outcome, "rotated");
+    }
+    // A job_run_details row older than history_retention, to be pruned.
+    c.execute(
+        "INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status, start_time, end_time)
+         VALUES ($1, 424242, 0, current_database(), current_user, 'CALL auth.run_token_cleanup()', 'succeeded',
+                 now() - interval '20 days', now() - interval '20 days')",
+        &[&job_id],
+    )
+    .await
+    .unwrap();
+
+    let status: String = poll("pg_cron to run the job", Duration::from_secs(150), || async {
+        c.query_opt(
+            "SELECT status FROM cron.job_run_details
+             WHERE jobid = $1 AND runid <> 424242 AND status IN ('succeeded', 'failed') ORDER BY start_time LIMIT 1",
+            &[&job_id],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+    })
+    .await;
+    assert_eq!(status, "succeeded");
+
+    let run = c
+        .query_one(
+            "SELECT status, rotated_deleted FROM auth.cleanup_runs ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((run.get::<_, &str>(0), run.get::<_, i64>(1)), ("ok", 100));
+    assert_eq!(counts(c).await, (100, 100));
+    let old: i64 = c
+        .query_one(
+            "SELECT count(*) FROM cron.job_run_details WHERE runid = 424242",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        old, 0,
+        "job_run_details older than history_retention are pruned"
+    );
+}
