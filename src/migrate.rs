@@ -126,16 +126,7 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         tracing::info!(migration = %name, "applied");
     }
 
-    for (file, sql) in DEFINITIONS {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db(format!("applying {file}")))?;
-        tx.batch_execute(sql)
-            .await
-            .map_err(db(format!("applying {file}")))?;
-        tx.commit().await.map_err(db(format!("applying {file}")))?;
-    }
+    apply_definitions(client).await?;
 
     for index in index_statements() {
         build_index(client, &index, &mut report).await?;
@@ -145,6 +136,40 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         report.job_id = Some(schedule::install_schedule(client, cron).await?);
     }
     Ok(report)
+}
+
+/// Replaces every function and procedure in schema auth with the ones in
+/// `sql/`, in one transaction: dropping them first lets a release change a
+/// signature or return type, which `CREATE OR REPLACE` refuses, and callers
+/// see the old set or the new one, never a mix. Trigger functions belong to
+/// the versioned migrations and stay.
+async fn apply_definitions(client: &mut Client) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("applying sql/ definitions"))?;
+    tx.batch_execute(
+        "DO $$
+         DECLARE r record;
+         BEGIN
+             FOR r IN SELECT p.oid::regprocedure AS routine, p.prokind
+                      FROM pg_catalog.pg_proc p
+                      WHERE p.pronamespace = 'auth'::regnamespace
+                        AND p.prokind IN ('f', 'p')
+                        AND p.prorettype <> 'pg_catalog.trigger'::regtype
+             LOOP
+                 EXECUTE format('DROP %s %s', CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.routine);
+             END LOOP;
+         END $$",
+    )
+    .await
+    .map_err(db("dropping the previous sql/ definitions"))?;
+    for (file, sql) in DEFINITIONS {
+        tx.batch_execute(sql)
+            .await
+            .map_err(db(format!("applying {file}")))?;
+    }
+    tx.commit().await.map_err(db("applying sql/ definitions"))
 }
 
 /// One index from `sql/indexes.sql`.

@@ -242,10 +242,8 @@ async fn a_failing_purge_is_recorded_and_releases_the_lock() {
     let c = &db.client;
     seed_rotated(c, 10).await;
     c.batch_execute(
-        "ALTER FUNCTION auth.purge_kind(text, timestamptz, bigint) RENAME TO purge_kind_saved;
-         CREATE FUNCTION auth.purge_kind(p_kind text, p_cutoff timestamptz, p_limit bigint,
-             OUT deleted bigint, OUT touched uuid[], OUT drained boolean)
-         LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$;",
+        "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$;
+         CREATE TRIGGER fail BEFORE DELETE ON auth.refresh_tokens FOR EACH ROW EXECUTE FUNCTION fail();",
     )
     .await
     .unwrap();
@@ -263,12 +261,9 @@ async fn a_failing_purge_is_recorded_and_releases_the_lock() {
     assert_eq!(run.status, "failed");
     assert!(run.error.as_deref().unwrap().contains("disk on fire"));
 
-    c.batch_execute(
-        "DROP FUNCTION auth.purge_kind(text, timestamptz, bigint);
-         ALTER FUNCTION auth.purge_kind_saved(text, timestamptz, bigint) RENAME TO purge_kind;",
-    )
-    .await
-    .unwrap();
+    c.batch_execute("DROP TRIGGER fail ON auth.refresh_tokens")
+        .await
+        .unwrap();
     c.batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
