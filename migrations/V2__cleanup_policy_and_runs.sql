@@ -15,7 +15,10 @@ CREATE TABLE auth.cleanup_policy (
         CONSTRAINT revoked_retention_must_not_be_negative CHECK (revoked_retention >= interval '0'),
     rotated_retention interval NOT NULL DEFAULT interval '1 hour'
         CONSTRAINT rotated_retention_must_not_be_negative CHECK (rotated_retention >= interval '0'),
-    batch_size        integer  NOT NULL DEFAULT 10000
+    -- Measured with token-janitor bench: 50k-row batches purge at close to
+    -- the speed of one DELETE and disturb concurrent rotations less than
+    -- smaller ones, which add commits and stretch the purge out.
+    batch_size        integer  NOT NULL DEFAULT 50000
         CONSTRAINT batch_size_must_be_between_1_and_100000 CHECK (batch_size BETWEEN 1 AND 100000),
     -- Well under the default schedule's 5 minutes, so runs never queue up.
     max_runtime       interval NOT NULL DEFAULT interval '2 minutes'
