@@ -17,7 +17,8 @@
 --   $5 timestamptz  where the kind's key range starts ('-infinity': anywhere)
 -- Token kinds: expired (expires_at < $1, whatever the revoke state), revoked
 -- (revoked for any reason but 'rotated', revoked_at < $1) and rotated
--- (revoked 'rotated', revoked_at < $1), with steps 'bound' (the ($3 + 1)-th
+-- (revoked 'rotated', revoked_at < $1), with steps 'due' (its due rows, for
+-- counting), 'bound' (the ($3 + 1)-th
 -- due key from $5), 'below' (delete the due rows from $5 to under key $2),
 -- 'all' (delete every due row from $5) and 'ties' (delete $3 due rows at key
 -- $2). Starting at $5 lets a run skip the index entries of rows its earlier
@@ -64,6 +65,8 @@ BEGIN
             NULL;
     END CASE;
     CASE p_step
+        WHEN 'due' THEN
+            RETURN format('SELECT 1 FROM auth.refresh_tokens WHERE %s AND %I >= $5', v_due, v_key);
         WHEN 'bound' THEN
             RETURN format('SELECT %1$I FROM auth.refresh_tokens WHERE %2$s AND %1$I >= $5'
                           ' ORDER BY %1$I OFFSET $3 LIMIT 1', v_key, v_due);
@@ -81,6 +84,22 @@ BEGIN
     END CASE;
     RAISE EXCEPTION 'no purge statement % for kind %', quote_literal(p_step), quote_literal(p_kind);
 END
+$$;
+
+-- auth.purge_cutoff: rows of p_kind are due when their key is before this
+-- time at p_now under p_policy ('sessions' and 'expired': expired_retention).
+CREATE OR REPLACE FUNCTION auth.purge_cutoff(
+    p_policy auth.cleanup_policy,
+    p_kind   text,
+    p_now    timestamptz
+)
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_now - CASE p_kind WHEN 'revoked' THEN p_policy.revoked_retention
+                               WHEN 'rotated' THEN p_policy.rotated_retention
+                               ELSE p_policy.expired_retention END
 $$;
 
 -- auth.purge_delete: runs one delete step of auth.purge_statement; returns
@@ -220,11 +239,9 @@ BEGIN
         UNION ALL
         SELECT 'sessions', s FROM unnest(ARRAY['touched', 'sweep']) s
     LOOP
-        v_cutoff := p_now - CASE kind WHEN 'revoked' THEN v_policy.revoked_retention
-                                      WHEN 'rotated' THEN v_policy.rotated_retention
-                                      ELSE v_policy.expired_retention END;
+        v_cutoff := auth.purge_cutoff(v_policy, kind, p_now);
         -- A batch's key range ends within the due rows, below the cutoff.
-        v_key := CASE kind WHEN 'sessions' THEN p_now - v_policy.revoked_retention
+        v_key := CASE kind WHEN 'sessions' THEN auth.purge_cutoff(v_policy, 'revoked', p_now)
                            ELSE v_cutoff - interval '1 minute' END;
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth.purge_statement(kind, step)
@@ -278,10 +295,7 @@ BEGIN
 
     FOR i IN 1 .. 3 LOOP
         SELECT * INTO v_kind
-        FROM auth.purge_kind(v_kinds[i],
-                             v_now - CASE i WHEN 1 THEN v_policy.expired_retention
-                                            WHEN 2 THEN v_policy.revoked_retention
-                                            ELSE v_policy.rotated_retention END,
+        FROM auth.purge_kind(v_kinds[i], auth.purge_cutoff(v_policy, v_kinds[i], v_now),
                              v_left, p_from[i]);
         v_counts := v_counts || v_kind.deleted;
         v_left := v_left - v_kind.deleted;
@@ -293,8 +307,8 @@ BEGIN
     revoked := v_counts[2];
     rotated := v_counts[3];
 
-    sessions := auth.purge_sessions(v_now - v_policy.expired_retention,
-                                    v_now - v_policy.revoked_retention,
+    sessions := auth.purge_sessions(auth.purge_cutoff(v_policy, 'expired', v_now),
+                                    auth.purge_cutoff(v_policy, 'revoked', v_now),
                                     v_touched, drained);
     RETURN NEXT;
 END
@@ -422,5 +436,149 @@ BEGIN
                 'WHERE d.jobid = j.jobid AND j.jobname = $1 AND d.start_time < $2'
             USING 'refresh-token-cleanup', p_before;
     END IF;
+END
+$$;
+
+-- auth.cleanup_backlog: token rows due now, per kind: exact counts (an index
+-- scan over the due rows) with p_exact = true, the planner's estimates (free
+-- on any table size) with false, and by default exact counts while the table
+-- holds under 100,000 rows, estimates above.
+CREATE OR REPLACE FUNCTION auth.cleanup_backlog(
+    p_now   timestamptz DEFAULT now(),
+    p_exact boolean DEFAULT NULL
+)
+RETURNS TABLE (kind text, due_rows bigint, exact boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+DECLARE
+    v_policy auth.cleanup_policy%ROWTYPE;
+    v_cutoff timestamptz;
+    v_plan   json;
+BEGIN
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    exact := coalesce(p_exact, (SELECT c.reltuples < 100000 FROM pg_class c
+                                WHERE c.oid = 'auth.refresh_tokens'::regclass));
+    FOREACH kind IN ARRAY ARRAY['expired', 'revoked', 'rotated'] LOOP
+        v_cutoff := auth.purge_cutoff(v_policy, kind, coalesce(p_now, now()));
+        IF exact THEN
+            EXECUTE 'SELECT count(*) FROM (' || auth.purge_statement(kind, 'due') || ') d'
+                INTO due_rows USING v_cutoff, NULL::timestamptz, NULL::bigint, NULL::uuid[], '-infinity'::timestamptz;
+        ELSE
+            EXECUTE 'EXPLAIN (FORMAT JSON) ' || auth.purge_statement(kind, 'due')
+                INTO v_plan USING v_cutoff, NULL::timestamptz, NULL::bigint, NULL::uuid[], '-infinity'::timestamptz;
+            due_rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- auth.self_test: proves the purge on this database without changing it.
+-- Seeds one family in every state of DESIGN.md §6 at a fixed clock in 1999
+-- (no real row can be due then), runs auth.purge_refresh_tokens at that
+-- clock, and checks the exact counts, exactly which rows survive, and that a
+-- replay of the purged rotated token still reads reuse_detected. All of it
+-- runs in a subtransaction that is always rolled back, so calling this never
+-- leaves a trace, even in a transaction that commits. SECURITY DEFINER so a
+-- read-only monitoring role can run it; it writes nothing that survives.
+CREATE OR REPLACE FUNCTION auth.self_test()
+RETURNS TABLE (check_name text, passed boolean, expected text, actual text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c_now    constant timestamptz := '2000-01-01 00:00:00+00';
+    c_user   constant text := 'token-janitor-self-test';
+    v_policy auth.cleanup_policy%ROWTYPE;
+    v_result jsonb := '[]';
+    v_purge  record;
+    v_ids    jsonb := '{}';
+    v_id     uuid;
+    v_far    timestamptz;
+    v_left   text;
+    v_outcome text;
+    v_family record;
+BEGIN
+    BEGIN
+        SELECT * INTO v_policy FROM auth.cleanup_policy;
+        v_far := c_now + interval '30 days';
+        -- name, session expiry, session revoked (at, reason), token rows: (generation, expires, revoked at, reason)
+        FOR v_family IN
+            SELECT * FROM (VALUES
+                ('live',               v_far, NULL::timestamptz, NULL, 0,
+                 ARRAY[v_far], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('live_expiring_now',  c_now, NULL, NULL, 0,
+                 ARRAY[c_now], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('expired_due',        c_now - v_policy.expired_retention - interval '1 second', NULL, NULL, 0,
+                 ARRAY[c_now - v_policy.expired_retention - interval '1 second'], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('expired_kept',       c_now - v_policy.expired_retention, NULL, NULL, 0,
+                 ARRAY[c_now - v_policy.expired_retention], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('revoked_due',        v_far, c_now - v_policy.revoked_retention - interval '1 second', 'logout', 0,
+                 ARRAY[v_far], ARRAY[c_now - v_policy.revoked_retention - interval '1 second'], ARRAY['logout']),
+                ('revoked_kept',       v_far, c_now - v_policy.revoked_retention, 'admin', 0,
+                 ARRAY[v_far], ARRAY[c_now - v_policy.revoked_retention], ARRAY['admin']),
+                ('rotated_due',        v_far, NULL, NULL, 1,
+                 ARRAY[v_far, v_far], ARRAY[c_now - v_policy.rotated_retention - interval '1 second', NULL],
+                 ARRAY['rotated', NULL]),
+                ('rotated_kept',       v_far, NULL, NULL, 1,
+                 ARRAY[v_far, v_far], ARRAY[c_now - v_policy.rotated_retention, NULL], ARRAY['rotated', NULL])
+            ) AS f(name, refresh_expires_at, revoked_at, revoke_reason, generation, expires, revoked, reasons)
+        LOOP
+            INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
+            VALUES (c_user, c_now - interval '60 days', v_family.generation, v_family.refresh_expires_at,
+                    v_family.revoked_at, v_family.revoke_reason)
+            RETURNING id INTO v_id;
+            INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+            SELECT v_id, g - 1, sha256(convert_to(v_family.name || (g - 1), 'UTF8')), c_now - interval '60 days',
+                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g]
+            FROM generate_subscripts(v_family.expires, 1) g;
+            v_ids := v_ids || jsonb_build_object(v_family.name, v_id);
+        END LOOP;
+
+        SELECT * INTO v_purge FROM auth.purge_refresh_tokens(p_now => c_now, p_limit => NULL);
+        v_result := v_result || jsonb_build_array(
+            jsonb_build_array('purge counts (expired, revoked, rotated, sessions)', '1, 1, 1, 2',
+                              concat_ws(', ', v_purge.expired, v_purge.revoked, v_purge.rotated, v_purge.sessions)));
+
+        SELECT string_agg(f.key || ':' || (SELECT string_agg(t.generation::text, ',' ORDER BY t.generation)
+                                           FROM auth.refresh_tokens t WHERE t.session_id = (f.value #>> '{}')::uuid),
+                          ' ' ORDER BY f.key)
+        INTO v_left
+        FROM jsonb_each(v_ids) f
+        WHERE EXISTS (SELECT 1 FROM auth.sessions s WHERE s.id = (f.value #>> '{}')::uuid);
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'surviving sessions:generations',
+            'expired_kept:0 live:0 live_expiring_now:0 revoked_kept:0 rotated_due:1 rotated_kept:0,1',
+            coalesce(v_left, '(none)')));
+
+        SELECT r.outcome INTO v_outcome
+        FROM auth.rotate_token(p_session_id => (v_ids ->> 'rotated_due')::uuid, p_generation => 0,
+                               p_token_hash => sha256(convert_to('rotated_due0', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now) r;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'replay of the purged rotated token', 'reuse_detected', coalesce(v_outcome, '(no row)')));
+
+        SELECT r.outcome INTO v_outcome
+        FROM auth.rotate_token(p_session_id => (v_ids ->> 'live')::uuid, p_generation => 0,
+                               p_token_hash => sha256(convert_to('live0', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now) r;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'live token still rotates', 'rotated', coalesce(v_outcome, '(no row)')));
+
+        RAISE EXCEPTION USING ERRCODE = 'TJ001', MESSAGE = v_result::text;
+    EXCEPTION WHEN SQLSTATE 'TJ001' THEN
+        v_result := SQLERRM::jsonb;
+    END;
+    FOR i IN 0 .. jsonb_array_length(v_result) - 1 LOOP
+        check_name := v_result -> i ->> 0;
+        expected := v_result -> i ->> 1;
+        actual := v_result -> i ->> 2;
+        passed := expected = actual;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;

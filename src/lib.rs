@@ -3,14 +3,18 @@
 //!
 //! - [`migrate::migrate`] installs the `auth` schema, the SQL API, the purge's
 //!   indexes and the pg_cron job;
-//! - [`store::TokenStore`] issues, rotates and revokes tokens through it.
+//! - [`store::TokenStore`] issues, rotates and revokes tokens through it;
+//! - [`verify::verify`] proves the cleanup works on a live database, and
+//!   [`status::status`] shows its state.
 
 pub mod db;
 pub mod error;
 pub mod migrate;
 pub mod schedule;
+pub mod status;
 pub mod store;
 pub mod token;
+pub mod verify;
 
 pub use db::DatabaseUrl;
 pub use error::{Error, Result};

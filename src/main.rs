@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use token_janitor::{DatabaseUrl, MigrateOptions, migrate, schedule};
+use token_janitor::verify::{VerifyOptions, verify};
+use token_janitor::{DatabaseUrl, MigrateOptions, migrate, schedule, status};
 
 /// A refresh-token store for PostgreSQL whose cleanup runs inside the database.
 #[derive(Parser)]
@@ -34,6 +35,61 @@ enum Command {
         #[arg(long, default_value = schedule::DEFAULT_SCHEDULE, value_name = "CRON")]
         schedule: String,
     },
+
+    /// Check the installation, the schedule, the recent runs and the purge
+    /// itself (a self-test that is rolled back). Changes no data. Exits 0 only
+    /// when no check fails.
+    Verify {
+        /// Print one JSON document instead of one line per check.
+        #[arg(long)]
+        json: bool,
+
+        /// The installation has no pg_cron job (migrate --no-schedule): skip
+        /// the pg_cron checks.
+        #[arg(long, conflicts_with = "schedule")]
+        no_schedule: bool,
+
+        /// The schedule migrate installed, to check the job against.
+        #[arg(long, default_value = schedule::DEFAULT_SCHEDULE, value_name = "CRON")]
+        schedule: String,
+
+        /// Warn when more rows than this are due for deletion.
+        #[arg(long, default_value_t = 1_000_000, value_name = "ROWS",
+              value_parser = clap::value_parser!(i64).range(0..))]
+        backlog_warn: i64,
+    },
+
+    /// Show token rows by state, the due backlog, sizes, the policy, the
+    /// schedule and the last runs.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+
+        /// Same as --format json.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+
+        /// Count every row instead of estimating on tables over 100,000 rows
+        /// (scans the whole token table).
+        #[arg(long)]
+        exact: bool,
+
+        /// How many recent runs to show.
+        #[arg(long, default_value_t = 10, value_name = "N",
+              value_parser = clap::value_parser!(i64).range(1..=1000))]
+        runs: i64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// A table for people.
+    Human,
+    /// One JSON document.
+    Json,
+    /// Prometheus text exposition (node_exporter textfile collector).
+    Prometheus,
 }
 
 fn database_url(cli: &Cli) -> anyhow::Result<DatabaseUrl> {
@@ -43,7 +99,7 @@ fn database_url(cli: &Cli) -> anyhow::Result<DatabaseUrl> {
     Ok(DatabaseUrl::parse(url)?)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = database_url(&cli)?;
     match cli.command {
         Command::Migrate {
@@ -75,8 +131,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Verify {
+            json,
+            no_schedule,
+            schedule,
+            backlog_warn,
+        } => {
+            let options = VerifyOptions {
+                schedule: (!no_schedule).then_some(schedule),
+                backlog_warn,
+            };
+            let report = verify(&url, &options).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if !report.ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Status {
+            format,
+            json,
+            exact,
+            runs,
+        } => {
+            let client = url.connect().await?;
+            let status = status::status(&client, exact, runs).await?;
+            match if json { Format::Json } else { format } {
+                Format::Human => print!("{status}"),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Format::Prometheus => print!("{}", status.prometheus()),
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main]
@@ -90,7 +180,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

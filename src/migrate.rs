@@ -11,6 +11,30 @@ use crate::schedule;
 
 refinery::embed_migrations!("migrations");
 
+/// A versioned migration this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedMigration {
+    /// The `n` of `V{n}__name.sql`.
+    pub version: i64,
+    /// The `name` of `V{n}__name.sql`.
+    pub name: String,
+    /// refinery's checksum of name, version and SQL.
+    pub checksum: u64,
+}
+
+/// The versioned migrations embedded in this binary, in order.
+pub fn embedded_migrations() -> Vec<EmbeddedMigration> {
+    migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| EmbeddedMigration {
+            version: i64::from(m.version()),
+            name: m.name().to_string(),
+            checksum: m.checksum(),
+        })
+        .collect()
+}
+
 /// Advisory lock key that serialises concurrent deploys ("tjmg").
 pub const MIGRATE_LOCK_KEY: i64 = 0x746a_6d67;
 

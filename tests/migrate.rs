@@ -3,31 +3,8 @@
 
 mod common;
 
-use std::process::Output;
-
 use common::*;
-use token_janitor::{DatabaseUrl, Error, MigrateOptions, migrate, schedule};
-
-const BIN: &str = env!("CARGO_BIN_EXE_token-janitor");
-
-async fn run_cli(args: &[&str], url: &str) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(args)
-        .env("DATABASE_URL", url)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn url_of(db: &DatabaseUrl) -> String {
-    let config = db.config();
-    format!(
-        "postgres://{}@{}/{}",
-        config.get_user().unwrap_or("postgres"),
-        db.target(),
-        db.dbname()
-    )
-}
+use token_janitor::{Error, MigrateOptions, migrate, schedule};
 
 /// Every object in schema auth with its definition, for before/after comparisons.
 async fn schema_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
@@ -74,7 +51,7 @@ async fn migrate_twice_is_a_no_op() {
 #[tokio::test]
 async fn two_migrate_processes_at_once_both_succeed() {
     let db = TestDb::empty().await;
-    let url = url_of(&db.url);
+    let url = cli_url(&db.url, "postgres");
     let (a, b) = tokio::join!(
         run_cli(&["migrate", "--no-schedule"], &url),
         run_cli(&["migrate", "--no-schedule"], &url)
@@ -135,7 +112,7 @@ async fn without_pg_cron_here_migrate_fails_naming_it_and_changes_nothing() {
         .get(0);
     assert_eq!(schemas, 0, "a refused migrate changes nothing");
 
-    let url = url_of(&db.url);
+    let url = cli_url(&db.url, "postgres");
     let out = run_cli(&["migrate"], &url).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -9,6 +9,24 @@ use std::time::{Duration, Instant};
 use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
 use tokio_postgres::Client;
 
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_token-janitor");
+
+/// Runs the binary with `args` and DATABASE_URL set to `url`.
+pub async fn run_cli(args: &[&str], url: &str) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// A URL string for the CLI that reaches `db` as `user`.
+pub fn cli_url(db: &DatabaseUrl, user: &str) -> String {
+    format!("postgres://{user}@{}/{}", db.target(), db.dbname())
+}
+
 /// The server under test.
 pub fn server() -> DatabaseUrl {
     let url = std::env::var("DATABASE_URL").expect(

@@ -1,0 +1,442 @@
+//! `status`: sizes, token rows by state, the due backlog, the policy, the
+//! schedule and the last runs, as a human table, JSON or Prometheus text.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::error::{Result, db};
+use crate::schedule::JOB_NAME;
+
+/// Above this many rows (planner estimate), counts are estimates unless
+/// `exact` is asked for.
+const EXACT_BELOW: f32 = 100_000.0;
+
+/// One table or index and its size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Relation {
+    /// `auth.<name>`.
+    pub name: String,
+    /// "table" or "index".
+    pub kind: &'static str,
+    /// Bytes on disk (a table's without its indexes and TOAST).
+    pub bytes: i64,
+}
+
+/// Count of something, and whether it is exact or the planner's estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Count {
+    /// What is counted (a state or a kind).
+    pub name: String,
+    /// How many.
+    pub rows: i64,
+    /// False for an estimate.
+    pub exact: bool,
+}
+
+/// One row of `auth.cleanup_runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Run id.
+    pub id: i64,
+    /// Start time (RFC 3339, UTC).
+    pub started_at: String,
+    /// Seconds since the Unix epoch.
+    pub started_unix: f64,
+    /// Duration in seconds, when finished.
+    pub seconds: Option<f64>,
+    /// running, ok, partial, skipped or failed.
+    pub status: String,
+    /// Expired token rows deleted.
+    pub expired: i64,
+    /// Revoked token rows deleted.
+    pub revoked: i64,
+    /// Rotated token rows deleted.
+    pub rotated: i64,
+    /// Sessions deleted.
+    pub sessions: i64,
+    /// Batches committed.
+    pub batches: i32,
+    /// Error text of a failed run.
+    pub error: Option<String>,
+}
+
+/// The pg_cron job, when there is one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Cron expression (UTC).
+    pub schedule: String,
+    /// The job's command.
+    pub command: String,
+    /// cron.job.active.
+    pub active: bool,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Tables and indexes of schema auth.
+    pub relations: Vec<Relation>,
+    /// Token rows by state: live, expired, revoked, rotated.
+    pub tokens: Vec<Count>,
+    /// Sessions.
+    pub sessions: Count,
+    /// Due rows per kind: expired, revoked, rotated.
+    pub backlog: Vec<Count>,
+    /// The cleanup policy, setting -> value.
+    pub policy: Vec<(String, String)>,
+    /// The pg_cron job, if pg_cron is installed and the job exists.
+    pub job: Option<Job>,
+    /// The last runs, newest first.
+    pub runs: Vec<Run>,
+}
+
+const STATES: [(&str, &str); 4] = [
+    ("live", "revoked_at IS NULL AND expires_at >= now()"),
+    ("expired", "revoked_at IS NULL AND expires_at < now()"),
+    ("revoked", "revoke_reason <> 'rotated'"),
+    ("rotated", "revoke_reason = 'rotated'"),
+];
+
+async fn estimate(client: &Client, query: &str) -> Result<i64> {
+    let row = client
+        .query_one(&format!("EXPLAIN (FORMAT JSON) {query}"), &[])
+        .await
+        .map_err(db("estimating row counts"))?;
+    let plan: serde_json::Value = serde_json::from_str(row.get(0)).unwrap_or_default();
+    Ok(plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64)
+}
+
+/// Collects the status. `exact` counts every row (a full scan of the token
+/// table); otherwise large tables are estimated. `runs` is how many runs to show.
+///
+/// # Errors
+/// [`crate::Error::Db`] naming what could not be read.
+pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
+    let relations = client
+        .query(
+            "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
+                    pg_catalog.pg_relation_size(c.oid)
+             FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i')
+             ORDER BY c.relkind DESC, c.relname",
+            &[],
+        )
+        .await
+        .map_err(db(
+            "reading table sizes (is the schema installed? run token-janitor migrate)",
+        ))?
+        .iter()
+        .map(|r| Relation {
+            name: format!("auth.{}", r.get::<_, String>(0)),
+            kind: if r.get::<_, &str>(1) == "index" {
+                "index"
+            } else {
+                "table"
+            },
+            bytes: r.get(2),
+        })
+        .collect();
+
+    let reltuples: f32 = client
+        .query_one(
+            "SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = 'auth.refresh_tokens'::regclass",
+            &[],
+        )
+        .await
+        .map_err(db("reading table statistics"))?
+        .get(0);
+    let exact = exact || reltuples < EXACT_BELOW;
+
+    let mut tokens = Vec::new();
+    for (name, predicate) in STATES {
+        let query = format!("SELECT 1 FROM auth.refresh_tokens WHERE {predicate}");
+        let rows = if exact {
+            client
+                .query_one(&format!("SELECT count(*) FROM ({query}) q"), &[])
+                .await
+                .map_err(db("counting token rows"))?
+                .get(0)
+        } else {
+            estimate(client, &query).await?
+        };
+        tokens.push(Count {
+            name: name.to_string(),
+            rows,
+            exact,
+        });
+    }
+    let sessions_query = "SELECT 1 FROM auth.sessions";
+    let sessions = Count {
+        name: "sessions".to_string(),
+        rows: if exact {
+            client
+                .query_one("SELECT count(*) FROM auth.sessions", &[])
+                .await
+                .map_err(db("counting sessions"))?
+                .get(0)
+        } else {
+            estimate(client, sessions_query).await?
+        },
+        exact,
+    };
+
+    let backlog = client
+        .query(
+            "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
+            &[&exact.then_some(true)],
+        )
+        .await
+        .map_err(db("reading the due backlog"))?
+        .iter()
+        .map(|r| Count {
+            name: r.get(0),
+            rows: r.get(1),
+            exact: r.get(2),
+        })
+        .collect();
+
+    let policy_row = client
+        .query_one(
+            "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
+                    batch_size::text, max_runtime::text, history_retention::text
+             FROM auth.cleanup_policy",
+            &[],
+        )
+        .await
+        .map_err(db("reading auth.cleanup_policy"))?;
+    let policy = [
+        "expired_retention",
+        "revoked_retention",
+        "rotated_retention",
+        "batch_size",
+        "max_runtime",
+        "history_retention",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, name)| (name.to_string(), policy_row.get::<_, String>(i)))
+    .collect();
+
+    let has_cron: bool = client
+        .query_one("SELECT to_regclass('cron.job') IS NOT NULL", &[])
+        .await
+        .map_err(db("looking for pg_cron"))?
+        .get(0);
+    let job = if has_cron {
+        client
+            .query_opt(
+                "SELECT schedule, command, active FROM cron.job WHERE jobname = $1",
+                &[&JOB_NAME],
+            )
+            .await
+            .map_err(db("reading cron.job"))?
+            .map(|r| Job {
+                schedule: r.get(0),
+                command: r.get(1),
+                active: r.get(2),
+            })
+    } else {
+        None
+    };
+
+    let runs = client
+        .query(
+            "SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    extract(epoch FROM started_at)::float8,
+                    extract(epoch FROM finished_at - started_at)::float8,
+                    status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches, error
+             FROM auth.cleanup_runs ORDER BY started_at DESC, id DESC LIMIT $1",
+            &[&runs],
+        )
+        .await
+        .map_err(db("reading auth.cleanup_runs"))?
+        .iter()
+        .map(|r| Run {
+            id: r.get(0),
+            started_at: r.get(1),
+            started_unix: r.get(2),
+            seconds: r.get(3),
+            status: r.get(4),
+            expired: r.get(5),
+            revoked: r.get(6),
+            rotated: r.get(7),
+            sessions: r.get(8),
+            batches: r.get(9),
+            error: r.get(10),
+        })
+        .collect();
+
+    Ok(Status {
+        relations,
+        tokens,
+        sessions,
+        backlog,
+        policy,
+        job,
+        runs,
+    })
+}
+
+fn count_text(c: &Count) -> String {
+    if c.exact {
+        c.rows.to_string()
+    } else {
+        format!("~{}", c.rows)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "token rows by state:")?;
+        for c in &self.tokens {
+            writeln!(f, "  {:<10} {:>14}", c.name, count_text(c))?;
+        }
+        writeln!(f, "  {:<10} {:>14}", "sessions", count_text(&self.sessions))?;
+        writeln!(f, "due now (backlog):")?;
+        for c in &self.backlog {
+            writeln!(f, "  {:<10} {:>14}", c.name, count_text(c))?;
+        }
+        writeln!(f, "sizes:")?;
+        for r in &self.relations {
+            writeln!(f, "  {:<42} {:<5} {:>12} bytes", r.name, r.kind, r.bytes)?;
+        }
+        writeln!(f, "policy:")?;
+        for (name, value) in &self.policy {
+            writeln!(f, "  {name:<18} {value}")?;
+        }
+        match &self.job {
+            Some(job) => writeln!(
+                f,
+                "schedule: '{}' (UTC), {}, runs `{}`",
+                job.schedule,
+                if job.active { "active" } else { "INACTIVE" },
+                job.command
+            )?,
+            None => writeln!(f, "schedule: no pg_cron job {JOB_NAME}")?,
+        }
+        writeln!(f, "last runs:")?;
+        if self.runs.is_empty() {
+            writeln!(f, "  (none yet)")?;
+        }
+        for r in &self.runs {
+            writeln!(
+                f,
+                "  #{:<5} {} {:<8} {:>8} expired {:>8} revoked {:>9} rotated {:>7} sessions {:>4} batches {}{}",
+                r.id,
+                r.started_at,
+                r.status,
+                r.expired,
+                r.revoked,
+                r.rotated,
+                r.sessions,
+                r.batches,
+                r.seconds
+                    .map_or("running".to_string(), |s| format!("{s:.3}s")),
+                r.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("  error: {e}"))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Status {
+    /// Prometheus text exposition, for node_exporter's textfile collector.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+            out.push_str(&format!(
+                "# HELP token_janitor_{name} {help}\n# TYPE token_janitor_{name} gauge\n"
+            ));
+            for (labels, value) in samples {
+                out.push_str(&format!("token_janitor_{name}{labels} {value}\n"));
+            }
+        };
+        metric(
+            "token_rows",
+            "Token rows by state (estimates on large tables).",
+            self.tokens
+                .iter()
+                .map(|c| (format!("{{state=\"{}\"}}", c.name), c.rows as f64))
+                .collect(),
+        );
+        metric(
+            "sessions",
+            "Sessions (token families).",
+            vec![(String::new(), self.sessions.rows as f64)],
+        );
+        metric(
+            "backlog_rows",
+            "Token rows due for deletion now, by kind.",
+            self.backlog
+                .iter()
+                .map(|c| (format!("{{kind=\"{}\"}}", c.name), c.rows as f64))
+                .collect(),
+        );
+        metric(
+            "relation_bytes",
+            "Size on disk of each table and index of schema auth.",
+            self.relations
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{relation=\"{}\",kind=\"{}\"}}", r.name, r.kind),
+                        r.bytes as f64,
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "job_active",
+            "1 when the pg_cron job exists and is active.",
+            vec![(
+                String::new(),
+                if self.job.as_ref().is_some_and(|j| j.active) {
+                    1.0
+                } else {
+                    0.0
+                },
+            )],
+        );
+        if let Some(last) = self.runs.iter().find(|r| r.status != "skipped") {
+            metric(
+                "last_run_start_seconds",
+                "Start of the last run, Unix time.",
+                vec![(String::new(), last.started_unix)],
+            );
+            metric(
+                "last_run_duration_seconds",
+                "Duration of the last finished run.",
+                vec![(String::new(), last.seconds.unwrap_or(0.0))],
+            );
+            metric(
+                "last_run_status",
+                "1 for the status of the last run.",
+                ["running", "ok", "partial", "failed"]
+                    .iter()
+                    .map(|s| {
+                        (
+                            format!("{{status=\"{s}\"}}"),
+                            if last.status == *s { 1.0 } else { 0.0 },
+                        )
+                    })
+                    .collect(),
+            );
+            metric(
+                "last_run_deleted_rows",
+                "Rows the last run deleted, by kind.",
+                [
+                    ("expired", last.expired),
+                    ("revoked", last.revoked),
+                    ("rotated", last.rotated),
+                    ("sessions", last.sessions),
+                ]
+                .iter()
+                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64))
+                .collect(),
+            );
+        }
+        out
+    }
+}
