@@ -6,7 +6,7 @@ PG := scripts/pg.sh
 # The server to use: DATABASE_URL when set, else the local throwaway cluster.
 DB = $${DATABASE_URL:-$$($(PG) start)}
 
-.PHONY: test demo lint pg-start pg-stop pg-destroy
+.PHONY: test demo bench lint pg-start pg-stop pg-destroy
 
 ## test: provision, check formatting and lints, build, run every test
 test: lint
@@ -28,6 +28,14 @@ demo:
 	cargo build --release --quiet --bin token-janitor --example demo; \
 	target/release/token-janitor migrate; \
 	target/release/examples/demo
+
+## bench: the purge vs single DELETE and peer shapes under rotation load
+## (1M rows, plus the scaling measurement); writes target/bench.{json,md,png}
+bench:
+	export DATABASE_URL="$(DB)"; \
+	cargo build --release --quiet --bin token-janitor; \
+	target/release/token-janitor bench --rows 1000000 --scaling \
+		--json target/bench.json --markdown target/bench.md --png target/bench.png
 
 pg-start:
 	@$(PG) start

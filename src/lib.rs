@@ -7,6 +7,7 @@
 //! - [`verify::verify`] proves the cleanup works on a live database, and
 //!   [`status::status`] shows its state.
 
+pub mod bench;
 pub mod db;
 pub mod error;
 pub mod migrate;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use token_janitor::bench::{self, BenchOptions};
 use token_janitor::verify::{VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, MigrateOptions, migrate, schedule, status};
 
@@ -80,6 +81,76 @@ enum Command {
               value_parser = clap::value_parser!(i64).range(1..=1000))]
         runs: i64,
     },
+
+    /// Benchmark the purge against a single DELETE and the cleanup shapes of
+    /// other auth servers, under concurrent rotations, on scratch databases
+    /// it creates on the server and drops afterwards.
+    Bench(BenchArgs),
+}
+
+/// Arguments of `bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Token rows to seed (ten per family).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1_000..=100_000_000))]
+    rows: i64,
+
+    /// Share of the rows that are due, 0 to 0.9 (ten tokens per family, the
+    /// newest live).
+    #[arg(long, default_value_t = 0.9, value_parser = share)]
+    due_share: f64,
+
+    /// auth.rotate_token calls per second during every phase (open loop).
+    #[arg(long, default_value_t = 300.0, value_parser = positive)]
+    rotate_rate: f64,
+
+    /// Seconds of the idle baseline (rotations, no purge).
+    #[arg(long, default_value_t = 10.0, value_parser = positive)]
+    idle_seconds: f64,
+
+    /// Seconds after which a peer shape stops and reports the rate it reached.
+    #[arg(long, default_value_t = 60.0, value_parser = positive)]
+    peer_cap_seconds: f64,
+
+    /// Also measure scaling: purge time for --scaling-due rows next to
+    /// --scaling-live and 5x --scaling-live live rows, with the live rows
+    /// after the due ones in time (recent) and between them (interleaved).
+    #[arg(long)]
+    scaling: bool,
+
+    /// Due rows of the scaling tables.
+    #[arg(long, default_value_t = 100_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
+    scaling_due: i64,
+
+    /// Live rows of the smaller scaling table.
+    #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
+    scaling_live: i64,
+
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<std::path::PathBuf>,
+
+    /// Write the Markdown table here (it is printed either way).
+    #[arg(long, value_name = "PATH")]
+    markdown: Option<std::path::PathBuf>,
+
+    /// Draw the chart into this PNG.
+    #[arg(long, value_name = "PATH")]
+    png: Option<std::path::PathBuf>,
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=0.9).contains(&v) => Ok(v),
+        _ => Err(format!("'{text}' is not a share between 0 and 0.9")),
+    }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{text}' is not a positive number")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -163,6 +234,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Human => print!("{status}"),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
                 Format::Prometheus => print!("{}", status.prometheus()),
+            }
+        }
+        Command::Bench(args) => {
+            let options = BenchOptions {
+                rows: args.rows,
+                due_share: args.due_share,
+                rotate_rate: args.rotate_rate,
+                idle_seconds: args.idle_seconds,
+                peer_cap: std::time::Duration::from_secs_f64(args.peer_cap_seconds),
+                scaling: args
+                    .scaling
+                    .then_some((args.scaling_due, args.scaling_live)),
+            };
+            let report = bench::run(&url, &options).await?;
+            let markdown = report.markdown();
+            print!("{markdown}");
+            if let Some(path) = &args.markdown {
+                std::fs::write(path, &markdown)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &args.png {
+                report.png(path).map_err(anyhow::Error::msg)?;
             }
         }
     }

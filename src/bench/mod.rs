@@ -1,0 +1,399 @@
+//! `bench`: the purge against the cleanup shapes of other auth servers, side
+//! by side on identical copies of one seeded table, under concurrent token
+//! rotations. See DESIGN.md §10.
+
+mod load;
+mod report;
+mod seed;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+pub use report::{Machine, Report, Scaling, StrategyResult};
+pub use seed::Layout;
+
+use crate::db::DatabaseUrl;
+use crate::error::{Error, Result, db};
+use crate::migrate::migrate;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Token rows in the seeded table. Default: 1,000,000.
+    pub rows: i64,
+    /// Share of the rows that are due (rotated over an hour ago), at most 0.9
+    /// with ten tokens per family. Default: 0.9.
+    pub due_share: f64,
+    /// Concurrent auth.rotate_token calls per second. Default: 300.
+    pub rotate_rate: f64,
+    /// How long the idle baseline runs. Default: 10 s.
+    pub idle_seconds: f64,
+    /// Peer shapes stop after this long and report the rate they reached.
+    /// Default: 60 s.
+    pub peer_cap: Duration,
+    /// Also measure scaling: this many due rows with the live part of the
+    /// table at 1x and 5x this size. Default: none.
+    pub scaling: Option<(i64, i64)>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            rows: 1_000_000,
+            due_share: 0.9,
+            rotate_rate: 300.0,
+            idle_seconds: 10.0,
+            peer_cap: Duration::from_secs(60),
+            scaling: None,
+        }
+    }
+}
+
+/// The strategies, in the order they run.
+const STRATEGIES: [&str; 4] = [
+    "single-delete",
+    "token-janitor",
+    "supabase-shape",
+    "hydra-shape",
+];
+
+/// The due rows, as every strategy sees them.
+const DUE: &str = "revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'";
+
+/// Scratch databases of one bench run, dropped at the end whatever happens.
+struct Scratch {
+    admin: Client,
+    server: DatabaseUrl,
+    prefix: String,
+    created: Vec<String>,
+}
+
+impl Scratch {
+    async fn create(&mut self, suffix: &str, template: Option<&str>) -> Result<DatabaseUrl> {
+        let name = format!("{}_{suffix}", self.prefix);
+        let template = template.map_or(String::new(), |t| format!(" TEMPLATE {}_{t}", self.prefix));
+        self.admin
+            .batch_execute(&format!("CREATE DATABASE {name}{template}"))
+            .await
+            .map_err(db(format!("creating scratch database {name}")))?;
+        self.created.push(name.clone());
+        Ok(self.server.with_dbname(&name))
+    }
+
+    async fn drop_all(&mut self) {
+        for name in self.created.drain(..).rev() {
+            if let Err(err) = self
+                .admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+            {
+                tracing::warn!(database = %name, error = %crate::error::describe(&err), "could not drop scratch database");
+            }
+        }
+    }
+}
+
+/// Runs the benchmark on `server`, which it uses only to create and drop
+/// scratch databases of its own.
+///
+/// # Errors
+/// [`Error::Connect`] or [`Error::Db`] naming the step; scratch databases are
+/// dropped either way.
+pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report> {
+    let admin = server.connect().await?;
+    let mut scratch = Scratch {
+        admin,
+        server: server.clone(),
+        prefix: format!("tj_bench_{}", std::process::id()),
+        created: Vec::new(),
+    };
+    let result = run_in(&mut scratch, options).await;
+    scratch.drop_all().await;
+    result
+}
+
+async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report> {
+    let due_rows = (options.rows as f64 * options.due_share.clamp(0.0, 0.9)) as i64;
+    let template = scratch.create("template", None).await?;
+    let shape = seed::Shape {
+        family_rows: options.rows,
+        due: due_rows,
+        idle_rows: 0,
+        idle_layout: Layout::Recent,
+    };
+    let due = prepare(&template, shape).await?;
+    let targets = live_tokens(&template).await?;
+
+    eprintln!(
+        "idle baseline: {} rotations/s for {}s",
+        options.rotate_rate, options.idle_seconds
+    );
+    let idle_db = scratch.create("idle", Some("template")).await?;
+    let traffic = Some((&targets, options.rotate_rate));
+    let idle = measure(&idle_db, traffic, |_| async {
+        tokio::time::sleep(Duration::from_secs_f64(options.idle_seconds)).await;
+        Ok(0)
+    })
+    .await?;
+
+    let mut strategies = Vec::new();
+    for name in STRATEGIES {
+        eprintln!(
+            "{name}: deleting {due} due rows under {} rotations/s",
+            options.rotate_rate
+        );
+        let copy = scratch
+            .create(&name.replace('-', "_"), Some("template"))
+            .await?;
+        let cap = options.peer_cap;
+        let run = measure(&copy, traffic, |client| async move {
+            purge(&client, name, cap).await
+        })
+        .await?;
+        strategies.push(StrategyResult::new(name, run, due));
+    }
+    let single = strategies[0].rows_per_s;
+    for s in &mut strategies {
+        s.ratio_to_single_delete = if single > 0.0 {
+            s.rows_per_s / single
+        } else {
+            0.0
+        };
+    }
+
+    let mut scaling = Vec::new();
+    if let Some((due, live)) = options.scaling {
+        for layout in [Layout::Recent, Layout::Interleaved] {
+            scaling.push(scale(scratch, due, live, layout).await?);
+        }
+    }
+    Ok(Report {
+        rows: options.rows,
+        due,
+        rotate_rate: options.rotate_rate,
+        idle_rotate_p50_ms: idle.p50_ms,
+        idle_rotate_p99_ms: idle.p99_ms,
+        idle_rotate_failures: idle.failures,
+        machine: Machine::detect(&scratch.admin).await,
+        strategies,
+        scaling,
+    })
+}
+
+/// Migrates, seeds and checkpoints a template; returns its due row count.
+async fn prepare(url: &DatabaseUrl, shape: seed::Shape) -> Result<i64> {
+    let mut client = url.connect().await?;
+    migrate(
+        &mut client,
+        &crate::MigrateOptions {
+            schedule: None,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let due = seed::seed(&client, shape, 1).await?;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm; CHECKPOINT")
+        .await
+        .map_err(db("preparing the template"))?;
+    Ok(due)
+}
+
+async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
+    let client = url.connect().await?;
+    let rows = client
+        .query(
+            "SELECT session_id, generation::bigint FROM auth.refresh_tokens
+             WHERE revoked_at IS NULL ORDER BY md5(session_id::text) LIMIT 100000",
+            &[],
+        )
+        .await
+        .map_err(db("listing live tokens"))?;
+    if rows.is_empty() {
+        return Err(Error::Db {
+            context: "listing live tokens".into(),
+            message: "the seeded table has no live token to rotate".into(),
+        });
+    }
+    Ok(Arc::new(load::Targets::new(
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    )))
+}
+
+/// What happened while one strategy (or nothing) ran under rotation load.
+pub struct Measured {
+    /// Rows the strategy deleted.
+    pub rows_deleted: i64,
+    /// Its wall time.
+    pub seconds: f64,
+    /// WAL written meanwhile (rotations included).
+    pub wal_bytes: i64,
+    /// Rotation latency quantiles over the strategy's window.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Rotations that errored or were not 'rotated'.
+    pub failures: usize,
+}
+
+/// Warms the copy's caches, starts rotations (when `traffic` gives targets
+/// and a rate), runs `work` once they are flowing, and stops them when it
+/// returns.
+async fn measure<F, Fut>(
+    url: &DatabaseUrl,
+    traffic: Option<(&Arc<load::Targets>, f64)>,
+    work: F,
+) -> Result<Measured>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<i64>>,
+{
+    let client = url.connect().await?;
+    client
+        .batch_execute(
+            "SELECT pg_prewarm(c.oid) FROM pg_class c
+             WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i');
+             CHECKPOINT",
+        )
+        .await
+        .map_err(db("warming the copy's caches"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let traffic = traffic.map(|(targets, rate)| {
+        tokio::spawn(load::run(url.pool(16), targets.clone(), rate, stop_rx))
+    });
+    if traffic.is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let wal_start: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(db("reading the WAL position"))?
+        .get(0);
+    let started = Instant::now();
+    let worker = url.connect().await?;
+    let outcome = work(worker).await;
+    let finished = Instant::now();
+    let wal_bytes: i64 = client
+        .query_one(
+            "SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::bigint",
+            &[&wal_start],
+        )
+        .await
+        .map_err(db("reading the WAL position"))?
+        .get(0);
+    let _ = stop_tx.send(true);
+    let samples = match traffic {
+        Some(handle) => handle.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let rows_deleted = outcome?;
+    Ok(Measured {
+        rows_deleted,
+        seconds: (finished - started).as_secs_f64(),
+        wal_bytes,
+        p50_ms: load::quantile(&samples, started, finished, 0.50),
+        p99_ms: load::quantile(&samples, started, finished, 0.99),
+        failures: samples
+            .iter()
+            .filter(|s| !s.ok && s.scheduled >= started && s.scheduled <= finished)
+            .count(),
+    })
+}
+
+/// Deletes the due rows with strategy `name`; returns how many.
+async fn purge(client: &Client, name: &str, cap: Duration) -> Result<i64> {
+    let context = || format!("running strategy {name}");
+    match name {
+        "single-delete" => Ok(client
+            .execute(&format!("DELETE FROM auth.refresh_tokens WHERE {DUE}"), &[])
+            .await
+            .map_err(db(context()))? as i64),
+        "token-janitor" => {
+            client
+                .batch_execute("CALL auth.run_token_cleanup()")
+                .await
+                .map_err(db(context()))?;
+            let row = client
+                .query_one(
+                    "SELECT expired_deleted + revoked_deleted + rotated_deleted, status
+                     FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(db(context()))?;
+            let status: &str = row.get(1);
+            if status != "ok" {
+                tracing::warn!(status, "the token-janitor run did not finish everything");
+            }
+            Ok(row.get(0))
+        }
+        peer => {
+            let statement = if peer == "supabase-shape" {
+                format!(
+                    "DELETE FROM auth.refresh_tokens WHERE (session_id, generation) IN (
+                         SELECT session_id, generation FROM auth.refresh_tokens WHERE {DUE}
+                         LIMIT 100 FOR UPDATE SKIP LOCKED)"
+                )
+            } else {
+                format!(
+                    "DELETE FROM auth.refresh_tokens WHERE (session_id, generation) IN (
+                         SELECT session_id, generation FROM auth.refresh_tokens WHERE {DUE}
+                         ORDER BY revoked_at LIMIT 100)"
+                )
+            };
+            let statement = client.prepare(&statement).await.map_err(db(context()))?;
+            let deadline = Instant::now() + cap;
+            let mut total = 0;
+            while Instant::now() < deadline {
+                let n = client
+                    .execute(&statement, &[])
+                    .await
+                    .map_err(db(context()))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as i64;
+            }
+            Ok(total)
+        }
+    }
+}
+
+/// Purge time for `due` rows with `live` and then 5 x `live` live rows laid
+/// out as `layout`.
+async fn scale(scratch: &mut Scratch, due: i64, live: i64, layout: Layout) -> Result<Scaling> {
+    let mut seconds = Vec::new();
+    for factor in [1, 5] {
+        let family_rows = (due as f64 / 0.9).ceil() as i64;
+        eprintln!(
+            "scaling: {due} due rows with {} live rows ({layout:?})",
+            live * factor
+        );
+        let url = scratch
+            .create(&format!("scale_{layout:?}_{factor}").to_lowercase(), None)
+            .await?;
+        let shape = seed::Shape {
+            family_rows,
+            due,
+            idle_rows: live * factor,
+            idle_layout: layout,
+        };
+        prepare(&url, shape).await?;
+        let run = measure(&url, None, |client| async move {
+            purge(&client, "token-janitor", Duration::ZERO).await
+        })
+        .await?;
+        seconds.push((live * factor, run.seconds));
+    }
+    Ok(Scaling {
+        layout,
+        due,
+        live_rows: seconds.iter().map(|s| s.0).collect(),
+        seconds: seconds.iter().map(|s| s.1).collect(),
+        ratio: seconds[1].1 / seconds[0].1,
+    })
+}

@@ -1,0 +1,299 @@
+//! The benchmark's report: JSON, a Markdown table and a PNG chart.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::Measured;
+
+/// The machine the numbers come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU cores available to this process.
+    pub cores: usize,
+    /// Total memory, bytes.
+    pub memory_bytes: u64,
+    /// Operating system.
+    pub os: String,
+    /// PostgreSQL version string.
+    pub server: String,
+}
+
+impl Machine {
+    /// Reads the machine's details; unknown values stay empty.
+    pub async fn detect(client: &Client) -> Self {
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        let os = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|r| {
+                r.lines().find_map(|l| {
+                    l.strip_prefix("PRETTY_NAME=")
+                        .map(|v| v.trim_matches('"').to_string())
+                })
+            })
+            .unwrap_or_else(|| std::env::consts::OS.to_string());
+        let server = match client.query_one("SELECT version()", &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => String::new(),
+        };
+        Self {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_bytes,
+            os,
+            server,
+        }
+    }
+}
+
+/// One strategy's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyResult {
+    /// single-delete, token-janitor, supabase-shape or hydra-shape.
+    pub name: String,
+    /// Rows it deleted (a peer may stop at its time cap).
+    pub rows_deleted: i64,
+    /// Whether it deleted every due row.
+    pub complete: bool,
+    /// Wall time.
+    pub seconds: f64,
+    /// rows_deleted / seconds.
+    pub rows_per_s: f64,
+    /// rows_per_s relative to single-delete's.
+    pub ratio_to_single_delete: f64,
+    /// WAL written while it ran (the concurrent rotations' included).
+    pub wal_bytes: i64,
+    /// Rotation latency while it ran, from each call's scheduled start.
+    pub rotate_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub rotate_p99_ms: f64,
+    /// Rotations that failed while it ran.
+    pub rotate_failures: usize,
+}
+
+impl StrategyResult {
+    pub(super) fn new(name: &str, run: Measured, due: i64) -> Self {
+        Self {
+            name: name.to_string(),
+            rows_deleted: run.rows_deleted,
+            complete: run.rows_deleted >= due,
+            seconds: run.seconds,
+            rows_per_s: if run.seconds > 0.0 {
+                run.rows_deleted as f64 / run.seconds
+            } else {
+                0.0
+            },
+            ratio_to_single_delete: 0.0,
+            wal_bytes: run.wal_bytes,
+            rotate_p50_ms: run.p50_ms,
+            rotate_p99_ms: run.p99_ms,
+            rotate_failures: run.failures,
+        }
+    }
+}
+
+/// Purge time for a fixed number of due rows as the rest of the table grows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scaling {
+    /// Where the live rows sit relative to the due rows.
+    pub layout: super::Layout,
+    /// Due rows in each table.
+    pub due: i64,
+    /// Other (live) rows in each table.
+    pub live_rows: Vec<i64>,
+    /// Seconds `CALL auth.run_token_cleanup()` took on each.
+    pub seconds: Vec<f64>,
+    /// Largest table's time over the smallest's.
+    pub ratio: f64,
+}
+
+/// Everything one bench run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Token rows seeded.
+    pub rows: i64,
+    /// Of which due.
+    pub due: i64,
+    /// Rotations per second during every phase.
+    pub rotate_rate: f64,
+    /// Rotation latency with no purge running.
+    pub idle_rotate_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub idle_rotate_p99_ms: f64,
+    /// Rotations that failed with no purge running.
+    pub idle_rotate_failures: usize,
+    /// Where it ran.
+    pub machine: Machine,
+    /// One entry per strategy, single-delete first.
+    pub strategies: Vec<StrategyResult>,
+    /// The scaling measurements, one per layout, when asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scaling: Vec<Scaling>,
+}
+
+impl Report {
+    /// A Markdown table of the strategies, with the idle baseline and scaling.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "{} token rows, {} due; rotate_token at {}/s throughout; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
+            self.rows, self.due, self.rotate_rate, self.idle_rotate_p50_ms, self.idle_rotate_p99_ms
+        );
+        out.push_str(
+            "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for s in &self.strategies {
+            out.push_str(&format!(
+                "| {}{} | {} | {:.2} | {:.0} | {:.2}x | {:.1} | {:.2} | {:.2} | {:.2}x | {} |\n",
+                s.name,
+                if s.complete { "" } else { " (capped)" },
+                s.rows_deleted,
+                s.seconds,
+                s.rows_per_s,
+                s.ratio_to_single_delete,
+                s.wal_bytes as f64 / 1_048_576.0,
+                s.rotate_p50_ms,
+                s.rotate_p99_ms,
+                if self.idle_rotate_p99_ms > 0.0 {
+                    s.rotate_p99_ms / self.idle_rotate_p99_ms
+                } else {
+                    0.0
+                },
+                s.rotate_failures
+            ));
+        }
+        for scaling in &self.scaling {
+            out.push_str(&format!(
+                "\nScaling ({:?} live rows): {} due rows purged in {} s with {} live rows; ratio {:.2}.\n",
+                scaling.layout,
+                scaling.due,
+                scaling.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" / "),
+                scaling.live_rows.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" / "),
+                scaling.ratio
+            ));
+        }
+        out.push_str(&format!(
+            "\nMachine: {} cores, {:.0} GiB, {}; {}.\n",
+            self.machine.cores,
+            self.machine.memory_bytes as f64 / 1_073_741_824.0,
+            self.machine.os,
+            self.machine.server
+        ));
+        out
+    }
+
+    /// Draws rows/s per strategy and rotation p99 (idle and during each
+    /// purge) side by side into a PNG.
+    ///
+    /// # Errors
+    /// When no TrueType font can be read or the file cannot be written.
+    pub fn png(&self, path: &Path) -> Result<(), String> {
+        const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+        let font = std::fs::read(FONT).map_err(|err| {
+            format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
+        })?;
+        plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            Box::leak(font.into_boxed_slice()),
+        )
+        .map_err(|_| format!("{FONT} is not a usable font"))?;
+        self.draw(path)
+            .map_err(|err| format!("cannot draw {}: {err}", path.display()))
+    }
+
+    fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (left, right) = root.split_horizontally(600);
+        let names: Vec<&str> = self.strategies.iter().map(|s| s.name.as_str()).collect();
+        bars(
+            &left,
+            "rows deleted per second",
+            &names,
+            &self
+                .strategies
+                .iter()
+                .map(|s| s.rows_per_s)
+                .collect::<Vec<_>>(),
+            None,
+            0,
+        )?;
+        let mut latency_names = vec!["idle"];
+        latency_names.extend(&names);
+        let mut latencies = vec![self.idle_rotate_p99_ms];
+        latencies.extend(self.strategies.iter().map(|s| s.rotate_p99_ms));
+        bars(
+            &right,
+            "rotate_token p99 ms (line: 2x idle)",
+            &latency_names,
+            &latencies,
+            Some(2.0 * self.idle_rotate_p99_ms),
+            1,
+        )?;
+        root.present()?;
+        Ok(())
+    }
+}
+
+fn bars(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    names: &[&str],
+    values: &[f64],
+    line: Option<f64>,
+    decimals: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let top = values
+        .iter()
+        .copied()
+        .chain(line)
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..names.len() as f64, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let slot = *x - x.floor();
+            if (slot - 0.5).abs() < 0.01 {
+                names
+                    .get(x.floor() as usize)
+                    .map_or(String::new(), |n| n.to_string())
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| format!("{y:.decimals$}"))
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    chart.draw_series(values.iter().enumerate().map(|(i, v)| {
+        Rectangle::new(
+            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+            BLUE.mix(0.7).filled(),
+        )
+    }))?;
+    if let Some(y) = line {
+        chart.draw_series(LineSeries::new(
+            [(0.0, y), (names.len() as f64, y)],
+            RED.stroke_width(2),
+        ))?;
+    }
+    Ok(())
+}
