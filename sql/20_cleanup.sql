@@ -219,10 +219,11 @@ $$;
 -- auth.explain_purge: the plan of every query the purge runs, with the
 -- policy's cutoffs at p_now, planned the way the purge plans them. Runs
 -- EXPLAIN only (nothing executes); seq_scan tells whether any node is a
--- sequential scan, which a healthy install never has.
+-- sequential scan, which a healthy install never has. SECURITY DEFINER since
+-- EXPLAIN of a DELETE needs DELETE privilege, which monitoring must not have.
 CREATE OR REPLACE FUNCTION auth.explain_purge(p_now timestamptz DEFAULT now())
 RETURNS TABLE (kind text, step text, seq_scan boolean, plan text)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$
@@ -328,24 +329,115 @@ AS $$
     SELECT b.expired, b.revoked, b.rotated, b.sessions FROM auth.purge_batch(p_now, p_limit) b
 $$;
 
+-- auth.start_run: under the run lock, marks runs a killed run left
+-- 'running' as failed and records a new run; returns its id.
+CREATE OR REPLACE FUNCTION auth.start_run(p_started timestamptz)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE auth.cleanup_runs
+    SET status = 'failed', finished_at = clock_timestamp(),
+        error = 'run ended without finishing (backend terminated or server restarted)'
+    WHERE status = 'running';
+    INSERT INTO auth.cleanup_runs (started_at, status) VALUES (p_started, 'running') RETURNING id;
+$$;
+
+-- auth.record_skipped_run: a run that found another one holding the lock.
+CREATE OR REPLACE FUNCTION auth.record_skipped_run(p_started timestamptz)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+    VALUES (p_started, clock_timestamp(), 'skipped');
+$$;
+
+-- auth.run_batch: one batch of run p_run, counted into its record; returns
+-- the purge_batch row. Asks not to wait for the batch's WAL flush at
+-- commit: a crash can only undo the last few batches together with their
+-- counts (same transaction), and the next run deletes those rows again; not
+-- waiting keeps the purge's fsyncs out of the way of rotations' commits.
+CREATE OR REPLACE FUNCTION auth.run_batch(
+    p_run     bigint,
+    p_started timestamptz,
+    p_limit   bigint,
+    p_from    timestamptz[]
+)
+RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint,
+               drained boolean, resume timestamptz[], out_of_time boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_batch record;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO v_batch FROM auth.purge_batch(p_started, p_limit, p_from);
+    UPDATE auth.cleanup_runs r
+    SET expired_deleted  = r.expired_deleted + v_batch.expired,
+        revoked_deleted  = r.revoked_deleted + v_batch.revoked,
+        rotated_deleted  = r.rotated_deleted + v_batch.rotated,
+        sessions_deleted = r.sessions_deleted + v_batch.sessions,
+        batches = r.batches + 1
+    WHERE r.id = p_run;
+    RETURN QUERY SELECT v_batch.expired, v_batch.revoked, v_batch.rotated, v_batch.sessions,
+                        v_batch.drained, v_batch.resume,
+                        clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
+END
+$$;
+
+-- auth.finish_run: records how run p_run ended and prunes the history past
+-- history_retention (a failure to prune is a warning, not a failed run).
+CREATE OR REPLACE FUNCTION auth.finish_run(
+    p_run     bigint,
+    p_status  text,
+    p_sqlstate text,
+    p_message text
+)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_started timestamptz;
+BEGIN
+    UPDATE auth.cleanup_runs r
+    SET status = p_status, finished_at = clock_timestamp(),
+        error = CASE WHEN p_message IS NOT NULL THEN p_sqlstate || ': ' || p_message END
+    WHERE r.id = p_run
+    RETURNING r.started_at INTO v_started;
+    IF p_status <> 'failed' THEN
+        BEGIN
+            PERFORM auth.prune_cleanup_history(
+                v_started - (SELECT p.history_retention FROM auth.cleanup_policy p));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'auth.run_token_cleanup: could not prune run history: %', SQLERRM;
+        END;
+    END IF;
+END
+$$;
+
 -- auth.run_token_cleanup: the scheduled entry point (pg_cron job
 -- refresh-token-cleanup). One run: batches of batch_size, each committed,
 -- until nothing is due or max_runtime is spent; recorded in auth.cleanup_runs.
 -- Locks: session advisory lock 1953129324 for the whole run (a second run
 -- records 'skipped' and returns at once); each batch's deleted rows until its
 -- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
--- clause: every name in it is schema-qualified instead.
+-- search_path: its body is control flow only, and every expression that
+-- needs an operator or function lives in a helper above that pins its own.
 CREATE OR REPLACE PROCEDURE auth.run_token_cleanup()
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    c_lock constant bigint := 1953129324;
+    c_lock    constant bigint := 1953129324;
     v_started timestamptz := pg_catalog.clock_timestamp();
-    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_limit   bigint;
     v_run     bigint;
     v_batch   record;
     v_from    timestamptz[];
     v_status  text;
+    v_state   text;
     v_error   text;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
@@ -353,71 +445,39 @@ BEGIN
         RETURN;
     END IF;
     IF NOT pg_catalog.pg_try_advisory_lock(c_lock) THEN
-        INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
-        VALUES (v_started, pg_catalog.clock_timestamp(), 'skipped');
+        PERFORM auth.record_skipped_run(v_started);
         COMMIT;
         RAISE NOTICE 'auth.run_token_cleanup: another run is in progress; skipped';
         RETURN;
     END IF;
-
-    -- Holding the lock, any run still marked running was killed mid-way.
-    UPDATE auth.cleanup_runs
-    SET status = 'failed', finished_at = pg_catalog.clock_timestamp(),
-        error = 'run ended without finishing (backend terminated or server restarted)'
-    WHERE status = 'running';
-    SELECT * INTO v_policy FROM auth.cleanup_policy;
-    INSERT INTO auth.cleanup_runs (started_at, status) VALUES (v_started, 'running')
-    RETURNING id INTO v_run;
+    v_run := auth.start_run(v_started);
+    SELECT p.batch_size INTO v_limit FROM auth.cleanup_policy p;
     COMMIT;
 
     LOOP
-        -- A batch need not wait for its WAL to reach disk: a crash can only
-        -- undo the last few batches, run record included (same transaction),
-        -- and the next run deletes those rows again. Not waiting keeps the
-        -- purge's fsyncs out of the way of the rotations' commits.
-        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         BEGIN
-            SELECT * INTO v_batch FROM auth.purge_batch(v_started, v_policy.batch_size, v_from);
-            v_from := v_batch.resume;
+            SELECT * INTO v_batch FROM auth.run_batch(v_run, v_started, v_limit, v_from);
         EXCEPTION WHEN OTHERS THEN
-            v_error := SQLSTATE || ': ' || SQLERRM;
+            v_state := SQLSTATE;
+            v_error := SQLERRM;
+            v_status := 'failed';
         END;
-        EXIT WHEN v_error IS NOT NULL;
-
-        UPDATE auth.cleanup_runs
-        SET expired_deleted  = expired_deleted + v_batch.expired,
-            revoked_deleted  = revoked_deleted + v_batch.revoked,
-            rotated_deleted  = rotated_deleted + v_batch.rotated,
-            sessions_deleted = sessions_deleted + v_batch.sessions,
-            batches = batches + 1
-        WHERE id = v_run;
+        EXIT WHEN v_status IS NOT NULL;
         COMMIT;
-
+        v_from := v_batch.resume;
         IF v_batch.drained THEN
             v_status := 'ok';
-            EXIT;
-        END IF;
-        IF pg_catalog.clock_timestamp() >= v_started + v_policy.max_runtime THEN
+        ELSIF v_batch.out_of_time THEN
             v_status := 'partial';
-            EXIT;
         END IF;
+        EXIT WHEN v_status IS NOT NULL;
     END LOOP;
 
-    IF v_error IS NULL THEN
-        BEGIN
-            PERFORM auth.prune_cleanup_history(v_started - v_policy.history_retention);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'auth.run_token_cleanup: could not prune run history: %', SQLERRM;
-        END;
-    END IF;
-
-    UPDATE auth.cleanup_runs
-    SET status = coalesce(v_status, 'failed'), finished_at = pg_catalog.clock_timestamp(), error = v_error
-    WHERE id = v_run;
+    PERFORM auth.finish_run(v_run, v_status, v_state, v_error);
     COMMIT;
     PERFORM pg_catalog.pg_advisory_unlock(c_lock);
     IF v_error IS NOT NULL THEN
-        RAISE EXCEPTION 'auth.run_token_cleanup failed: %', v_error;
+        RAISE EXCEPTION 'auth.run_token_cleanup failed: %: %', v_state, v_error;
     END IF;
 END
 $$;
@@ -442,13 +502,14 @@ $$;
 -- auth.cleanup_backlog: token rows due now, per kind: exact counts (an index
 -- scan over the due rows) with p_exact = true, the planner's estimates (free
 -- on any table size) with false, and by default exact counts while the table
--- holds under 100,000 rows, estimates above.
+-- holds under 100,000 rows, estimates above. SECURITY DEFINER so monitoring
+-- sees counts without reading the rows.
 CREATE OR REPLACE FUNCTION auth.cleanup_backlog(
     p_now   timestamptz DEFAULT now(),
     p_exact boolean DEFAULT NULL
 )
 RETURNS TABLE (kind text, due_rows bigint, exact boolean)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 AS $$

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use token_janitor::bench::{self, BenchOptions};
+use token_janitor::migrate::{self, MigrateOptions};
 use token_janitor::verify::{VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, MigrateOptions, migrate, schedule, status};
+use token_janitor::{DatabaseUrl, schedule, status};
 
 /// A refresh-token store for PostgreSQL whose cleanup runs inside the database.
 #[derive(Parser)]
@@ -35,6 +36,16 @@ enum Command {
         /// granularity (pg_cron 1.4).
         #[arg(long, default_value = schedule::DEFAULT_SCHEDULE, value_name = "CRON")]
         schedule: String,
+
+        /// The role applications use: EXECUTE on the lifecycle functions
+        /// only. Created NOLOGIN when missing; grant it to your app's login role.
+        #[arg(long, default_value = migrate::DEFAULT_APP_ROLE, value_name = "ROLE")]
+        app_role: String,
+
+        /// The read-only role verify and status can use. Created NOLOGIN when
+        /// missing.
+        #[arg(long, default_value = migrate::DEFAULT_MONITOR_ROLE, value_name = "ROLE")]
+        monitor_role: String,
     },
 
     /// Check the installation, the schedule, the recent runs and the purge
@@ -176,13 +187,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate {
             no_schedule,
             schedule,
+            app_role,
+            monitor_role,
         } => {
             let mut client = url.connect().await?;
             let options = MigrateOptions {
                 schedule: (!no_schedule).then_some(schedule),
+                app_role,
+                monitor_role,
                 ..MigrateOptions::default()
             };
-            let report = migrate(&mut client, &options).await?;
+            let report = migrate::migrate(&mut client, &options).await?;
             println!(
                 "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt",
                 report.applied.len(),

@@ -45,7 +45,14 @@ const DEFINITIONS: &[(&str, &str)] = &[
         include_str!("../sql/10_lifecycle.sql"),
     ),
     ("sql/20_cleanup.sql", include_str!("../sql/20_cleanup.sql")),
+    ("sql/30_access.sql", include_str!("../sql/30_access.sql")),
 ];
+
+/// Default name of the role applications use (EXECUTE on the lifecycle
+/// functions only).
+pub const DEFAULT_APP_ROLE: &str = "token_janitor_app";
+/// Default name of the read-only role verify and status can use.
+pub const DEFAULT_MONITOR_ROLE: &str = "token_janitor_monitor";
 
 /// The purge's indexes, one `CREATE INDEX CONCURRENTLY` statement each.
 const INDEXES: &str = include_str!("../sql/indexes.sql");
@@ -59,6 +66,12 @@ pub struct MigrateOptions {
     /// How long to wait for another migrate's lock. Default: 15 minutes, since
     /// the other may be building an index on a large table.
     pub lock_wait: Duration,
+    /// The application role, created NOLOGIN when missing. Default:
+    /// [`DEFAULT_APP_ROLE`].
+    pub app_role: String,
+    /// The monitoring role, created NOLOGIN when missing. Default:
+    /// [`DEFAULT_MONITOR_ROLE`].
+    pub monitor_role: String,
 }
 
 impl Default for MigrateOptions {
@@ -66,6 +79,8 @@ impl Default for MigrateOptions {
         Self {
             schedule: Some(schedule::DEFAULT_SCHEDULE.to_string()),
             lock_wait: Duration::from_secs(15 * 60),
+            app_role: DEFAULT_APP_ROLE.to_string(),
+            monitor_role: DEFAULT_MONITOR_ROLE.to_string(),
         }
     }
 }
@@ -150,7 +165,7 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         tracing::info!(migration = %name, "applied");
     }
 
-    apply_definitions(client).await?;
+    apply_definitions(client, options).await?;
 
     for index in index_statements() {
         build_index(client, &index, &mut report).await?;
@@ -166,8 +181,9 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
 /// `sql/`, in one transaction: dropping them first lets a release change a
 /// signature or return type, which `CREATE OR REPLACE` refuses, and callers
 /// see the old set or the new one, never a mix. Trigger functions belong to
-/// the versioned migrations and stay.
-async fn apply_definitions(client: &mut Client) -> Result<()> {
+/// the versioned migrations and stay. The grants go with them (a dropped
+/// function loses its grants).
+async fn apply_definitions(client: &mut Client, options: &MigrateOptions) -> Result<()> {
     let tx = client
         .transaction()
         .await
@@ -193,6 +209,14 @@ async fn apply_definitions(client: &mut Client) -> Result<()> {
             .await
             .map_err(db(format!("applying {file}")))?;
     }
+    tx.execute(
+        "SELECT auth.apply_grants(p_app_role => $1, p_monitor_role => $2)",
+        &[&options.app_role, &options.monitor_role],
+    )
+    .await
+    .map_err(db(
+        "granting access to the application and monitoring roles",
+    ))?;
     tx.commit().await.map_err(db("applying sql/ definitions"))
 }
 

@@ -217,27 +217,18 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
     .map(|(i, name)| (name.to_string(), policy_row.get::<_, String>(i)))
     .collect();
 
-    let has_cron: bool = client
-        .query_one("SELECT to_regclass('cron.job') IS NOT NULL", &[])
+    let job = client
+        .query_opt(
+            "SELECT schedule, command, active FROM auth.cleanup_job()",
+            &[],
+        )
         .await
-        .map_err(db("looking for pg_cron"))?
-        .get(0);
-    let job = if has_cron {
-        client
-            .query_opt(
-                "SELECT schedule, command, active FROM cron.job WHERE jobname = $1",
-                &[&JOB_NAME],
-            )
-            .await
-            .map_err(db("reading cron.job"))?
-            .map(|r| Job {
-                schedule: r.get(0),
-                command: r.get(1),
-                active: r.get(2),
-            })
-    } else {
-        None
-    };
+        .map_err(db("reading the pg_cron job"))?
+        .map(|r| Job {
+            schedule: r.get(0),
+            command: r.get(1),
+            active: r.get(2),
+        });
 
     let runs = client
         .query(

@@ -396,8 +396,8 @@ async fn job(client: &Client, schedule: &str) -> Check {
     const NAME: &str = "job";
     let rows = match client
         .query(
-            "SELECT schedule, command, active FROM cron.job WHERE jobname = $1",
-            &[&JOB_NAME],
+            "SELECT schedule, command, active FROM auth.cleanup_job()",
+            &[],
         )
         .await
     {
@@ -443,11 +443,9 @@ async fn last_job_run(client: &Client) -> Check {
     const NAME: &str = "last-job-run";
     let row = match client
         .query_opt(
-            "SELECT d.status, d.return_message, d.start_time::text
-             FROM cron.job_run_details d JOIN cron.job j ON j.jobid = d.jobid
-             WHERE j.jobname = $1 AND d.status IN ('succeeded', 'failed')
-             ORDER BY d.start_time DESC LIMIT 1",
-            &[&JOB_NAME],
+            "SELECT last_status, last_message, last_start::text FROM auth.cleanup_job()
+             WHERE last_status IS NOT NULL",
+            &[],
         )
         .await
     {
