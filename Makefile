@@ -22,12 +22,15 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
 
-## demo: provision, migrate, issue and rotate tokens, show the tables
+## demo: provision, migrate, simulate three days of token traffic, clean up,
+## catch a replay, verify; stops the throwaway cluster it started
 demo:
-	export DATABASE_URL="$(DB)"; \
+	if [ -z "$${DATABASE_URL:-}" ]; then started=1; export DATABASE_URL="$$($(PG) start)"; fi; \
 	cargo build --release --quiet --bin token-janitor --example demo; \
 	target/release/token-janitor migrate; \
-	target/release/examples/demo
+	target/release/examples/demo; \
+	target/release/token-janitor verify; \
+	if [ -n "$${started:-}" ]; then $(PG) stop; fi
 
 ## bench: the purge vs single DELETE and peer shapes under rotation load
 ## (1M rows, plus the scaling measurement); writes target/bench.{json,md,png}
