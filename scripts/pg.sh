@@ -5,6 +5,8 @@
 #                          cluster, print its DATABASE_URL; reuses a running cluster
 #   scripts/pg.sh url      print the DATABASE_URL of the running cluster
 #   scripts/pg.sh stop     stop the cluster
+#   scripts/pg.sh crash    stop it the way a crash would (immediate: no
+#                          checkpoint; the next start replays the WAL)
 #   scripts/pg.sh destroy  stop it and remove its files
 #
 # The cluster lives in $PGHOME (default: target/pg under the repository), listens
@@ -113,7 +115,12 @@ start() {
     fi
     [ -f "$PGDATA/PG_VERSION" ] || init_cluster
     local port
-    port="$(pick_port)"
+    # Keep the port of an earlier start when it is still free.
+    if [ -f "$(port_file)" ] && port_free "$(cat "$(port_file)")"; then
+        port="$(cat "$(port_file)")"
+    else
+        port="$(pick_port)"
+    fi
     echo "$port" >"$(port_file)"
     as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGHOME/server.log" -o "-p $port" -w -t "$READY_TIMEOUT_S" start >/dev/null \
         || { tail -n 20 "$PGHOME/server.log" >&2; die "server did not start (log: $PGHOME/server.log)"; }
@@ -127,7 +134,7 @@ start() {
 
 stop() {
     if running; then
-        as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+        as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -m "${1:-fast}" -w stop >/dev/null
     fi
 }
 
@@ -135,6 +142,7 @@ case "${1:-}" in
     start) start ;;
     url) running || die "cluster in $PGHOME is not running: run scripts/pg.sh start"; url ;;
     stop) stop ;;
+    crash) stop immediate ;;
     destroy) stop; rm -rf "$PGHOME" ;;
-    *) echo "usage: $0 start|url|stop|destroy" >&2; exit 2 ;;
+    *) echo "usage: $0 start|url|stop|crash|destroy" >&2; exit 2 ;;
 esac

@@ -358,6 +358,9 @@ $$;
 -- commit: a crash can only undo the last few batches together with their
 -- counts (same transaction), and the next run deletes those rows again; not
 -- waiting keeps the purge's fsyncs out of the way of rotations' commits.
+-- Waits at most 5 seconds for a row lock: a due row held by some long
+-- transaction ends the run as 'partial' instead of stalling it (rotations
+-- never wait on the purge: they touch no due row).
 CREATE OR REPLACE FUNCTION auth.run_batch(
     p_run     bigint,
     p_started timestamptz,
@@ -373,6 +376,7 @@ DECLARE
     v_batch record;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM set_config('lock_timeout', '5s', true);
     SELECT * INTO v_batch FROM auth.purge_batch(p_started, p_limit, p_from);
     UPDATE auth.cleanup_runs r
     SET expired_deleted  = r.expired_deleted + v_batch.expired,
@@ -439,6 +443,7 @@ DECLARE
     v_status  text;
     v_state   text;
     v_error   text;
+    v_failed  boolean := false;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE NOTICE 'auth.run_token_cleanup: this server is a standby; the primary runs the cleanup';
@@ -457,10 +462,16 @@ BEGIN
     LOOP
         BEGIN
             SELECT * INTO v_batch FROM auth.run_batch(v_run, v_started, v_limit, v_from);
-        EXCEPTION WHEN OTHERS THEN
-            v_state := SQLSTATE;
-            v_error := SQLERRM;
-            v_status := 'failed';
+        EXCEPTION
+            WHEN lock_not_available THEN
+                v_state := SQLSTATE;
+                v_error := 'gave up waiting for a row lock held by another transaction; the next run retries';
+                v_status := 'partial';
+            WHEN OTHERS THEN
+                v_state := SQLSTATE;
+                v_error := SQLERRM;
+                v_status := 'failed';
+                v_failed := true;
         END;
         EXIT WHEN v_status IS NOT NULL;
         COMMIT;
@@ -476,7 +487,7 @@ BEGIN
     PERFORM auth.finish_run(v_run, v_status, v_state, v_error);
     COMMIT;
     PERFORM pg_catalog.pg_advisory_unlock(c_lock);
-    IF v_error IS NOT NULL THEN
+    IF v_failed THEN
         RAISE EXCEPTION 'auth.run_token_cleanup failed: %: %', v_state, v_error;
     END IF;
 END
