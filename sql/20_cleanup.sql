@@ -18,15 +18,15 @@
 -- Token kinds: expired (expires_at < $1, whatever the revoke state), revoked
 -- (revoked for any reason but 'rotated', revoked_at < $1) and rotated
 -- (revoked 'rotated', revoked_at < $1), with steps 'due' (its due rows, for
--- counting), 'bound' (the ($3 + 1)-th
--- due key from $5), 'below' (delete the due rows from $5 to under key $2),
--- 'all' (delete every due row from $5) and 'ties' (delete $3 due rows at key
--- $2). Starting at $5 lets a run skip the index entries of rows its earlier
--- batches deleted, which stay in the index until vacuum. Deletes of the expired
--- and revoked kinds return the distinct session ids, since they are how a
--- session loses its last token; a rotated row never is (its session still
--- holds a newer token), so that kind, the bulk of the purge, is a plain
--- DELETE, which costs half as much as one that returns its rows.
+-- counting), 'bound' (the ($3 + 1)-th due key from $5), 'below' (delete the
+-- due rows from $5 to under key $2), 'all' (delete every due row from $5) and
+-- 'ties' (delete $3 due rows at key $2). Starting at $5 lets a run skip the
+-- index entries of rows its earlier batches deleted, which stay in the index
+-- until vacuum. Deletes of the expired and revoked kinds return the distinct
+-- session ids, since they are how a session loses its last token; a rotated
+-- row never is (its session still holds a newer token), so that kind, the
+-- bulk of the purge, is a plain DELETE, which costs half as much as one that
+-- returns its rows.
 -- Kind 'sessions', steps 'touched' (sessions in $4) and 'sweep' (all): delete
 -- dead sessions that have no token rows.
 CREATE OR REPLACE FUNCTION auth.purge_statement(p_kind text, p_step text)
