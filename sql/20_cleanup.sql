@@ -104,7 +104,9 @@ $$;
 
 -- auth.purge_delete: runs one delete step of auth.purge_statement; returns
 -- how many rows it deleted and, for the kinds that return them, from which
--- sessions. Row locks: the deleted rows.
+-- sessions. Row locks: the deleted rows. Plain index scans are off too: a
+-- bitmap scan visits the batch's heap pages in physical order, which
+-- measured twice as fast as visiting them in key order.
 CREATE OR REPLACE FUNCTION auth.purge_delete(
     p_kind   text,
     p_step   text,
@@ -118,6 +120,7 @@ CREATE OR REPLACE FUNCTION auth.purge_delete(
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_indexscan = off
 AS $$
 BEGIN
     touched := '{}';
@@ -244,6 +247,8 @@ BEGIN
         -- A batch's key range ends within the due rows, below the cutoff.
         v_key := CASE kind WHEN 'sessions' THEN auth.purge_cutoff(v_policy, 'revoked', p_now)
                            ELSE v_cutoff - interval '1 minute' END;
+        -- As auth.purge_delete plans the deletes (bitmap scans only).
+        PERFORM set_config('enable_indexscan', (step IN ('bound', 'touched', 'sweep'))::text, true);
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth.purge_statement(kind, step)
             USING v_cutoff, v_key, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
@@ -353,12 +358,9 @@ AS $$
     VALUES (p_started, clock_timestamp(), 'skipped');
 $$;
 
--- auth.run_batch: one batch of run p_run, counted into its record; returns
--- the purge_batch row. Asks not to wait for the batch's WAL flush at
--- commit: a crash can only undo the last few batches together with their
--- counts (same transaction), and the next run deletes those rows again; not
--- waiting keeps the purge's fsyncs out of the way of rotations' commits.
--- Waits at most 5 seconds for a row lock: a due row held by some long
+-- auth.run_batch: one batch of run p_run, counted into its record (in the
+-- same transaction, so the record and the deletes always agree); returns
+-- the purge_batch row. Waits at most 5 seconds for a row lock: a due row held by some long
 -- transaction ends the run as 'partial' instead of stalling it (rotations
 -- never wait on the purge: they touch no due row).
 CREATE OR REPLACE FUNCTION auth.run_batch(
@@ -375,7 +377,6 @@ AS $$
 DECLARE
     v_batch record;
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM set_config('lock_timeout', '5s', true);
     SELECT * INTO v_batch FROM auth.purge_batch(p_started, p_limit, p_from);
     UPDATE auth.cleanup_runs r

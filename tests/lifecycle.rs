@@ -347,12 +347,41 @@ async fn revoke_user_sessions_revokes_only_that_users_live_sessions() {
     "SELECT auth.revoke_user_sessions(p_user_id => 'u', p_reason => 'bored')",
     "p_reason"
 )]
+#[case::oversized_user(
+    "SELECT * FROM auth.issue_token(p_user_id => repeat('u', 300), p_token_hash => sha256('x'), p_ttl => '1 day')",
+    "p_user_id"
+)]
+#[case::rotate_null_new_hash(
+    "SELECT * FROM auth.rotate_token(p_session_id => (SELECT id FROM auth.sessions), p_generation => 1,
+         p_token_hash => sha256('g1'), p_new_token_hash => NULL, p_ttl => '1 day')",
+    "p_new_token_hash"
+)]
+#[case::rotate_oversized_hash(
+    "SELECT * FROM auth.rotate_token(p_session_id => (SELECT id FROM auth.sessions), p_generation => 1,
+         p_token_hash => decode(repeat('ab', 100), 'hex'), p_new_token_hash => sha256('x'), p_ttl => '1 day')",
+    "p_token_hash"
+)]
+#[case::rotate_zero_ttl(
+    "SELECT * FROM auth.rotate_token(p_session_id => (SELECT id FROM auth.sessions), p_generation => 1,
+         p_token_hash => sha256('g1'), p_new_token_hash => sha256('x'), p_ttl => '0')",
+    "p_ttl"
+)]
+#[case::revoke_null_reason(
+    "SELECT auth.revoke_session(p_session_id => (SELECT id FROM auth.sessions), p_reason => NULL)",
+    "p_reason"
+)]
 #[tokio::test]
 async fn bad_arguments_are_refused_by_name_and_write_nothing(
     #[case] sql: &str,
     #[case] names: &str,
 ) {
     let db = TestDb::migrated().await;
+    let s = issue(&db.client, "u", "g0", DAY, at(0)).await;
+    assert_eq!(
+        rotate(&db.client, s, 0, "g0", "g1", DAY, at(60)).await,
+        "rotated"
+    );
+    let before = snapshot(&db.client).await;
     let err = db.client.query(sql, &[]).await.unwrap_err();
     let message = err
         .as_db_error()
@@ -360,7 +389,59 @@ async fn bad_arguments_are_refused_by_name_and_write_nothing(
         .message()
         .to_string();
     assert!(message.contains(names), "{message:?} does not name {names}");
-    assert_eq!(counts(&db.client).await, (0, 0));
+    assert_eq!(snapshot(&db.client).await, before, "nothing was written");
+}
+
+/// Every row of both token tables, as text.
+async fn snapshot(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT s::text FROM auth.sessions s UNION ALL SELECT t::text FROM auth.refresh_tokens t ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn missing_selectors_get_documented_outcomes() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let s = issue(c, "u", "g0", DAY, at(0)).await;
+    let before = snapshot(c).await;
+    for (session, generation) in [("NULL", "0"), ("$1", "NULL"), ("$1", "-1")] {
+        let outcome: String = c
+            .query_one(
+                &format!(
+                    "SELECT outcome FROM auth.rotate_token(p_session_id => {session}::uuid, p_generation => {generation},
+                         p_token_hash => sha256('g0'), p_new_token_hash => sha256('g1'), p_ttl => '1 day')
+                     WHERE $1::uuid IS NOT NULL"
+                ),
+                &[&s],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            outcome, "unknown",
+            "session {session}, generation {generation}"
+        );
+    }
+    let revoked: i32 = c
+        .query_one("SELECT auth.revoke_session(p_session_id => NULL)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(revoked, 0);
+    let listed = c
+        .query("SELECT * FROM auth.list_sessions(p_user_id => NULL)", &[])
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+    assert_eq!(snapshot(c).await, before);
 }
 
 #[tokio::test]

@@ -74,7 +74,11 @@ struct Scratch {
 impl Scratch {
     async fn create(&mut self, suffix: &str, template: Option<&str>) -> Result<DatabaseUrl> {
         let name = format!("{}_{suffix}", self.prefix);
-        let template = template.map_or(String::new(), |t| format!(" TEMPLATE {}_{t}", self.prefix));
+        // FILE_COPY: the default WAL_LOG strategy would write the whole copy
+        // into the WAL and leave the next phase a checkpoint to pay for.
+        let template = template.map_or(String::new(), |t| {
+            format!(" TEMPLATE {}_{t} STRATEGY = FILE_COPY", self.prefix)
+        });
         self.admin
             .batch_execute(&format!("CREATE DATABASE {name}{template}"))
             .await
