@@ -19,14 +19,14 @@ struct Row {
     session: usize,
     generation: i32,
     expires_at: i64,
-    revoked: Option<(i64, &'static str)>,
+    revoked: Revocation,
 }
 
 #[derive(Debug, Clone)]
 struct Session {
     generation: i32,
     refresh_expires_at: i64,
-    revoked: Option<(i64, &'static str)>,
+    revoked: Revocation,
 }
 
 /// Which kind a token row is due as at `now`, or None (DESIGN.md §6).
@@ -45,107 +45,72 @@ fn session_dead(s: &Session, (expired, revoked, _): Policy, now: i64) -> bool {
     s.refresh_expires_at < now - expired || s.revoked.is_some_and(|(at, _)| at < now - revoked)
 }
 
+/// A family: its session's revocation and one (expires_at, revocation) per
+/// generation; the session's generation and expiry follow its newest token.
+type Revocation = Option<(i64, &'static str)>;
+
+fn push_family(
+    sessions: &mut Vec<Session>,
+    rows: &mut Vec<Row>,
+    revoked: Revocation,
+    tokens: &[(i64, Revocation)],
+) {
+    let (newest_expiry, _) = tokens[tokens.len() - 1];
+    sessions.push(Session {
+        generation: tokens.len() as i32 - 1,
+        refresh_expires_at: newest_expiry,
+        revoked,
+    });
+    for (generation, (expires_at, revoked)) in tokens.iter().enumerate() {
+        rows.push(Row {
+            session: sessions.len() - 1,
+            generation: generation as i32,
+            expires_at: *expires_at,
+            revoked: *revoked,
+        });
+    }
+}
+
 /// Sessions and tokens in every state, with timestamps a second either side
 /// of each retention boundary at `now`.
 fn world((expired, revoked, rotated): Policy, now: i64) -> (Vec<Session>, Vec<Row>) {
-    let mut sessions = Vec::new();
-    let mut rows = Vec::new();
+    let (mut sessions, mut rows) = (Vec::new(), Vec::new());
     let far = now + 30 * DAY;
     for offset in -2..=2 {
+        let (e, r, t) = (
+            now - expired + offset,
+            now - revoked + offset,
+            now - rotated + offset,
+        );
         // A family whose only token expired around the boundary.
-        let e = now - expired + offset;
-        sessions.push(Session {
-            generation: 0,
-            refresh_expires_at: e,
-            revoked: None,
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 0,
-            expires_at: e,
-            revoked: None,
-        });
-
+        push_family(&mut sessions, &mut rows, None, &[(e, None)]);
         // A family logged out around the boundary.
-        let r = now - revoked + offset;
-        sessions.push(Session {
-            generation: 0,
-            refresh_expires_at: far,
-            revoked: Some((r, "logout")),
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 0,
-            expires_at: far,
-            revoked: Some((r, "logout")),
-        });
-
+        let logout = Some((r, "logout"));
+        push_family(&mut sessions, &mut rows, logout, &[(far, logout)]);
         // A live family whose generation 0 was rotated around the boundary.
-        let t = now - rotated + offset;
-        sessions.push(Session {
-            generation: 1,
-            refresh_expires_at: far,
-            revoked: None,
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 0,
-            expires_at: far,
-            revoked: Some((t, "rotated")),
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 1,
-            expires_at: far,
-            revoked: None,
-        });
-
+        push_family(
+            &mut sessions,
+            &mut rows,
+            None,
+            &[(far, Some((t, "rotated"))), (far, None)],
+        );
         // A family revoked for reuse around the boundary, with a rotated row.
-        sessions.push(Session {
-            generation: 1,
-            refresh_expires_at: far,
-            revoked: Some((r, "reuse_detected")),
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 0,
-            expires_at: far,
-            revoked: Some((r - 60, "rotated")),
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 1,
-            expires_at: far,
-            revoked: Some((r, "reuse_detected")),
-        });
+        let reuse = Some((r, "reuse_detected"));
+        push_family(
+            &mut sessions,
+            &mut rows,
+            reuse,
+            &[(far, Some((r - 60, "rotated"))), (far, reuse)],
+        );
     }
     // Live tokens at the edge: expiring exactly now, and in a second.
     for e in [now, now + 1] {
-        sessions.push(Session {
-            generation: 0,
-            refresh_expires_at: e,
-            revoked: None,
-        });
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: 0,
-            expires_at: e,
-            revoked: None,
-        });
+        push_family(&mut sessions, &mut rows, None, &[(e, None)]);
     }
     // An expired token that was also revoked by an admin long ago.
     let old = now - expired - revoked - DAY;
-    sessions.push(Session {
-        generation: 0,
-        refresh_expires_at: old,
-        revoked: Some((old - DAY, "admin")),
-    });
-    rows.push(Row {
-        session: sessions.len() - 1,
-        generation: 0,
-        expires_at: old,
-        revoked: Some((old - DAY, "admin")),
-    });
+    let admin = Some((old - DAY, "admin"));
+    push_family(&mut sessions, &mut rows, admin, &[(old, admin)]);
     (sessions, rows)
 }
 

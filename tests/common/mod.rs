@@ -160,6 +160,16 @@ where
     }
 }
 
+/// Runs `sql`, which must fail on the server; returns the server's message
+/// followed by the violated constraint's name, if any.
+pub async fn refused(client: &Client, sql: &str) -> String {
+    let err = client.batch_execute(sql).await.expect_err(sql);
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err:?}"));
+    format!("{} {}", db.message(), db.constraint().unwrap_or(""))
+}
+
 /// Row counts of the two token tables.
 pub async fn counts(client: &Client) -> (i64, i64) {
     let row = client
