@@ -85,23 +85,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime, which cannot block: use a
-        // runtime of our own on another thread.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    if let Ok(admin) = server().with_dbname("postgres").connect().await {
-                        let _ = admin
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
-                    }
-                })
-        })
-        .join();
+        execute_detached(
+            server().with_dbname("postgres"),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -117,6 +104,28 @@ pub struct CronDb {
 
 const CRON_DB_TEST_LOCK: i64 = 0x746a_7465;
 
+/// Empties cron.database_name: no auth schema, history or pg_cron.
+const CRON_DB_RESET: &str = "DROP SCHEMA IF EXISTS auth CASCADE;
+     DROP TABLE IF EXISTS refinery_schema_history;
+     DROP EXTENSION IF EXISTS pg_cron;";
+
+/// Runs `sql` on `url` from a runtime of its own on another thread: for
+/// `Drop`, which runs inside a test's runtime and cannot block it.
+fn execute_detached(url: DatabaseUrl, sql: String) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                if let Ok(client) = url.connect().await {
+                    let _ = client.batch_execute(&sql).await;
+                }
+            })
+    })
+    .join();
+}
+
 impl CronDb {
     pub async fn fresh() -> Self {
         let lock = server().with_dbname("postgres").connect().await.unwrap();
@@ -125,19 +134,20 @@ impl CronDb {
             .unwrap();
         let url = server();
         let client = url.connect().await.unwrap();
-        client
-            .batch_execute(
-                "DROP SCHEMA IF EXISTS auth CASCADE;
-                 DROP TABLE IF EXISTS refinery_schema_history;
-                 DROP EXTENSION IF EXISTS pg_cron;",
-            )
-            .await
-            .unwrap();
+        client.batch_execute(CRON_DB_RESET).await.unwrap();
         Self {
             url,
             client,
             _lock: lock,
         }
+    }
+}
+
+/// Leaves cron.database_name empty again, so a test's sabotage never
+/// reaches `make demo` or the next test.
+impl Drop for CronDb {
+    fn drop(&mut self) {
+        execute_detached(self.url.clone(), CRON_DB_RESET.to_string());
     }
 }
 
