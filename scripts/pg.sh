@@ -72,7 +72,7 @@ port_free() {
 
 pick_port() {
     local port
-    for port in $(seq 54329 54429); do
+    for port in $(seq "${1:-54329}" 54429); do
         if port_free "$port"; then echo "$port"; return 0; fi
     done
     die "no free port in 54329-54429"
@@ -114,16 +114,27 @@ start() {
         return 0
     fi
     [ -f "$PGDATA/PG_VERSION" ] || init_cluster
-    local port
+    local port attempt
     # Keep the port of an earlier start when it is still free.
     if [ -f "$(port_file)" ] && port_free "$(cat "$(port_file)")"; then
         port="$(cat "$(port_file)")"
     else
         port="$(pick_port)"
     fi
-    echo "$port" >"$(port_file)"
-    as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGHOME/server.log" -o "-p $port" -w -t "$READY_TIMEOUT_S" start >/dev/null \
-        || { tail -n 20 "$PGHOME/server.log" >&2; die "server did not start (log: $PGHOME/server.log)"; }
+    # A port that looked free can be taken by the time the server binds it
+    # (another cluster starting at once): then try the next free one.
+    for attempt in 1 2 3; do
+        echo "$port" >"$(port_file)"
+        if as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGHOME/server.log" -o "-p $port" -w -t "$READY_TIMEOUT_S" start >/dev/null; then
+            break
+        fi
+        if [ "$attempt" -eq 3 ] || ! tail -n 5 "$PGHOME/server.log" | grep -q "could not create any TCP/IP sockets"; then
+            tail -n 20 "$PGHOME/server.log" >&2
+            die "server did not start (log: $PGHOME/server.log)"
+        fi
+        log "port $port is taken; trying another"
+        port="$(pick_port "$((port + 1))")"
+    done
     wait_ready "$port"
     if ! "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = '$DBNAME'" | grep -q 1; then
