@@ -266,8 +266,12 @@ $$;
 -- plus whether it deleted everything that was due (the run's stop signal) and
 -- where each kind's next batch may start (p_from: the previous batch's
 -- `resume`, NULL for anywhere). A row due under several rules is counted
--- once, under the first of expired, revoked, rotated. Row locks: the deleted
--- token and session rows.
+-- once, under the first of expired, revoked, rotated. Locks: the deleted
+-- token and session rows, and transaction advisory lock 1953129325: purges
+-- (a run's batches, purge_refresh_tokens calls) take turns, one transaction
+-- at a time, because two of them deleting overlapping rows kind by kind
+-- from different starting keys can each hold what the other waits for (a
+-- deadlock seen in tests/concurrency.rs). A batch holds it for milliseconds.
 CREATE OR REPLACE FUNCTION auth.purge_batch(
     p_now   timestamptz,
     p_limit bigint,
@@ -295,6 +299,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
+    PERFORM pg_advisory_xact_lock(1953129325);
     v_left := coalesce(p_limit, 9223372036854775807);
     drained := true;
     resume := '{}';
