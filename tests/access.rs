@@ -20,13 +20,16 @@ async fn member_of(db: &TestDb, group: &str) -> (String, DatabaseUrl, tokio_post
     (role, url, client)
 }
 
-fn denied(result: Result<impl std::fmt::Debug, tokio_postgres::Error>, what: &str) {
-    let err = result.expect_err(what);
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{what}: {err:?}"
-    );
+/// Asserts that each statement is refused for lack of privilege.
+async fn all_denied(client: &tokio_postgres::Client, statements: &[&str]) {
+    for sql in statements {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -48,39 +51,18 @@ async fn the_application_role_goes_through_functions_only() {
         1
     );
 
-    denied(
-        client
-            .query("SELECT token_hash FROM auth.refresh_tokens", &[])
-            .await,
-        "reading hashes",
-    );
-    denied(
-        client.query("SELECT * FROM auth.sessions", &[]).await,
-        "reading sessions",
-    );
-    denied(
-        client.execute("DELETE FROM auth.refresh_tokens", &[]).await,
-        "deleting tokens",
-    );
-    denied(
-        client
-            .execute("UPDATE auth.cleanup_policy SET batch_size = 1", &[])
-            .await,
-        "changing the policy",
-    );
-    denied(
-        client
-            .batch_execute("CALL auth.run_token_cleanup()")
-            .await
-            .map(|_| ()),
-        "running the purge",
-    );
-    denied(
-        client
-            .query("SELECT * FROM auth.purge_refresh_tokens()", &[])
-            .await,
-        "calling the purge function",
-    );
+    all_denied(
+        &client,
+        &[
+            "SELECT token_hash FROM auth.refresh_tokens",
+            "SELECT * FROM auth.sessions",
+            "DELETE FROM auth.refresh_tokens",
+            "UPDATE auth.cleanup_policy SET batch_size = 1",
+            "CALL auth.run_token_cleanup()",
+            "SELECT * FROM auth.purge_refresh_tokens()",
+        ],
+    )
+    .await;
     drop(client);
     db.client
         .batch_execute(&format!("DROP ROLE {role}"))
@@ -126,20 +108,15 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
         50
     );
 
-    denied(
-        client
-            .query("SELECT token_hash FROM auth.refresh_tokens", &[])
-            .await,
-        "reading hashes",
-    );
-    denied(
-        client.execute("DELETE FROM auth.refresh_tokens", &[]).await,
-        "deleting tokens",
-    );
-    denied(
-        client.query("SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')", &[]).await,
-        "issuing tokens",
-    );
+    all_denied(
+        &client,
+        &[
+            "SELECT token_hash FROM auth.refresh_tokens",
+            "DELETE FROM auth.refresh_tokens",
+            "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')",
+        ],
+    )
+    .await;
     assert_eq!(counts(&db.client).await, before);
     drop(client);
     db.client
