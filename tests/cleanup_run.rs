@@ -280,13 +280,11 @@ async fn old_run_history_is_pruned() {
     c.batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
-    let ages: Vec<i64> = c
-        .query("SELECT extract(day FROM now() - started_at)::bigint FROM auth.cleanup_runs ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ages: Vec<i64> = column(
+        c,
+        "SELECT extract(day FROM now() - started_at)::bigint FROM auth.cleanup_runs ORDER BY id",
+    )
+    .await;
     assert_eq!(
         ages,
         vec![13, 0],

@@ -106,13 +106,8 @@ async fn a_crash_mid_run_loses_nothing_and_the_next_run_finishes() {
         .batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
-    let statuses: Vec<String> = client
-        .query("SELECT status FROM auth.cleanup_runs ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let statuses: Vec<String> =
+        column(&client, "SELECT status FROM auth.cleanup_runs ORDER BY id").await;
     assert_eq!(statuses, ["failed", "ok"]);
     assert_eq!(count(&client, ROTATED).await, 0);
     assert_eq!(count(&client, LIVE).await, 20_000);

@@ -389,16 +389,7 @@ async fn bad_arguments_are_refused_by_name_and_write_nothing(
 
 /// Every row of both token tables, as text.
 async fn snapshot(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT s::text FROM auth.sessions s UNION ALL SELECT t::text FROM auth.refresh_tokens t ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    column(client, "SELECT s::text FROM auth.sessions s UNION ALL SELECT t::text FROM auth.refresh_tokens t ORDER BY 1").await
 }
 
 #[tokio::test]

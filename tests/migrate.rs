@@ -8,21 +8,16 @@ use token_janitor::{Error, MigrateOptions, migrate, schedule};
 
 /// Every object in schema auth with its definition, for before/after comparisons.
 async fn schema_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT c.relname || ':' || coalesce(pg_get_indexdef(c.oid), c.relkind::text)
+    column(
+        client,
+        "SELECT c.relname || ':' || coalesce(pg_get_indexdef(c.oid), c.relkind::text)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'auth'
              UNION ALL
              SELECT p.proname || ':' || md5(pg_get_functiondef(p.oid))
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'auth'
              ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    )
+    .await
 }
 
 #[tokio::test]
@@ -269,17 +264,11 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
         message.contains("V2") && message.contains("cleanup_policy_and_runs"),
         "{message}"
     );
-    let applied: Vec<i32> = db
-        .client
-        .query(
-            "SELECT version FROM refinery_schema_history ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied: Vec<i32> = column(
+        &db.client,
+        "SELECT version FROM refinery_schema_history ORDER BY version",
+    )
+    .await;
     assert_eq!(applied, vec![1]);
     let policy_exists: bool = db
         .client

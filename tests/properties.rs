@@ -96,12 +96,9 @@ async fn rows(client: &Client) -> BTreeMap<(Uuid, i32), Row> {
 }
 
 async fn sessions(client: &Client) -> HashSet<Uuid> {
-    client
-        .query("SELECT id FROM auth.sessions", &[])
+    column(client, "SELECT id FROM auth.sessions")
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
+        .into_iter()
         .collect()
 }
 

@@ -172,14 +172,8 @@ async fn surviving(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let sessions = client
-        .query("SELECT id FROM auth.sessions", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    (tokens, sessions)
+    let sessions = column(client, "SELECT id FROM auth.sessions").await;
+    (tokens, sessions.into_iter().collect())
 }
 
 /// Invariants 1 and 2: exactly the model's due rows are deleted, counted by

@@ -37,17 +37,12 @@ fn assert_fails(report: &Report, names: &[&str]) {
 
 /// Row counts of every table verify could touch.
 async fn row_counts(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
-    let tables: Vec<String> = client
-        .query(
-            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables
+    let tables: Vec<String> = column(
+        client,
+        "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables
              WHERE schemaname IN ('auth', 'cron', 'public') ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     let mut counts = Vec::new();
     for table in tables {
         let n: i64 = client

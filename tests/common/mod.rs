@@ -180,6 +180,20 @@ pub async fn refused(client: &Client, sql: &str) -> String {
     format!("{} {}", db.message(), db.constraint().unwrap_or(""))
 }
 
+/// The first column of every row `sql` returns.
+pub async fn column<T>(client: &Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Row counts of the two token tables.
 pub async fn counts(client: &Client) -> (i64, i64) {
     let row = client
