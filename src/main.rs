@@ -133,6 +133,11 @@ struct BenchArgs {
     #[arg(long, default_value_t = 100_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
     scaling_due: i64,
 
+    /// auth.cleanup_policy.batch_size for the token-janitor runs (default:
+    /// the policy's default).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    batch_size: Option<i32>,
+
     /// Live rows of the smaller scaling table.
     #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
     scaling_live: i64,
@@ -261,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scaling: args
                     .scaling
                     .then_some((args.scaling_due, args.scaling_live)),
+                batch_size: args.batch_size,
             };
             let report = bench::run(&url, &options).await?;
             let markdown = report.markdown();

@@ -37,6 +37,9 @@ pub struct BenchOptions {
     /// Also measure scaling: this many due rows with the live part of the
     /// table at 1x and 5x this size. Default: none.
     pub scaling: Option<(i64, i64)>,
+    /// auth.cleanup_policy.batch_size for the token-janitor runs. Default:
+    /// the policy's default.
+    pub batch_size: Option<i32>,
 }
 
 impl Default for BenchOptions {
@@ -48,6 +51,7 @@ impl Default for BenchOptions {
             idle_seconds: 10.0,
             peer_cap: Duration::from_secs(60),
             scaling: None,
+            batch_size: None,
         }
     }
 }
@@ -87,15 +91,27 @@ impl Scratch {
         Ok(self.server.with_dbname(&name))
     }
 
+    /// Drops the copy made for `suffix` once measured: left behind, its dead
+    /// rows would have autovacuum working on it during the next phase.
+    async fn drop(&mut self, suffix: &str) {
+        let name = format!("{}_{suffix}", self.prefix);
+        self.created.retain(|created| *created != name);
+        self.drop_database(&name).await;
+    }
+
     async fn drop_all(&mut self) {
-        for name in self.created.drain(..).rev() {
-            if let Err(err) = self
-                .admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-            {
-                tracing::warn!(database = %name, error = %crate::error::describe(&err), "could not drop scratch database");
-            }
+        for name in std::mem::take(&mut self.created).into_iter().rev() {
+            self.drop_database(&name).await;
+        }
+    }
+
+    async fn drop_database(&self, name: &str) {
+        if let Err(err) = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+        {
+            tracing::warn!(database = %name, error = %crate::error::describe(&err), "could not drop scratch database");
         }
     }
 }
@@ -128,7 +144,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         idle_rows: 0,
         idle_layout: Layout::Recent,
     };
-    let due = prepare(&template, shape).await?;
+    let (due, batch_size) = prepare(&template, shape, options.batch_size).await?;
     let targets = live_tokens(&template).await?;
 
     eprintln!(
@@ -142,6 +158,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         Ok(0)
     })
     .await?;
+    scratch.drop("idle").await;
 
     let mut strategies = Vec::new();
     for name in STRATEGIES {
@@ -149,14 +166,14 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             "{name}: deleting {due} due rows under {} rotations/s",
             options.rotate_rate
         );
-        let copy = scratch
-            .create(&name.replace('-', "_"), Some("template"))
-            .await?;
+        let suffix = name.replace('-', "_");
+        let copy = scratch.create(&suffix, Some("template")).await?;
         let cap = options.peer_cap;
         let run = measure(&copy, traffic, |client| async move {
             purge(&client, name, cap).await
         })
         .await?;
+        scratch.drop(&suffix).await;
         strategies.push(StrategyResult::new(name, run, due));
     }
     let single = strategies[0].rows_per_s;
@@ -171,13 +188,14 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
     let mut scaling = Vec::new();
     if let Some((due, live)) = options.scaling {
         for layout in [Layout::Recent, Layout::Interleaved] {
-            scaling.push(scale(scratch, due, live, layout).await?);
+            scaling.push(scale(scratch, due, live, layout, options.batch_size).await?);
         }
     }
     Ok(Report {
         rows: options.rows,
         due,
         rotate_rate: options.rotate_rate,
+        batch_size,
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
         idle_rotate_failures: idle.failures,
@@ -187,8 +205,13 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
     })
 }
 
-/// Migrates, seeds and checkpoints a template; returns its due row count.
-async fn prepare(url: &DatabaseUrl, shape: seed::Shape) -> Result<i64> {
+/// Migrates, seeds and checkpoints a template, with `batch_size` in its
+/// policy when given; returns its due row count and the policy's batch size.
+async fn prepare(
+    url: &DatabaseUrl,
+    shape: seed::Shape,
+    batch_size: Option<i32>,
+) -> Result<(i64, i32)> {
     let mut client = url.connect().await?;
     migrate(
         &mut client,
@@ -199,11 +222,20 @@ async fn prepare(url: &DatabaseUrl, shape: seed::Shape) -> Result<i64> {
     )
     .await?;
     let due = seed::seed(&client, shape, 1).await?;
+    let batch_size: i32 = client
+        .query_one(
+            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size)
+             RETURNING batch_size",
+            &[&batch_size],
+        )
+        .await
+        .map_err(db("setting the policy's batch size"))?
+        .get(0);
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm; CHECKPOINT")
         .await
         .map_err(db("preparing the template"))?;
-    Ok(due)
+    Ok((due, batch_size))
 }
 
 async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
@@ -369,7 +401,13 @@ async fn purge(client: &Client, name: &str, cap: Duration) -> Result<i64> {
 
 /// Purge time for `due` rows with `live` and then 5 x `live` live rows laid
 /// out as `layout`.
-async fn scale(scratch: &mut Scratch, due: i64, live: i64, layout: Layout) -> Result<Scaling> {
+async fn scale(
+    scratch: &mut Scratch,
+    due: i64,
+    live: i64,
+    layout: Layout,
+    batch_size: Option<i32>,
+) -> Result<Scaling> {
     let mut seconds = Vec::new();
     for factor in [1, 5] {
         let family_rows = (due as f64 / 0.9).ceil() as i64;
@@ -377,20 +415,20 @@ async fn scale(scratch: &mut Scratch, due: i64, live: i64, layout: Layout) -> Re
             "scaling: {due} due rows with {} live rows ({layout:?})",
             live * factor
         );
-        let url = scratch
-            .create(&format!("scale_{layout:?}_{factor}").to_lowercase(), None)
-            .await?;
+        let suffix = format!("scale_{layout:?}_{factor}").to_lowercase();
+        let url = scratch.create(&suffix, None).await?;
         let shape = seed::Shape {
             family_rows,
             due,
             idle_rows: live * factor,
             idle_layout: layout,
         };
-        prepare(&url, shape).await?;
+        prepare(&url, shape, batch_size).await?;
         let run = measure(&url, None, |client| async move {
             purge(&client, "token-janitor", Duration::ZERO).await
         })
         .await?;
+        scratch.drop(&suffix).await;
         seconds.push((live * factor, run.seconds));
     }
     Ok(Scaling {

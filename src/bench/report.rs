@@ -125,6 +125,8 @@ pub struct Report {
     pub due: i64,
     /// Rotations per second during every phase.
     pub rotate_rate: f64,
+    /// auth.cleanup_policy.batch_size of the token-janitor runs.
+    pub batch_size: i32,
     /// Rotation latency with no purge running.
     pub idle_rotate_p50_ms: f64,
     /// 99th percentile of the same.
@@ -144,8 +146,13 @@ impl Report {
     /// A Markdown table of the strategies, with the idle baseline and scaling.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{} token rows, {} due; rotate_token at {}/s throughout; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
-            self.rows, self.due, self.rotate_rate, self.idle_rotate_p50_ms, self.idle_rotate_p99_ms
+            "{} token rows, {} due; rotate_token at {}/s throughout; token-janitor batch_size {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
+            self.rows,
+            self.due,
+            self.rotate_rate,
+            self.batch_size,
+            self.idle_rotate_p50_ms,
+            self.idle_rotate_p99_ms
         );
         out.push_str(
             "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
