@@ -88,9 +88,12 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
     "UPDATE cron.job SET command = 'SET x = 1; CALL auth.run_token_cleanup()' WHERE jobname = 'refresh-token-cleanup'",
     "job"
 )]
+// Dated an hour ahead, so it stays the job's last run even when the real
+// schedule fires during the test (runid from its sequence for the same reason).
 #[case::last_run_failed(
-    "INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status, return_message, start_time, end_time)
-     SELECT jobid, 1, 0, current_database(), current_user, command, 'failed', 'ERROR: boom', now(), now()
+    "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
+     SELECT jobid, 0, current_database(), current_user, command, 'failed', 'ERROR: boom',
+            now() + interval '1 hour', now() + interval '1 hour'
      FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
     "last-job-run"
 )]
