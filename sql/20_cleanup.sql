@@ -332,9 +332,14 @@ BEGIN
     revoked := v_counts[2];
     rotated := v_counts[3];
 
-    sessions := auth.purge_sessions(auth.purge_cutoff(v_policy, 'expired', v_now),
-                                    auth.purge_cutoff(v_policy, 'revoked', v_now),
-                                    v_touched, drained);
+    -- Rotated rows never empty a session: a batch of them alone has no
+    -- session to look at until the sweep.
+    sessions := 0;
+    IF drained OR cardinality(v_touched) > 0 THEN
+        sessions := auth.purge_sessions(auth.purge_cutoff(v_policy, 'expired', v_now),
+                                        auth.purge_cutoff(v_policy, 'revoked', v_now),
+                                        v_touched, drained);
+    END IF;
     RETURN NEXT;
 END
 $$;
