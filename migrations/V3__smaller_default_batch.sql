@@ -3,9 +3,9 @@
 -- `token-janitor bench --rows 3000000 --batch-size N` (2.7M due rows, 300
 -- rotations/s, 2 cores) once a run stopped re-planning the kinds it had
 -- drained, which had added milliseconds to every batch whatever its size:
--- the rotations' p99 during the purge was 1.3-1.9x idle with 10,000-row
--- batches (six runs), 1.7-1.8x with 15,000, 1.8-2.1x with 20,000 and
--- 1.9-2.9x with 50,000 (four runs), at 0.62-0.80x the speed of one DELETE
+-- the rotations' p99 during the purge was 1.1-1.9x idle with 10,000-row
+-- batches (eight runs), 1.7-1.8x with 15,000, 1.8-2.1x with 20,000 and
+-- 1.9-2.9x with 50,000 (four runs), at 0.62-0.90x the speed of one DELETE
 -- with 10,000 and 0.76-0.94x with 50,000. Smaller batches commit, and flush
 -- their own WAL, every ~6 ms rather than every ~30 ms: the likely reason
 -- rotations committing meanwhile wait less.
