@@ -38,6 +38,8 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "1",
             "--peer-cap-seconds",
             "20",
+            "--batch-size",
+            "700",
             "--scaling",
             "--scaling-due",
             "2000",
@@ -62,6 +64,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"], 5000);
     assert_eq!(report["due"], 4500);
+    assert_eq!(report["batch_size"], 700);
     assert!(report["idle_rotate_p99_ms"].as_f64().unwrap() > 0.0);
     assert!(report["machine"]["cores"].as_u64().unwrap() > 0);
     let strategies = report["strategies"].as_array().unwrap();
@@ -118,6 +121,7 @@ async fn bench_refuses_bad_flags() {
         ["bench", "--due-share", "0.95"],
         ["bench", "--rotate-rate", "0"],
         ["bench", "--rows", "10"],
+        ["bench", "--batch-size", "0"],
     ] {
         let out = run_cli(&args, "postgres://postgres@127.0.0.1:1/x").await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");
