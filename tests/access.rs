@@ -20,6 +20,15 @@ async fn member_of(db: &TestDb, group: &str) -> (String, DatabaseUrl, tokio_post
     (role, url, client)
 }
 
+/// Disconnects `client` and drops the login role `member_of` made.
+async fn drop_member(db: &TestDb, role: &str, client: tokio_postgres::Client) {
+    drop(client);
+    db.client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
 /// Asserts that each statement is refused for lack of privilege.
 async fn all_denied(client: &tokio_postgres::Client, statements: &[&str]) {
     for sql in statements {
@@ -63,11 +72,7 @@ async fn the_application_role_goes_through_functions_only() {
         ],
     )
     .await;
-    drop(client);
-    db.client
-        .batch_execute(&format!("DROP ROLE {role}"))
-        .await
-        .unwrap();
+    drop_member(&db, &role, client).await;
 }
 
 #[tokio::test]
@@ -118,11 +123,7 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
     )
     .await;
     assert_eq!(counts(&db.client).await, before);
-    drop(client);
-    db.client
-        .batch_execute(&format!("DROP ROLE {role}"))
-        .await
-        .unwrap();
+    drop_member(&db, &role, client).await;
 }
 
 #[tokio::test]
