@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use futures_util::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
-use token_janitor::store::{issue_with, revoke_session_with, rotate_with};
+use token_janitor::store::rotate_with;
+use token_janitor::store::simulated::{issue_at, revoke_session_at, rotate_at};
 use token_janitor::{DatabaseUrl, Issued, RevokeReason, Rotation};
 use tokio_postgres::Client;
 
@@ -115,16 +116,11 @@ async fn main() -> anyhow::Result<()> {
                     Ok(match event {
                         Event::Login(u) => (
                             u,
-                            Some(
-                                issue_with(&**client, &format!("{PREFIX}{u}"), TTL, Some(now))
-                                    .await?,
-                            ),
+                            Some(issue_at(&**client, &format!("{PREFIX}{u}"), TTL, now).await?),
                         ),
                         Event::Refresh(u) => {
                             let token = token.expect("refreshing users hold a token");
-                            match rotate_with(&**client, token.token.expose(), TTL, Some(now))
-                                .await?
-                            {
+                            match rotate_at(&**client, token.token.expose(), TTL, now).await? {
                                 Rotation::Rotated(next) => (u, Some(next)),
                                 _ => (u, None),
                             }
@@ -132,11 +128,11 @@ async fn main() -> anyhow::Result<()> {
                         Event::Leave(u) => {
                             let token = token.expect("leaving users hold a token");
                             if habit(u).logs_out {
-                                revoke_session_with(
+                                revoke_session_at(
                                     &**client,
                                     token.session_id,
                                     RevokeReason::Logout,
-                                    Some(now),
+                                    now,
                                 )
                                 .await?;
                             }
@@ -227,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?
         .get(0);
-    let replay = rotate_with(&client, stolen.token.expose(), TTL, None).await?;
+    let replay = rotate_with(&client, stolen.token.expose(), TTL).await?;
     let session: Option<String> = client
         .query_opt(
             "SELECT revoke_reason FROM auth.sessions WHERE id = $1",

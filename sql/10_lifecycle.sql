@@ -1,7 +1,23 @@
--- Token lifecycle: issue, rotate (with reuse detection), revoke, list.
--- Re-applied on every migrate. Each function is SECURITY DEFINER so that the
--- application role needs EXECUTE only, never a privilege on the tables; each
--- pins search_path so a schema on the caller's path cannot shadow anything.
+-- Token lifecycle: issue, rotate (with reuse detection and its grace),
+-- revoke, list. Re-applied on every migrate.
+--
+-- The clock: each pinned clock-dependent function exists twice under one
+-- name. The form with a required p_now is the clock-driven one, for tests,
+-- verify's self-test and the demo: only the owner may execute it. The form
+-- without p_now uses the server's now(); it is SECURITY DEFINER, so the
+-- application role needs EXECUTE on it and nothing else, and it is the only
+-- form the application role may execute: the application never chooses the
+-- clock. A call with named arguments picks its form by whether it passes
+-- p_now. Every function pins search_path, so nothing on the caller's path
+-- can shadow what it calls.
+--
+-- Genuine or forged: a token's row holds the SHA-256 of its secret; tokens
+-- of format rt2_ also carry an authenticator, HMAC-SHA256 under the
+-- session's key (auth.sessions.mac_key) of session ‖ generation ‖
+-- token_hash, truncated to 16 bytes. It proves a token genuine after the
+-- purge deleted its row. Only the owner reads the key; whoever holds a copy
+-- of it can forge authenticators (and so read 'reuse_detected', a forged
+-- logout) but cannot mint a token, which needs a secret whose hash is stored.
 
 -- auth.check_token_hash: raises a clear error for a hash argument that cannot
 -- be a SHA-256 digest (NULL, empty or oversized) before anything is written.
@@ -19,35 +35,222 @@ BEGIN
 END
 $$;
 
--- auth.check_ttl: a token lifetime must be positive.
-CREATE OR REPLACE FUNCTION auth.check_ttl(p_ttl interval)
+-- auth.check_optional_length: raises a clear error for an optional argument
+-- (NULL allowed) that is not exactly p_length bytes.
+CREATE OR REPLACE FUNCTION auth.check_optional_length(p_name text, p_value bytea, p_length integer)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_ttl IS NULL OR p_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'p_ttl must be a positive interval, got %', coalesce(p_ttl::text, 'NULL')
+    IF p_value IS NOT NULL AND octet_length(p_value) <> p_length THEN
+        RAISE EXCEPTION '% must be NULL or % bytes, got % bytes', p_name, p_length, octet_length(p_value)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $$;
 
--- auth.issue_token: starts a new session (token family) at generation 0.
--- Inserts one session row and one token row.
+-- auth.check_ttl: a token lifetime must be positive and at most the policy's
+-- max_ttl (which also keeps every expiry finite).
+CREATE OR REPLACE FUNCTION auth.check_ttl(p_ttl interval)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max interval := (SELECT p.max_ttl FROM auth.cleanup_policy p);
+BEGIN
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > v_max THEN
+        RAISE EXCEPTION 'p_ttl must be a positive interval of at most max_ttl (%), got %',
+            v_max, coalesce(p_ttl::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+END
+$$;
+
+-- auth.check_now: a driven clock must be a finite time.
+CREATE OR REPLACE FUNCTION auth.check_now(p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_now IS NULL OR NOT isfinite(p_now) THEN
+        RAISE EXCEPTION 'p_now must be a finite time, got %', coalesce(p_now::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- auth._mac_pads: an HMAC-SHA256 key (at most 64 bytes) as its inner and
+-- outer padded blocks, (key ‖ zeros) XOR 0x36… and XOR 0x5c…, 128 bytes.
+-- Kept in this form so each MAC costs two sha256() calls.
+CREATE OR REPLACE FUNCTION auth._mac_pads(p_key bytea)
+RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_inner bytea := decode(repeat('36', 64), 'hex');
+    v_outer bytea := decode(repeat('5c', 64), 'hex');
+BEGIN
+    IF octet_length(p_key) > 64 THEN
+        RAISE EXCEPTION 'an HMAC-SHA256 key longer than 64 bytes must be hashed first';
+    END IF;
+    FOR i IN 0 .. octet_length(p_key) - 1 LOOP
+        v_inner := set_byte(v_inner, i, get_byte(p_key, i) # 54);
+        v_outer := set_byte(v_outer, i, get_byte(p_key, i) # 92);
+    END LOOP;
+    RETURN v_inner || v_outer;
+END
+$$;
+
+-- auth._new_mac_key: a fresh random MAC key as its padded blocks. 32 bytes
+-- from two gen_random_uuid() (the server's strong random source; 244 random
+-- bits, the version bits being fixed).
+CREATE OR REPLACE FUNCTION auth._new_mac_key()
+RETURNS bytea
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT auth._mac_pads(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+$$;
+
+-- auth._mac: HMAC-SHA256 of p_message under the key whose padded blocks are
+-- p_pads (auth._mac_pads); 32 bytes.
+CREATE OR REPLACE FUNCTION auth._mac(p_pads bytea, p_message bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT sha256(substr(p_pads, 65, 64) || sha256(substr(p_pads, 1, 64) || p_message))
+$$;
+
+-- auth._authenticator: what a genuine rt2_ token of (session, generation)
+-- with this token hash carries: the first 16 bytes of HMAC(session key,
+-- session id ‖ generation (4 bytes, big-endian) ‖ token_hash).
+CREATE OR REPLACE FUNCTION auth._authenticator(
+    p_mac_key    bytea,
+    p_session_id uuid,
+    p_generation integer,
+    p_token_hash bytea
+)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT substr(auth._mac(p_mac_key, uuid_send(p_session_id) || int4send(p_generation) || p_token_hash), 1, 16)
+$$;
+
+-- auth._xor: bytewise XOR of two byte strings of one length.
+CREATE OR REPLACE FUNCTION auth._xor(p_a bytea, p_b bytea)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT substr(varbit_send(('x' || encode(p_a, 'hex'))::varbit # ('x' || encode(p_b, 'hex'))::varbit), 5)
+$$;
+
+-- auth._prune_grace_keys: deletes the grace keys no seal can need any more
+-- at p_now: a key's slice ends a quarter of reuse_grace after it starts, and
+-- a seal made in it is within its grace for reuse_grace after that.
+-- Row locks: the deleted keys. Returns how many it deleted.
+CREATE OR REPLACE FUNCTION auth._prune_grace_keys(p_now timestamptz, p_grace interval)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    DELETE FROM auth.grace_keys k WHERE k.starts_at <= p_now - p_grace * 1.25;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+
+-- auth._wrap_seal: the successor_seal to store for the token of
+-- (session, generation) issued at p_now: the client's 32-byte seal XOR
+-- HMAC(grace key of p_now's slice, session ‖ generation), after the key's id.
+-- Creates the slice's key when it is the first, and then prunes old keys.
+CREATE OR REPLACE FUNCTION auth._wrap_seal(
+    p_seal       bytea,
+    p_session_id uuid,
+    p_generation integer,
+    p_now        timestamptz,
+    p_grace      interval
+)
+RETURNS bytea
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_start timestamptz := date_bin(p_grace / 4, p_now, timestamptz 'epoch');
+    v_key   auth.grace_keys%ROWTYPE;
+BEGIN
+    SELECT * INTO v_key FROM auth.grace_keys k WHERE k.starts_at = v_start;
+    IF NOT FOUND THEN
+        -- A concurrent rotation may insert the same slice first: then this
+        -- waits for it and reads its key.
+        INSERT INTO auth.grace_keys (starts_at, mac_key) VALUES (v_start, auth._new_mac_key())
+        ON CONFLICT (starts_at) DO NOTHING;
+        SELECT * INTO v_key FROM auth.grace_keys k WHERE k.starts_at = v_start;
+        PERFORM auth._prune_grace_keys(p_now, p_grace);
+    END IF;
+    RETURN int8send(v_key.id)
+        || auth._xor(p_seal, auth._mac(v_key.mac_key, uuid_send(p_session_id) || int4send(p_generation)));
+END
+$$;
+
+-- auth._unwrap_seal: the client's seal back from a stored successor_seal, or
+-- NULL once its grace key is gone.
+CREATE OR REPLACE FUNCTION auth._unwrap_seal(p_wrapped bytea, p_session_id uuid, p_generation integer)
+RETURNS bytea
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT auth._xor(substr(p_wrapped, 9), auth._mac(k.mac_key, uuid_send(p_session_id) || int4send(p_generation)))
+    FROM auth.grace_keys k
+    WHERE k.id = ('x' || encode(substr(p_wrapped, 1, 8), 'hex'))::bit(64)::bigint
+$$;
+
+-- auth._lock_user: serialises a user's logins against "sign out everywhere".
+-- issue_token takes it shared and revoke_user_sessions exclusive, both for
+-- the rest of the transaction, so a session issued concurrently with
+-- revoke_user_sessions is either seen and revoked by it or issued after it
+-- commits. Lock: transaction advisory lock (1953133939 'tjus', hashtext(user)).
+CREATE OR REPLACE FUNCTION auth._lock_user(p_user_id text, p_exclusive boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_exclusive THEN
+        PERFORM pg_advisory_xact_lock(1953133939, hashtext(p_user_id));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(1953133939, hashtext(p_user_id));
+    END IF;
+END
+$$;
+
+-- auth.issue_token (clock-driven form, owner only): starts a new session
+-- (token family) at generation 0, expiring at p_now + p_ttl, with a fresh
+-- MAC key; returns the authenticator of the first token. Inserts one session
+-- row and one token row; takes the user's lock shared (auth._lock_user).
 CREATE OR REPLACE FUNCTION auth.issue_token(
     p_user_id    text,
     p_token_hash bytea,
     p_ttl        interval,
-    p_now        timestamptz DEFAULT now()
+    p_now        timestamptz
 )
-RETURNS TABLE (session_id uuid, generation integer, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+RETURNS TABLE (session_id uuid, generation integer, expires_at timestamptz, authenticator bytea)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_now     timestamptz := coalesce(p_now, now());
     v_session uuid;
+    v_key     bytea := auth._new_mac_key();
     v_expires timestamptz;
 BEGIN
     IF p_user_id IS NULL OR length(p_user_id) NOT BETWEEN 1 AND 256 THEN
@@ -57,103 +260,190 @@ BEGIN
     END IF;
     PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth.check_ttl(p_ttl);
-    v_expires := v_now + p_ttl;
+    PERFORM auth.check_now(p_now);
+    PERFORM auth._lock_user(p_user_id, false);
+    v_expires := p_now + p_ttl;
 
-    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at)
-    VALUES (p_user_id, v_now, 0, v_expires)
+    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, mac_key)
+    VALUES (p_user_id, p_now, 0, v_expires, v_key)
     RETURNING s.id INTO v_session;
 
     INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
-    VALUES (v_session, 0, p_token_hash, v_now, v_expires);
+    VALUES (v_session, 0, p_token_hash, p_now, v_expires);
 
-    RETURN QUERY SELECT v_session, 0, v_expires;
+    RETURN QUERY SELECT v_session, 0, v_expires, auth._authenticator(v_key, v_session, 0, p_token_hash);
 END
 $$;
 
--- auth.rotate_token: exchanges a live token for the next generation.
--- Locks the session row (FOR NO KEY UPDATE), which serialises concurrent
--- rotations of one family: the loser sees the advanced generation and is
--- treated as a replay. Outcomes, checked in this order:
+-- auth.issue_token (server clock): the application's form.
+-- SECURITY DEFINER: the application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.issue_token(
+    p_user_id    text,
+    p_token_hash bytea,
+    p_ttl        interval
+)
+RETURNS TABLE (session_id uuid, generation integer, expires_at timestamptz, authenticator bytea)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM auth.issue_token(p_user_id => p_user_id, p_token_hash => p_token_hash,
+                                   p_ttl => p_ttl, p_now => now())
+$$;
+
+-- auth.rotate_token (clock-driven form, owner only): exchanges a live token
+-- for the next generation. Locks the session row (FOR NO KEY UPDATE), which
+-- serialises concurrent rotations of one family: the later one sees the
+-- advanced generation. Outcomes, checked in this order:
 --   unknown        no such session, or a generation newer than the session's
---   invalid        the token row exists and its hash differs (nothing changes)
---   reuse_detected the generation is older than the session's (its row may
---                  already be purged) or its row was rotated: the session and
---                  all its tokens are revoked 'reuse_detected'
+--   invalid        not provably genuine: the authenticator (when given) does
+--                  not match, or the row exists and its hash differs, or the
+--                  row is gone and there is no authenticator (an rt1_ token
+--                  of a purged generation cannot be told from a forgery).
+--                  Nothing changes.
+--   rotated        (grace) the immediate predecessor presented again within
+--                  reuse_grace of its rotation while its successor is live:
+--                  the same successor is returned (its sealed secret, which
+--                  only the predecessor's holder can open); nothing changes
+--   reuse_detected a genuine token of an older generation, or whose row was
+--                  rotated: the session and all its tokens are revoked
+--                  'reuse_detected' and auth.security_events records it
 --   revoked        the token or its session is revoked (nothing changes)
 --   expired        the token or its session is expired (nothing changes)
 --   rotated        the token is revoked 'rotated', generation+1 is issued
+--                  with p_new_token_hash and, when reuse_grace is on, with
+--                  p_successor_seal (32 bytes) wrapped for the grace
 CREATE OR REPLACE FUNCTION auth.rotate_token(
-    p_session_id     uuid,
-    p_generation     integer,
-    p_token_hash     bytea,
-    p_new_token_hash bytea,
-    p_ttl            interval,
-    p_now            timestamptz DEFAULT now()
+    p_session_id       uuid,
+    p_generation       integer,
+    p_token_hash       bytea,
+    p_new_token_hash   bytea,
+    p_ttl              interval,
+    p_now              timestamptz,
+    p_authenticator    bytea DEFAULT NULL,
+    p_successor_seal   bytea DEFAULT NULL
 )
-RETURNS TABLE (outcome text, generation integer, expires_at timestamptz)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+RETURNS TABLE (outcome text, generation integer, expires_at timestamptz,
+               authenticator bytea, successor_seal bytea)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_now     timestamptz := coalesce(p_now, now());
     v_session auth.sessions%ROWTYPE;
     v_token   auth.refresh_tokens%ROWTYPE;
+    v_next    auth.refresh_tokens%ROWTYPE;
+    v_grace   interval := (SELECT p.reuse_grace FROM auth.cleanup_policy p);
+    v_key     bytea;
+    v_seal    bytea;
     v_expires timestamptz;
 BEGIN
     PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth.check_token_hash('p_new_token_hash', p_new_token_hash);
     PERFORM auth.check_ttl(p_ttl);
+    PERFORM auth.check_now(p_now);
+    PERFORM auth.check_optional_length('p_authenticator', p_authenticator, 16);
+    PERFORM auth.check_optional_length('p_successor_seal', p_successor_seal, 32);
 
     IF p_session_id IS NULL OR p_generation IS NULL OR p_generation < 0 THEN
-        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz;
+        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     SELECT * INTO v_session FROM auth.sessions s WHERE s.id = p_session_id FOR NO KEY UPDATE;
     IF NOT FOUND OR p_generation > v_session.generation THEN
-        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz;
+        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     SELECT * INTO v_token FROM auth.refresh_tokens t
     WHERE t.session_id = p_session_id AND t.generation = p_generation;
-    IF FOUND AND v_token.token_hash <> p_token_hash THEN
-        RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz;
+    IF (p_authenticator IS NOT NULL
+        AND (v_session.mac_key IS NULL
+             OR auth._authenticator(v_session.mac_key, p_session_id, p_generation, p_token_hash)
+                <> p_authenticator))
+       OR (FOUND AND v_token.token_hash <> p_token_hash)
+       OR (NOT FOUND AND p_authenticator IS NULL) THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     IF p_generation < v_session.generation OR v_token.revoke_reason = 'rotated' THEN
-        UPDATE auth.sessions s SET revoked_at = v_now, revoke_reason = 'reuse_detected'
+        IF p_generation = v_session.generation - 1 AND v_grace > interval '0'
+           AND v_session.revoked_at IS NULL THEN
+            SELECT * INTO v_next FROM auth.refresh_tokens t
+            WHERE t.session_id = p_session_id AND t.generation = p_generation + 1;
+            IF FOUND AND v_next.revoked_at IS NULL AND p_now < v_next.issued_at + v_grace
+               AND p_now <= v_next.expires_at THEN
+                v_seal := auth._unwrap_seal(v_next.successor_seal, p_session_id, v_next.generation);
+            END IF;
+            IF v_seal IS NOT NULL THEN
+                RETURN QUERY SELECT 'rotated'::text, v_next.generation, v_next.expires_at,
+                    auth._authenticator(v_session.mac_key, p_session_id, v_next.generation, v_next.token_hash),
+                    v_seal;
+                RETURN;
+            END IF;
+        END IF;
+        UPDATE auth.sessions s SET revoked_at = p_now, revoke_reason = 'reuse_detected'
         WHERE s.id = p_session_id AND s.revoked_at IS NULL;
-        UPDATE auth.refresh_tokens t SET revoked_at = v_now, revoke_reason = 'reuse_detected'
+        UPDATE auth.refresh_tokens t
+        SET revoked_at = p_now, revoke_reason = 'reuse_detected', successor_seal = NULL
         WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
-        RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz;
+        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
+        VALUES (p_now, p_session_id, v_session.user_id, p_generation, 'reuse_detected');
+        RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     IF v_session.revoked_at IS NOT NULL OR v_token.revoked_at IS NOT NULL THEN
-        RETURN QUERY SELECT 'revoked'::text, NULL::integer, NULL::timestamptz;
+        RETURN QUERY SELECT 'revoked'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     -- The current generation's row is missing only once the purge deleted it,
     -- which it does only after the token expired.
-    IF v_token.session_id IS NULL OR v_token.expires_at < v_now
-       OR v_session.refresh_expires_at < v_now THEN
-        RETURN QUERY SELECT 'expired'::text, NULL::integer, NULL::timestamptz;
+    IF v_token.session_id IS NULL OR v_token.expires_at < p_now
+       OR v_session.refresh_expires_at < p_now THEN
+        RETURN QUERY SELECT 'expired'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
-    v_expires := v_now + p_ttl;
-    UPDATE auth.refresh_tokens t SET revoked_at = v_now, revoke_reason = 'rotated'
+    v_expires := p_now + p_ttl;
+    -- Sessions issued before V4 draw their key at their first rotation.
+    v_key := coalesce(v_session.mac_key, auth._new_mac_key());
+    IF v_grace > interval '0' AND p_successor_seal IS NOT NULL THEN
+        v_seal := auth._wrap_seal(p_successor_seal, p_session_id, p_generation + 1, p_now, v_grace);
+    END IF;
+    UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL
     WHERE t.session_id = p_session_id AND t.generation = p_generation;
-    INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
-    VALUES (p_session_id, p_generation + 1, p_new_token_hash, v_now, v_expires);
-    UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires
+    INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal)
+    VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal);
+    UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
     WHERE s.id = p_session_id;
 
-    RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires;
+    RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires,
+        auth._authenticator(v_key, p_session_id, p_generation + 1, p_new_token_hash), NULL::bytea;
 END
+$$;
+
+-- auth.rotate_token (server clock): the application's form.
+-- SECURITY DEFINER: the application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.rotate_token(
+    p_session_id       uuid,
+    p_generation       integer,
+    p_token_hash       bytea,
+    p_new_token_hash   bytea,
+    p_ttl              interval,
+    p_authenticator    bytea DEFAULT NULL,
+    p_successor_seal   bytea DEFAULT NULL
+)
+RETURNS TABLE (outcome text, generation integer, expires_at timestamptz,
+               authenticator bytea, successor_seal bytea)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM auth.rotate_token(
+        p_session_id => p_session_id, p_generation => p_generation, p_token_hash => p_token_hash,
+        p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => now(),
+        p_authenticator => p_authenticator, p_successor_seal => p_successor_seal)
 $$;
 
 -- auth.check_revoke_reason: the reasons a caller may give for a revocation.
@@ -171,52 +461,69 @@ BEGIN
 END
 $$;
 
--- auth.revoke_session: revokes a session and its unrevoked tokens; returns
--- how many tokens it revoked (0 when the session was already revoked).
--- Locks the session row, like rotate_token, so the two never interleave.
+-- auth.revoke_session (clock-driven form, owner only): revokes a session and
+-- its unrevoked tokens (their seals go with them); returns how many tokens it
+-- revoked (0 when the session was already revoked). Locks the session row,
+-- like rotate_token, so the two never interleave.
 CREATE OR REPLACE FUNCTION auth.revoke_session(
     p_session_id uuid,
-    p_reason     text DEFAULT 'logout',
-    p_now        timestamptz DEFAULT now()
+    p_now        timestamptz,
+    p_reason     text DEFAULT 'logout'
 )
 RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_now     timestamptz := coalesce(p_now, now());
     v_revoked integer;
 BEGIN
     PERFORM auth.check_revoke_reason(p_reason);
-    UPDATE auth.sessions s SET revoked_at = v_now, revoke_reason = p_reason
+    PERFORM auth.check_now(p_now);
+    UPDATE auth.sessions s SET revoked_at = p_now, revoke_reason = p_reason
     WHERE s.id = p_session_id AND s.revoked_at IS NULL;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    UPDATE auth.refresh_tokens t SET revoked_at = v_now, revoke_reason = p_reason
+    UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = p_reason, successor_seal = NULL
     WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
     GET DIAGNOSTICS v_revoked = ROW_COUNT;
     RETURN v_revoked;
 END
 $$;
 
--- auth.revoke_user_sessions: revokes every unrevoked session of a user and
--- their tokens; returns how many sessions it revoked. Locks the sessions in id
--- order so two concurrent calls for one user cannot deadlock.
-CREATE OR REPLACE FUNCTION auth.revoke_user_sessions(
-    p_user_id text,
-    p_reason  text DEFAULT 'admin',
-    p_now     timestamptz DEFAULT now()
+-- auth.revoke_session (server clock): the application's form.
+-- SECURITY DEFINER: the application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.revoke_session(
+    p_session_id uuid,
+    p_reason     text DEFAULT 'logout'
 )
 RETURNS integer
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT auth.revoke_session(p_session_id => p_session_id, p_now => now(), p_reason => p_reason)
+$$;
+
+-- auth.revoke_user_sessions (clock-driven form, owner only): revokes every
+-- unrevoked session of a user and their tokens; returns how many sessions it
+-- revoked. Takes the user's lock exclusive first (auth._lock_user), so no
+-- login of this user can slip past it, then locks the sessions in id order
+-- so two concurrent calls for one user cannot deadlock.
+CREATE OR REPLACE FUNCTION auth.revoke_user_sessions(
+    p_user_id text,
+    p_now     timestamptz,
+    p_reason  text DEFAULT 'admin'
+)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_now      timestamptz := coalesce(p_now, now());
     v_sessions uuid[];
 BEGIN
     PERFORM auth.check_revoke_reason(p_reason);
+    PERFORM auth.check_now(p_now);
+    PERFORM auth._lock_user(p_user_id, true);
     SELECT array_agg(id ORDER BY id) INTO v_sessions FROM (
         SELECT s.id FROM auth.sessions s
         WHERE s.user_id = p_user_id AND s.revoked_at IS NULL
@@ -226,16 +533,31 @@ BEGIN
     IF v_sessions IS NULL THEN
         RETURN 0;
     END IF;
-    UPDATE auth.sessions s SET revoked_at = v_now, revoke_reason = p_reason
+    UPDATE auth.sessions s SET revoked_at = p_now, revoke_reason = p_reason
     WHERE s.id = ANY (v_sessions);
-    UPDATE auth.refresh_tokens t SET revoked_at = v_now, revoke_reason = p_reason
+    UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = p_reason, successor_seal = NULL
     WHERE t.session_id = ANY (v_sessions) AND t.revoked_at IS NULL;
     RETURN cardinality(v_sessions);
 END
 $$;
 
--- auth.list_sessions: a user's sessions, newest first, without token hashes.
-CREATE OR REPLACE FUNCTION auth.list_sessions(p_user_id text)
+-- auth.revoke_user_sessions (server clock): the application's form.
+-- SECURITY DEFINER: the application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.revoke_user_sessions(
+    p_user_id text,
+    p_reason  text DEFAULT 'admin'
+)
+RETURNS integer
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT auth.revoke_user_sessions(p_user_id => p_user_id, p_now => now(), p_reason => p_reason)
+$$;
+
+-- auth.list_sessions: a user's sessions, newest first, at most p_limit
+-- (1 to 1000) of them, without keys or token hashes. SECURITY DEFINER: the
+-- application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.list_sessions(p_user_id text, p_limit integer DEFAULT 100)
 RETURNS TABLE (
     session_id         uuid,
     created_at         timestamptz,
@@ -244,11 +566,19 @@ RETURNS TABLE (
     revoked_at         timestamptz,
     revoke_reason      text
 )
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT s.id, s.created_at, s.generation, s.refresh_expires_at, s.revoked_at, s.revoke_reason
-    FROM auth.sessions s
-    WHERE s.user_id = p_user_id
-    ORDER BY s.created_at DESC, s.id
+BEGIN
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'p_limit must be between 1 and 1000, got %', coalesce(p_limit::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+        SELECT s.id, s.created_at, s.generation, s.refresh_expires_at, s.revoked_at, s.revoke_reason
+        FROM auth.sessions s
+        WHERE s.user_id = p_user_id
+        ORDER BY s.created_at DESC, s.id
+        LIMIT p_limit;
+END
 $$;

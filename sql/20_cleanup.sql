@@ -359,7 +359,8 @@ AS $$
 $$;
 
 -- auth.start_run: under the run lock, marks runs a killed run left
--- 'running' as failed and records a new run; returns its id.
+-- 'running' as failed, deletes grace keys past their use and records a new
+-- run; returns its id.
 CREATE OR REPLACE FUNCTION auth.start_run(p_started timestamptz)
 RETURNS bigint
 LANGUAGE sql VOLATILE
@@ -369,6 +370,9 @@ AS $$
     SET status = 'failed', finished_at = clock_timestamp(),
         error = 'run ended without finishing (backend terminated or server restarted)'
     WHERE status = 'running';
+    -- Rotations delete the grace keys they no longer need; this catches the
+    -- last ones when rotations stop.
+    SELECT auth._prune_grace_keys(p_started, p.reuse_grace) FROM auth.cleanup_policy p;
     INSERT INTO auth.cleanup_runs (started_at, status) VALUES (p_started, 'running') RETURNING id;
 $$;
 
@@ -382,9 +386,31 @@ AS $$
     VALUES (p_started, clock_timestamp(), 'skipped');
 $$;
 
--- auth.run_batch: one batch of run p_run, counted into its record (in the
--- same transaction, so the record and the deletes always agree); returns
--- the purge_batch row. Waits at most 5 seconds for a row lock: a due row held by some long
+-- auth._purge_security_events: deletes up to p_limit (NULL: all) security
+-- events older than audit_retention at p_now, oldest first, through
+-- security_events_occurred_at_idx; returns how many. Row locks: those rows.
+CREATE OR REPLACE FUNCTION auth._purge_security_events(p_now timestamptz, p_limit bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    DELETE FROM auth.security_events e
+    WHERE e.id IN (SELECT d.id FROM auth.security_events d
+                   WHERE d.occurred_at < p_now - (SELECT p.audit_retention FROM auth.cleanup_policy p)
+                   ORDER BY d.occurred_at
+                   LIMIT p_limit);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+
+-- auth.run_batch: one batch of run p_run (token rows, then security events
+-- past audit_retention), counted into its record (in the same transaction,
+-- so the record and the deletes always agree); returns the purge_batch row. Waits at most 5 seconds for a row lock: a due row held by some long
 -- transaction ends the run as 'partial' instead of stalling it (rotations
 -- never wait on the purge: they touch no due row).
 CREATE OR REPLACE FUNCTION auth.run_batch(
@@ -399,19 +425,22 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_batch record;
+    v_batch  record;
+    v_events bigint;
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
     SELECT * INTO v_batch FROM auth.purge_batch(p_started, p_limit, p_from);
+    v_events := auth._purge_security_events(p_started, p_limit);
     UPDATE auth.cleanup_runs r
     SET expired_deleted  = r.expired_deleted + v_batch.expired,
         revoked_deleted  = r.revoked_deleted + v_batch.revoked,
         rotated_deleted  = r.rotated_deleted + v_batch.rotated,
         sessions_deleted = r.sessions_deleted + v_batch.sessions,
+        security_events_deleted = r.security_events_deleted + v_events,
         batches = r.batches + 1
     WHERE r.id = p_run;
     RETURN QUERY SELECT v_batch.expired, v_batch.revoked, v_batch.rotated, v_batch.sessions,
-                        v_batch.drained, v_batch.resume,
+                        v_batch.drained AND v_events < p_limit, v_batch.resume,
                         clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
 END
 $$;
@@ -572,11 +601,33 @@ BEGIN
 END
 $$;
 
+-- auth.security_event_summary: per kind of security event, how many
+-- happened in the 24 hours before p_now and when the newest did, plus how
+-- many were ever recorded (the identity's last value, which the purge never
+-- lowers: a Prometheus counter). SECURITY DEFINER so monitoring sees counts
+-- without reading who they were about.
+CREATE OR REPLACE FUNCTION auth.security_event_summary(p_now timestamptz DEFAULT now())
+RETURNS TABLE (kind text, last_24h bigint, last_at timestamptz, recorded_total bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT k.kind,
+           count(e.id) FILTER (WHERE e.occurred_at > p_now - interval '24 hours'),
+           max(e.occurred_at),
+           coalesce(pg_sequence_last_value(pg_get_serial_sequence('auth.security_events', 'id')::regclass), 0)
+    FROM unnest(ARRAY['reuse_detected']) k (kind)
+    LEFT JOIN auth.security_events e ON e.kind = k.kind
+    GROUP BY k.kind
+    ORDER BY k.kind
+$$;
+
 -- auth.self_test: proves the purge on this database without changing it.
 -- Seeds one family in every state of DESIGN.md §6 at a fixed clock in 1999
 -- (no real row can be due then), runs auth.purge_refresh_tokens at that
--- clock, and checks the exact counts, exactly which rows survive, and that a
--- replay of the purged rotated token still reads reuse_detected. All of it
+-- clock, and checks the exact counts, exactly which rows survive, that a
+-- forged replay of the purged rotated token reads invalid and the genuine
+-- one reuse_detected with its security event, and that security events go
+-- after audit_retention. All of it
 -- runs in a subtransaction that is always rolled back, so calling this never
 -- leaves a trace, even in a transaction that commits. SECURITY DEFINER so a
 -- read-only monitoring role can run it; it writes nothing that survives.
@@ -623,9 +674,10 @@ BEGIN
                  ARRAY[v_far, v_far], ARRAY[c_now - v_policy.rotated_retention, NULL], ARRAY['rotated', NULL])
             ) AS f(name, refresh_expires_at, revoked_at, revoke_reason, generation, expires, revoked, reasons)
         LOOP
-            INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
+            INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at,
+                                       revoke_reason, mac_key)
             VALUES (c_user, c_now - interval '60 days', v_family.generation, v_family.refresh_expires_at,
-                    v_family.revoked_at, v_family.revoke_reason)
+                    v_family.revoked_at, v_family.revoke_reason, auth._new_mac_key())
             RETURNING id INTO v_id;
             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
             SELECT v_id, g - 1, sha256(convert_to(v_family.name || (g - 1), 'UTF8')), c_now - interval '60 days',
@@ -650,13 +702,42 @@ BEGIN
             'expired_kept:0 live:0 live_expiring_now:0 revoked_kept:0 rotated_due:1 rotated_kept:0,1',
             coalesce(v_left, '(none)')));
 
+        -- A forgery of the purged generation (a known session id, a wrong
+        -- secret and authenticator) changes nothing; the genuine token,
+        -- proven by its authenticator, reads reuse_detected and is recorded.
+        v_id := (v_ids ->> 'rotated_due')::uuid;
         SELECT r.outcome INTO v_outcome
-        FROM auth.rotate_token(p_session_id => (v_ids ->> 'rotated_due')::uuid, p_generation => 0,
+        FROM auth.rotate_token(p_session_id => v_id, p_generation => 0,
+                               p_token_hash => sha256(convert_to('forged', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now,
+                               p_authenticator => substr(sha256(convert_to('forged', 'UTF8')), 1, 16)) r;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'forged replay of the purged rotated token', 'invalid', coalesce(v_outcome, '(no row)')));
+
+        SELECT r.outcome INTO v_outcome
+        FROM auth.sessions s,
+             auth.rotate_token(p_session_id => v_id, p_generation => 0,
                                p_token_hash => sha256(convert_to('rotated_due0', 'UTF8')),
                                p_new_token_hash => sha256(convert_to('next', 'UTF8')),
-                               p_ttl => interval '1 day', p_now => c_now) r;
+                               p_ttl => interval '1 day', p_now => c_now,
+                               p_authenticator => auth._authenticator(
+                                   s.mac_key, v_id, 0, sha256(convert_to('rotated_due0', 'UTF8')))) r
+        WHERE s.id = v_id;
         v_result := v_result || jsonb_build_array(jsonb_build_array(
             'replay of the purged rotated token', 'reuse_detected', coalesce(v_outcome, '(no row)')));
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'security events recorded for the replay (kind:generation)', 'reuse_detected:0',
+            coalesce((SELECT string_agg(e.kind || ':' || e.generation, ' ') FROM auth.security_events e
+                      WHERE e.session_id = v_id), '(none)')));
+
+        -- Security events are kept for audit_retention, to the second.
+        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
+        VALUES (c_now - v_policy.audit_retention - interval '1 second', v_id, c_user, 0, 'reuse_detected'),
+               (c_now - v_policy.audit_retention, v_id, c_user, 0, 'reuse_detected');
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'security events purged after audit_retention', '1',
+            auth._purge_security_events(c_now, NULL)::text));
 
         SELECT r.outcome INTO v_outcome
         FROM auth.rotate_token(p_session_id => (v_ids ->> 'live')::uuid, p_generation => 0,

@@ -32,7 +32,8 @@ $$;
 --   p_app_role      EXECUTE on the lifecycle functions, nothing else: no
 --                   table privilege, so it cannot read a hash or delete a row
 --   p_monitor_role  what verify and status read: the policy, the runs, the
---                   token and session columns but not token_hash, and the
+--                   token and session columns but not token_hash or mac_key
+--                   (nor seals or grace keys), and the
 --                   SECURITY DEFINER helpers (plans, backlog, self-test, job)
 -- Everything else in auth is revoked from PUBLIC. Needs CREATEROLE for a
 -- missing role.
@@ -63,21 +64,24 @@ BEGIN
     REVOKE ALL ON SCHEMA auth FROM PUBLIC;
 
     EXECUTE format('GRANT USAGE ON SCHEMA auth TO %I, %I', p_app_role, p_monitor_role);
+    -- The server-clock forms only: the application never chooses the clock.
     EXECUTE format('GRANT EXECUTE ON FUNCTION
-        auth.issue_token(text, bytea, interval, timestamptz),
-        auth.rotate_token(uuid, integer, bytea, bytea, interval, timestamptz),
-        auth.revoke_session(uuid, text, timestamptz),
-        auth.revoke_user_sessions(text, text, timestamptz),
-        auth.list_sessions(text) TO %I', p_app_role);
+        auth.issue_token(text, bytea, interval),
+        auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea),
+        auth.revoke_session(uuid, text),
+        auth.revoke_user_sessions(text, text),
+        auth.list_sessions(text, integer) TO %I', p_app_role);
 
     EXECUTE format('GRANT SELECT ON auth.cleanup_policy, auth.cleanup_runs TO %I', p_monitor_role);
     EXECUTE format('GRANT SELECT (session_id, generation, issued_at, expires_at, revoked_at, revoke_reason)
         ON auth.refresh_tokens TO %I', p_monitor_role);
-    EXECUTE format('GRANT SELECT ON auth.sessions TO %I', p_monitor_role);
+    EXECUTE format('GRANT SELECT (id, user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
+        ON auth.sessions TO %I', p_monitor_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         auth.explain_purge(timestamptz),
         auth.cleanup_backlog(timestamptz, boolean),
         auth.self_test(),
+        auth.security_event_summary(timestamptz),
         auth.cleanup_job() TO %I', p_monitor_role);
     IF to_regclass('public.refinery_schema_history') IS NOT NULL THEN
         EXECUTE format('GRANT SELECT ON public.refinery_schema_history TO %I', p_monitor_role);

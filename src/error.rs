@@ -108,6 +108,14 @@ pub enum Error {
     /// A refresh token string that is not one of ours.
     #[error("malformed refresh token: {0}")]
     MalformedToken(&'static str),
+
+    /// The database answered something this library does not know, e.g. a
+    /// rotate outcome of a newer schema.
+    #[error(
+        "unexpected answer from the database: {0}; the schema and this library may be of \
+         different releases: run token-janitor migrate with this release"
+    )]
+    UnexpectedResponse(String),
 }
 
 impl From<deadpool_postgres::PoolError> for Error {

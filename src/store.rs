@@ -2,22 +2,34 @@
 //!
 //! Each SQL function has one Rust function here that takes any client or
 //! transaction (`*_with`), so callers can compose them with their own work;
-//! [`TokenStore`] runs the same functions on a pooled connection.
+//! [`TokenStore`] runs the same functions on a pooled connection. All of them
+//! use the database server's clock: the application never chooses the time.
+//! [`simulated`] drives the clock instead, for tests, demos and simulations;
+//! it needs the owner role, which the application role is not.
+//!
+//! Answer every outcome but [`Rotation::Rotated`] to the client the same way
+//! (e.g. HTTP 401 "sign in again"): telling `Invalid` from `Unknown` or
+//! `ReuseDetected` would tell a forger what it guessed right.
 
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Pool;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::error::{Result, db};
+use crate::error::{Error, Result, db};
 use crate::token::{self, RefreshToken, Secret};
 
 /// Default refresh token lifetime: 30 days.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A freshly issued token and where it sits.
-#[derive(Debug, Clone)]
+/// How many sessions [`TokenStore::list_sessions`] returns at most.
+pub const DEFAULT_LIST_LIMIT: i32 = 100;
+
+/// A freshly issued token and where it sits. `Debug` shows neither the token
+/// nor the session id.
+#[derive(Clone)]
 pub struct Issued {
     /// Hand this to the client; it is never stored.
     pub token: RefreshToken,
@@ -29,18 +41,33 @@ pub struct Issued {
     pub expires_at: SystemTime,
 }
 
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &self.token)
+            .field("session_id", &"<redacted>")
+            .field("generation", &self.generation)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// The result of presenting a token for rotation (`auth.rotate_token` outcomes).
+/// Tell the client nothing but "rotated" or "sign in again".
 #[derive(Debug, Clone)]
 pub enum Rotation {
-    /// The token was live: here is its successor.
+    /// The token was live: here is its successor. Presented again within the
+    /// policy's `reuse_grace` (a lost response, two tabs), the same token
+    /// gives the same successor.
     Rotated(Issued),
-    /// An older generation was replayed: the whole session is now revoked.
+    /// A genuine older token was replayed: the whole session is now revoked
+    /// and `auth.security_events` records it.
     ReuseDetected,
     /// The token or its session has expired.
     Expired,
     /// The token or its session was revoked.
     Revoked,
-    /// The token's row exists but its secret does not match.
+    /// Not provably genuine (wrong secret or authenticator): nothing changed.
     Invalid,
     /// No such session, or a generation it never issued.
     Unknown,
@@ -68,8 +95,9 @@ impl RevokeReason {
     }
 }
 
-/// One session as `auth.list_sessions` returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One session as `auth.list_sessions` returns it. `Debug` leaves the
+/// session id out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionInfo {
     /// Session (family) id.
     pub session_id: Uuid,
@@ -85,78 +113,144 @@ pub struct SessionInfo {
     pub revoke_reason: Option<String>,
 }
 
+impl std::fmt::Debug for SessionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionInfo")
+            .field("session_id", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("generation", &self.generation)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("revoke_reason", &self.revoke_reason)
+            .finish()
+    }
+}
+
+/// Whose clock a call uses.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    /// The database server's `now()`: the server-clock form of each function.
+    Server,
+    /// A driven time: the clock-driven form (owner only).
+    At(SystemTime),
+}
+
+/// A call of `function` with `args` (`name => $n`, numbered from 1), plus
+/// `p_now` when the clock is driven; `select` picks the output columns (`r`
+/// for a function that returns one value).
+fn call<'a>(
+    select: &str,
+    function: &str,
+    args: &[&str],
+    params: &mut Vec<&'a (dyn ToSql + Sync)>,
+    clock: &'a Clock,
+) -> String {
+    let mut named: Vec<String> = args
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| arg.replace("$n", &format!("${}", i + 1)))
+        .collect();
+    if let Clock::At(now) = clock {
+        params.push(now);
+        named.push(format!("p_now => ${}", params.len()));
+    }
+    format!("SELECT {select} FROM {function}({}) r", named.join(", "))
+}
+
 fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
 
-/// `auth.issue_token`: starts a session for `user_id`. `now` drives the clock
-/// (None: the server's `now()`).
-///
-/// # Errors
-/// [`crate::Error::Db`] with the server's message (e.g. an empty user id).
-pub async fn issue_with<C: GenericClient>(
+async fn issue_on<C: GenericClient>(
     client: &C,
     user_id: &str,
     ttl: Duration,
-    now: Option<SystemTime>,
+    clock: Clock,
 ) -> Result<Issued> {
     let secret = Secret::generate();
+    let (hash, ttl) = (secret.hash(), seconds(ttl));
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &hash, &ttl];
+    let sql = call(
+        "session_id, generation, expires_at, authenticator",
+        "auth.issue_token",
+        &[
+            "p_user_id => $n",
+            "p_token_hash => $n",
+            "p_ttl => make_interval(secs => $n)",
+        ],
+        &mut params,
+        &clock,
+    );
     let row = client
-        .query_one(
-            "SELECT session_id, generation, expires_at FROM auth.issue_token(
-                 p_user_id => $1, p_token_hash => $2,
-                 p_ttl => make_interval(secs => $3), p_now => coalesce($4, now()))",
-            &[&user_id, &secret.hash(), &seconds(ttl), &now],
-        )
+        .query_one(&sql, &params)
         .await
         .map_err(db("issuing a refresh token"))?;
     let session_id: Uuid = row.get(0);
     let generation: i32 = row.get(1);
     Ok(Issued {
-        token: secret.token(session_id, generation),
+        token: secret.token(session_id, generation, row.get(3))?,
         session_id,
         generation,
         expires_at: row.get(2),
     })
 }
 
-/// `auth.rotate_token`: presents `token` and, when it is live, issues its
-/// successor.
-///
-/// # Errors
-/// [`crate::Error::MalformedToken`] for a string that is not a token (the
-/// database is not asked); [`crate::Error::Db`] otherwise.
-pub async fn rotate_with<C: GenericClient>(
+async fn rotate_on<C: GenericClient>(
     client: &C,
     token: &str,
     ttl: Duration,
-    now: Option<SystemTime>,
+    clock: Clock,
 ) -> Result<Rotation> {
     let presented = token::parse(token)?;
     let next = Secret::generate();
+    let successor = presented.generation.saturating_add(1);
+    let seal = presented
+        .secret
+        .seal(&next, presented.session_id, successor);
+    let (hash, next_hash, ttl) = (presented.secret.hash(), next.hash(), seconds(ttl));
+    let authenticator = presented.authenticator.map(|a| a.to_vec());
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &presented.session_id,
+        &presented.generation,
+        &hash,
+        &next_hash,
+        &ttl,
+        &authenticator,
+        &seal,
+    ];
+    let sql = call(
+        "outcome, generation, expires_at, authenticator, successor_seal",
+        "auth.rotate_token",
+        &[
+            "p_session_id => $n",
+            "p_generation => $n",
+            "p_token_hash => $n",
+            "p_new_token_hash => $n",
+            "p_ttl => make_interval(secs => $n)",
+            "p_authenticator => $n",
+            "p_successor_seal => $n",
+        ],
+        &mut params,
+        &clock,
+    );
     let row = client
-        .query_one(
-            "SELECT outcome, generation, expires_at FROM auth.rotate_token(
-                 p_session_id => $1, p_generation => $2, p_token_hash => $3,
-                 p_new_token_hash => $4, p_ttl => make_interval(secs => $5),
-                 p_now => coalesce($6, now()))",
-            &[
-                &presented.session_id,
-                &presented.generation,
-                &presented.secret.hash(),
-                &next.hash(),
-                &seconds(ttl),
-                &now,
-            ],
-        )
+        .query_one(&sql, &params)
         .await
         .map_err(db("rotating a refresh token"))?;
     let outcome: &str = row.get(0);
     Ok(match outcome {
         "rotated" => {
             let generation: i32 = row.get(1);
+            // A seal comes back only within the reuse grace: the successor
+            // issued earlier, which this token's secret opens.
+            let secret = match row.get::<_, Option<&[u8]>>(4) {
+                Some(seal) => presented
+                    .secret
+                    .open(seal, presented.session_id, generation)?,
+                None => next,
+            };
             Rotation::Rotated(Issued {
-                token: next.token(presented.session_id, generation),
+                token: secret.token(presented.session_id, generation, row.get(3))?,
                 session_id: presented.session_id,
                 generation,
                 expires_at: row.get(2),
@@ -166,8 +260,87 @@ pub async fn rotate_with<C: GenericClient>(
         "expired" => Rotation::Expired,
         "revoked" => Rotation::Revoked,
         "invalid" => Rotation::Invalid,
-        _ => Rotation::Unknown,
+        "unknown" => Rotation::Unknown,
+        other => {
+            return Err(Error::UnexpectedResponse(format!(
+                "auth.rotate_token outcome '{other}'"
+            )));
+        }
     })
+}
+
+async fn revoke_session_on<C: GenericClient>(
+    client: &C,
+    session_id: Uuid,
+    reason: RevokeReason,
+    clock: Clock,
+) -> Result<i32> {
+    let reason = reason.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&session_id, &reason];
+    let sql = call(
+        "r",
+        "auth.revoke_session",
+        &["p_session_id => $n", "p_reason => $n"],
+        &mut params,
+        &clock,
+    );
+    let row = client
+        .query_one(&sql, &params)
+        .await
+        .map_err(db("revoking a session"))?;
+    Ok(row.get(0))
+}
+
+async fn revoke_user_sessions_on<C: GenericClient>(
+    client: &C,
+    user_id: &str,
+    reason: RevokeReason,
+    clock: Clock,
+) -> Result<i32> {
+    let reason = reason.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &reason];
+    let sql = call(
+        "r",
+        "auth.revoke_user_sessions",
+        &["p_user_id => $n", "p_reason => $n"],
+        &mut params,
+        &clock,
+    );
+    let row = client
+        .query_one(&sql, &params)
+        .await
+        .map_err(db("revoking a user's sessions"))?;
+    Ok(row.get(0))
+}
+
+/// `auth.issue_token`: starts a session for `user_id`.
+///
+/// # Errors
+/// [`crate::Error::Db`] with the server's message (e.g. an empty user id, a
+/// TTL over the policy's max_ttl).
+pub async fn issue_with<C: GenericClient>(
+    client: &C,
+    user_id: &str,
+    ttl: Duration,
+) -> Result<Issued> {
+    issue_on(client, user_id, ttl, Clock::Server).await
+}
+
+/// `auth.rotate_token`: presents `token` (`rt2_` or `rt1_`) and, when it is
+/// live, issues its successor (sealed under `token`'s secret, so that within
+/// the reuse grace presenting `token` again returns the same successor).
+///
+/// # Errors
+/// [`crate::Error::MalformedToken`] for a string that is not a token (the
+/// database is not asked); [`crate::Error::Db`];
+/// [`crate::Error::UnexpectedResponse`] for an outcome this library does not
+/// know.
+pub async fn rotate_with<C: GenericClient>(
+    client: &C,
+    token: &str,
+    ttl: Duration,
+) -> Result<Rotation> {
+    rotate_on(client, token, ttl, Clock::Server).await
 }
 
 /// `auth.revoke_session`: returns how many tokens it revoked.
@@ -178,16 +351,8 @@ pub async fn revoke_session_with<C: GenericClient>(
     client: &C,
     session_id: Uuid,
     reason: RevokeReason,
-    now: Option<SystemTime>,
 ) -> Result<i32> {
-    let row = client
-        .query_one(
-            "SELECT auth.revoke_session(p_session_id => $1, p_reason => $2, p_now => coalesce($3, now()))",
-            &[&session_id, &reason.as_str(), &now],
-        )
-        .await
-        .map_err(db("revoking a session"))?;
-    Ok(row.get(0))
+    revoke_session_on(client, session_id, reason, Clock::Server).await
 }
 
 /// `auth.revoke_user_sessions`: returns how many sessions it revoked.
@@ -198,31 +363,25 @@ pub async fn revoke_user_sessions_with<C: GenericClient>(
     client: &C,
     user_id: &str,
     reason: RevokeReason,
-    now: Option<SystemTime>,
 ) -> Result<i32> {
-    let row = client
-        .query_one(
-            "SELECT auth.revoke_user_sessions(p_user_id => $1, p_reason => $2, p_now => coalesce($3, now()))",
-            &[&user_id, &reason.as_str(), &now],
-        )
-        .await
-        .map_err(db("revoking a user's sessions"))?;
-    Ok(row.get(0))
+    revoke_user_sessions_on(client, user_id, reason, Clock::Server).await
 }
 
-/// `auth.list_sessions`: a user's sessions, newest first.
+/// `auth.list_sessions`: a user's sessions, newest first, at most `limit`
+/// (1 to 1000).
 ///
 /// # Errors
-/// [`crate::Error::Db`].
+/// [`crate::Error::Db`] (e.g. a limit out of range).
 pub async fn list_sessions_with<C: GenericClient>(
     client: &C,
     user_id: &str,
+    limit: i32,
 ) -> Result<Vec<SessionInfo>> {
     let rows = client
         .query(
             "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason
-             FROM auth.list_sessions(p_user_id => $1)",
-            &[&user_id],
+             FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
+            &[&user_id, &limit],
         )
         .await
         .map_err(db("listing sessions"))?;
@@ -239,7 +398,68 @@ pub async fn list_sessions_with<C: GenericClient>(
         .collect())
 }
 
-/// Refresh tokens over a connection pool, with one token lifetime.
+/// The same calls with a driven clock, for tests, demos and simulations:
+/// each runs the clock-driven form of its SQL function (`p_now`), which only
+/// the owner role may execute. An application never uses these.
+pub mod simulated {
+    use super::*;
+
+    /// [`super::issue_with`] at `now`.
+    ///
+    /// # Errors
+    /// As [`super::issue_with`]; permission denied for a role that is not the owner.
+    pub async fn issue_at<C: GenericClient>(
+        client: &C,
+        user_id: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Issued> {
+        issue_on(client, user_id, ttl, Clock::At(now)).await
+    }
+
+    /// [`super::rotate_with`] at `now`.
+    ///
+    /// # Errors
+    /// As [`super::rotate_with`]; permission denied for a role that is not the owner.
+    pub async fn rotate_at<C: GenericClient>(
+        client: &C,
+        token: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Rotation> {
+        rotate_on(client, token, ttl, Clock::At(now)).await
+    }
+
+    /// [`super::revoke_session_with`] at `now`.
+    ///
+    /// # Errors
+    /// As [`super::revoke_session_with`]; permission denied for a role that is not the owner.
+    pub async fn revoke_session_at<C: GenericClient>(
+        client: &C,
+        session_id: Uuid,
+        reason: RevokeReason,
+        now: SystemTime,
+    ) -> Result<i32> {
+        revoke_session_on(client, session_id, reason, Clock::At(now)).await
+    }
+
+    /// [`super::revoke_user_sessions_with`] at `now`.
+    ///
+    /// # Errors
+    /// As [`super::revoke_user_sessions_with`]; permission denied for a role that is not the owner.
+    pub async fn revoke_user_sessions_at<C: GenericClient>(
+        client: &C,
+        user_id: &str,
+        reason: RevokeReason,
+        now: SystemTime,
+    ) -> Result<i32> {
+        revoke_user_sessions_on(client, user_id, reason, Clock::At(now)).await
+    }
+}
+
+/// Refresh tokens over a connection pool, with one token lifetime, on the
+/// database server's clock. Answer every outcome of [`TokenStore::rotate`]
+/// but [`Rotation::Rotated`] to the client the same way.
 #[derive(Clone)]
 pub struct TokenStore {
     pool: Pool,
@@ -274,7 +494,7 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::Pool`] when no connection can be had, [`crate::Error::Db`].
     pub async fn issue(&self, user_id: &str) -> Result<Issued> {
-        issue_with(&**self.pool.get().await?, user_id, self.ttl, None).await
+        issue_with(&**self.pool.get().await?, user_id, self.ttl).await
     }
 
     /// Presents a token for rotation.
@@ -282,7 +502,7 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`], [`crate::Error::Db`].
     pub async fn rotate(&self, token: &str) -> Result<Rotation> {
-        rotate_with(&**self.pool.get().await?, token, self.ttl, None).await
+        rotate_with(&**self.pool.get().await?, token, self.ttl).await
     }
 
     /// Revokes one session; returns how many tokens were revoked.
@@ -290,7 +510,7 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::Db`].
     pub async fn revoke_session(&self, session_id: Uuid, reason: RevokeReason) -> Result<i32> {
-        revoke_session_with(&**self.pool.get().await?, session_id, reason, None).await
+        revoke_session_with(&**self.pool.get().await?, session_id, reason).await
     }
 
     /// Revokes every session of a user; returns how many were revoked.
@@ -298,14 +518,14 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::Db`].
     pub async fn revoke_user_sessions(&self, user_id: &str, reason: RevokeReason) -> Result<i32> {
-        revoke_user_sessions_with(&**self.pool.get().await?, user_id, reason, None).await
+        revoke_user_sessions_with(&**self.pool.get().await?, user_id, reason).await
     }
 
-    /// A user's sessions, newest first.
+    /// A user's sessions, newest first, at most [`DEFAULT_LIST_LIMIT`].
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::Db`].
     pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
-        list_sessions_with(&**self.pool.get().await?, user_id).await
+        list_sessions_with(&**self.pool.get().await?, user_id, DEFAULT_LIST_LIMIT).await
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use rstest::rstest;
-use token_janitor::store::{issue_with, rotate_with};
+use token_janitor::store::simulated::{issue_at, rotate_at};
 use token_janitor::{Error, RevokeReason, Rotation, TokenStore};
 
 const TTL: i64 = 30 * DAY;
@@ -435,7 +435,7 @@ async fn token_store_round_trip_and_malformed_tokens() {
     let db = TestDb::migrated().await;
     let store = TokenStore::new(db.url.pool(4));
     let first = store.issue("heidi").await.unwrap();
-    assert!(first.token.expose().starts_with("rt1_"));
+    assert!(first.token.expose().starts_with("rt2_"));
     let Rotation::Rotated(second) = store.rotate(first.token.expose()).await.unwrap() else {
         panic!("a fresh token rotates");
     };
@@ -443,6 +443,16 @@ async fn token_store_round_trip_and_malformed_tokens() {
         (second.session_id, second.generation),
         (first.session_id, 1)
     );
+    // Presented again within the reuse grace (a lost response): the same
+    // successor. Without the grace, a replay.
+    let Rotation::Rotated(again) = store.rotate(first.token.expose()).await.unwrap() else {
+        panic!("a retry within the grace gets the successor");
+    };
+    assert_eq!(again.token, second.token);
+    db.client
+        .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
+        .await
+        .unwrap();
     assert!(matches!(
         store.rotate(first.token.expose()).await.unwrap(),
         Rotation::ReuseDetected
@@ -501,14 +511,14 @@ async fn token_store_round_trip_and_malformed_tokens() {
 async fn twins_compose_inside_a_caller_transaction() {
     let mut db = TestDb::migrated().await;
     let tx = db.client.transaction().await.unwrap();
-    let issued = issue_with(&tx, "ivan", std::time::Duration::from_secs(60), Some(at(0)))
+    let issued = issue_at(&tx, "ivan", std::time::Duration::from_secs(60), at(0))
         .await
         .unwrap();
-    let rotated = rotate_with(
+    let rotated = rotate_at(
         &tx,
         issued.token.expose(),
         std::time::Duration::from_secs(60),
-        Some(at(30)),
+        at(30),
     )
     .await
     .unwrap();

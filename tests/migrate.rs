@@ -24,7 +24,7 @@ async fn schema_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
 async fn migrate_twice_is_a_no_op() {
     let mut db = TestDb::empty().await;
     let first = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(first.applied.len(), 3);
+    assert_eq!(first.applied.len(), 4);
     assert_eq!(first.indexes_built.len(), 5);
     let s = issue(&db.client, "u", "g0", DAY, at(0)).await;
     let before = schema_fingerprint(&db.client).await;
@@ -64,7 +64,7 @@ async fn two_migrate_processes_at_once_both_succeed() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let invalid: i64 = db
         .client
         .query_one(
@@ -285,13 +285,17 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_eq!(
         report.applied,
-        vec!["V2__cleanup_policy_and_runs", "V3__smaller_default_batch"]
+        vec![
+            "V2__cleanup_policy_and_runs",
+            "V3__smaller_default_batch",
+            "V4__trustworthy_tokens"
+        ]
     );
 }
 
-/// An install migrated before V3 (its default and its history put back):
-/// V3 moves a batch_size still at the old default to the new one and keeps
-/// one chosen by hand; new rows default to the new value either way.
+/// An install migrated up to V2: V3 moves a batch_size still at the old
+/// default to the new one and keeps one chosen by hand; new rows default to
+/// the new value either way.
 #[rstest::rstest]
 #[case::old_default(50000, 10000)]
 #[case::chosen_by_hand(20000, 20000)]
@@ -300,17 +304,19 @@ async fn v3_moves_the_old_default_batch_size_and_keeps_a_chosen_one(
     #[case] before: i32,
     #[case] after: i32,
 ) {
-    let mut db = TestDb::migrated().await;
+    let mut db = TestDb::empty().await;
+    migrate_to(&mut db.client, 2).await;
     db.client
         .batch_execute(&format!(
-            "ALTER TABLE auth.cleanup_policy ALTER COLUMN batch_size SET DEFAULT 50000;
-             UPDATE auth.cleanup_policy SET batch_size = {before};
-             DELETE FROM refinery_schema_history WHERE version = 3"
+            "UPDATE auth.cleanup_policy SET batch_size = {before}"
         ))
         .await
         .unwrap();
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(report.applied, vec!["V3__smaller_default_batch"]);
+    assert_eq!(
+        report.applied,
+        vec!["V3__smaller_default_batch", "V4__trustworthy_tokens"]
+    );
     let batch_size: Vec<i32> =
         column(&db.client, "SELECT batch_size FROM auth.cleanup_policy").await;
     assert_eq!(batch_size, vec![after]);

@@ -3,7 +3,14 @@
 //! after every step against DESIGN.md §6:
 //! - a purge deletes no live token and nothing before its retention;
 //! - a presented token that was rejected is never accepted later;
-//! - a rotated token's replay reads reuse_detected while its session exists.
+//! - a rotated token's replay reads reuse_detected while its session exists,
+//!   before and after its row is purged;
+//! - a forgery (a known session id and generation, no secret, in either
+//!   token format) is never accepted and never revokes a family.
+//!
+//! The reuse grace is off here (tests/grace.rs covers it): with it, a replay
+//! of the immediate predecessor right after a rotation is, by design, not
+//! reuse.
 //!
 //! A failing case shrinks to a short, readable list of steps.
 
@@ -26,13 +33,16 @@ enum Step {
     Issue { user: u8, ttl_h: u8 },
     /// The holder of a family's newest token refreshes.
     Rotate { family: u8 },
-    /// Someone presents an older (or newer) generation of a family, with the
-    /// real hash or a wrong one.
+    /// Someone presents an older (or newer) generation of a family: its
+    /// holder (the real hash and authenticator), or a forger who knows the
+    /// session id but no secret (a wrong hash, and a random authenticator or,
+    /// `legacy`, none, as an rt1_ token has).
     Present {
         family: u8,
         back: u8,
         forward: bool,
         wrong_hash: bool,
+        legacy: bool,
     },
     /// Logout of one family, or an admin revoking a user's families.
     Revoke { family: u8, whole_user: bool },
@@ -46,8 +56,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (0..4u8, 1..48u8).prop_map(|(user, ttl_h)| Step::Issue { user, ttl_h }),
         6 => any::<u8>().prop_map(|family| Step::Rotate { family }),
-        2 => (any::<u8>(), 1..4u8, any::<bool>(), any::<bool>())
-            .prop_map(|(family, back, forward, wrong_hash)| Step::Present { family, back, forward, wrong_hash }),
+        3 => (any::<u8>(), 1..4u8, any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(family, back, forward, wrong_hash, legacy)| Step::Present { family, back, forward, wrong_hash, legacy }),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(family, whole_user)| Step::Revoke { family, whole_user }),
         3 => proptest::option::of(1..6u8).prop_map(|limit| Step::Purge { limit }),
         4 => prop_oneof![0..90u16, 0..3000u16, 0..12000u16].prop_map(|minutes| Step::Advance { minutes }),
@@ -66,12 +76,19 @@ fn policy() -> impl Strategy<Value = Policy> {
     (retention.clone(), retention.clone(), retention)
 }
 
-/// What the test knows of one family: its id, user, and the token hash of
-/// each generation the holder was given.
+/// A token as its holder has it: the hash of its secret and its authenticator.
+#[derive(Debug, Clone)]
+struct Token {
+    hash: Vec<u8>,
+    authenticator: Option<Vec<u8>>,
+}
+
+/// What the test knows of one family: its id, user, and each generation's
+/// token the holder was given.
 struct Family {
     id: Uuid,
     user: u8,
-    hashes: Vec<Vec<u8>>,
+    tokens: Vec<Token>,
 }
 
 /// A token row as read from the table.
@@ -116,23 +133,26 @@ fn due(row: &Row, (expired, revoked, rotated): Policy, now: SystemTime) -> bool 
         }
 }
 
+/// Presents `token` for (id, generation) asking for `next`: the outcome and,
+/// when rotated, the new token's authenticator.
 async fn present(
     client: &Client,
     id: Uuid,
     generation: i32,
-    hash: &[u8],
+    token: &Token,
     next: &[u8],
     now: SystemTime,
-) -> String {
-    client
+) -> (String, Option<Vec<u8>>) {
+    let row = client
         .query_one(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2, p_token_hash => $3,
-                 p_new_token_hash => $4, p_ttl => interval '1 day', p_now => $5)",
-            &[&id, &generation, &hash, &next, &now],
+            "SELECT outcome, authenticator FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
+                 p_token_hash => $3, p_new_token_hash => $4, p_ttl => interval '1 day', p_now => $5,
+                 p_authenticator => $6)",
+            &[&id, &generation, &token.hash, &next, &now, &token.authenticator],
         )
         .await
-        .unwrap()
-        .get(0)
+        .unwrap();
+    (row.get(0), row.get(1))
 }
 
 /// Runs one history; returns Err with what broke.
@@ -144,14 +164,15 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
     client
         .execute(
             "UPDATE auth.cleanup_policy SET expired_retention = make_interval(secs => $1),
-                 revoked_retention = make_interval(secs => $2), rotated_retention = make_interval(secs => $3)",
+                 revoked_retention = make_interval(secs => $2), rotated_retention = make_interval(secs => $3),
+                 reuse_grace = '0'",
             &[&(policy.0 as f64), &(policy.1 as f64), &(policy.2 as f64)],
         )
         .await
         .unwrap();
     let mut now = at(0);
     let mut families: Vec<Family> = Vec::new();
-    let mut rejected: Vec<(Uuid, i32, Vec<u8>)> = Vec::new();
+    let mut rejected: Vec<(Uuid, i32, Token)> = Vec::new();
     let mut nonce = 0u64;
     let mut fresh_hash = || {
         nonce += 1;
@@ -162,39 +183,38 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
         match *step {
             Step::Issue { user, ttl_h } => {
                 let h = fresh_hash();
-                let id: Uuid = client
+                let row = client
                     .query_one(
-                        "SELECT session_id FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
-                             p_ttl => make_interval(hours => $3), p_now => $4)",
+                        "SELECT session_id, authenticator FROM auth.issue_token(p_user_id => $1,
+                             p_token_hash => $2, p_ttl => make_interval(hours => $3), p_now => $4)",
                         &[&format!("user-{user}"), &h, &i32::from(ttl_h), &now],
                     )
                     .await
-                    .unwrap()
-                    .get(0);
+                    .unwrap();
                 families.push(Family {
-                    id,
+                    id: row.get(0),
                     user,
-                    hashes: vec![h],
+                    tokens: vec![Token {
+                        hash: h,
+                        authenticator: row.get(1),
+                    }],
                 });
             }
             Step::Rotate { family } if !families.is_empty() => {
                 let index = family as usize % families.len();
                 let f = &mut families[index];
-                let generation = f.hashes.len() as i32 - 1;
+                let generation = f.tokens.len() as i32 - 1;
                 let next = fresh_hash();
-                let outcome = present(
-                    client,
-                    f.id,
-                    generation,
-                    &f.hashes[generation as usize],
-                    &next,
-                    now,
-                )
-                .await;
+                let held = f.tokens[generation as usize].clone();
+                let (outcome, authenticator) =
+                    present(client, f.id, generation, &held, &next, now).await;
                 if outcome == "rotated" {
-                    f.hashes.push(next);
+                    f.tokens.push(Token {
+                        hash: next,
+                        authenticator,
+                    });
                 } else {
-                    rejected.push((f.id, generation, f.hashes[generation as usize].clone()));
+                    rejected.push((f.id, generation, held));
                 }
             }
             Step::Present {
@@ -202,26 +222,38 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
                 back,
                 forward,
                 wrong_hash,
+                legacy,
             } if !families.is_empty() => {
                 let index = family as usize % families.len();
                 let f = &families[index];
-                let newest = f.hashes.len() as i32 - 1;
+                let newest = f.tokens.len() as i32 - 1;
                 let generation = if forward {
                     newest + i32::from(back)
                 } else {
                     (newest - i32::from(back)).max(0)
                 };
-                let presented = match f.hashes.get(generation as usize) {
-                    Some(h) if !wrong_hash => h.clone(),
-                    _ => fresh_hash(),
+                let forged = wrong_hash || generation > newest;
+                let presented = match f.tokens.get(generation as usize) {
+                    Some(token) if !forged => token.clone(),
+                    _ => Token {
+                        hash: fresh_hash(),
+                        authenticator: (!legacy).then(|| fresh_hash()[..16].to_vec()),
+                    },
                 };
                 let next = fresh_hash();
-                let outcome = present(client, f.id, generation, &presented, &next, now).await;
+                let (outcome, authenticator) =
+                    present(client, f.id, generation, &presented, &next, now).await;
+                if forged && outcome == "reuse_detected" {
+                    return Err(format!("step {i}: forgery {step:?} revoked the family"));
+                }
                 if outcome == "rotated" {
-                    if generation != newest || wrong_hash {
+                    if generation != newest || forged {
                         return Err(format!("step {i}: {step:?} was accepted"));
                     }
-                    families[index].hashes.push(next);
+                    families[index].tokens.push(Token {
+                        hash: next,
+                        authenticator,
+                    });
                 } else {
                     rejected.push((f.id, generation, presented));
                 }
@@ -286,10 +318,11 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
                     if !after_sessions.contains(&f.id) {
                         continue;
                     }
-                    for (generation, h) in f.hashes.iter().enumerate().rev().skip(1) {
+                    for (generation, token) in f.tokens.iter().enumerate().rev().skip(1) {
                         client.batch_execute("BEGIN").await.unwrap();
-                        let outcome =
-                            present(client, f.id, generation as i32, h, &fresh_hash(), now).await;
+                        let (outcome, _) =
+                            present(client, f.id, generation as i32, token, &fresh_hash(), now)
+                                .await;
                         client.batch_execute("ROLLBACK").await.unwrap();
                         if outcome != "reuse_detected" {
                             return Err(format!(
@@ -307,7 +340,8 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
         // Nothing rejected is ever accepted later (checked without side effects).
         for (id, generation, presented) in &rejected {
             client.batch_execute("BEGIN").await.unwrap();
-            let outcome = present(client, *id, *generation, presented, &fresh_hash(), now).await;
+            let (outcome, _) =
+                present(client, *id, *generation, presented, &fresh_hash(), now).await;
             client.batch_execute("ROLLBACK").await.unwrap();
             if outcome == "rotated" {
                 return Err(format!(

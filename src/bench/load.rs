@@ -49,7 +49,8 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
     let Ok(statement) = client
         .prepare_cached(
             "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
-                 p_token_hash => $3, p_new_token_hash => $4, p_ttl => interval '30 days')",
+                 p_token_hash => $3, p_new_token_hash => $4, p_ttl => interval '30 days',
+                 p_successor_seal => $5)",
         )
         .await
     else {
@@ -63,6 +64,8 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
                 &(generation as i32),
                 &token_hash(session, generation),
                 &token_hash(session, generation + 1),
+                // Any 32 bytes: a seal costs the database the same work.
+                &token_hash(session, generation + 2),
             ],
         )
         .await;

@@ -36,6 +36,30 @@ pub fn server() -> DatabaseUrl {
     DatabaseUrl::parse(&url).expect("DATABASE_URL parses")
 }
 
+/// Applies the versioned migrations of this checkout up to `version` only,
+/// as an older release would have left the database (no sql/ definitions):
+/// the starting point of upgrade tests.
+pub async fn migrate_to(client: &mut Client, version: i32) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let migrations: Vec<refinery::Migration> = files
+        .iter()
+        .map(|path| {
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            refinery::Migration::unapplied(name, &std::fs::read_to_string(path).unwrap()).unwrap()
+        })
+        .collect();
+    refinery::Runner::new(&migrations)
+        .set_target(refinery::Target::Version(version))
+        .run_async(client)
+        .await
+        .unwrap();
+}
+
 /// Migrate options for a database without pg_cron.
 pub fn no_schedule() -> MigrateOptions {
     MigrateOptions {
@@ -249,7 +273,10 @@ pub async fn issue(
 }
 
 /// `auth.rotate_token` presenting hash(seed) for `generation` and asking for
-/// hash(new_seed); returns the outcome.
+/// hash(new_seed); returns the outcome. The token carries the authenticator
+/// its issuer would have given it for that hash (computed with the session's
+/// key, as only the database can): a genuine token when `seed` is the one
+/// issued. A forger, who has no key, is `present_forged`.
 pub async fn rotate(
     client: &Client,
     session: uuid::Uuid,
@@ -263,7 +290,9 @@ pub async fn rotate(
         .query_one(
             "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
                  p_token_hash => $3, p_new_token_hash => $4,
-                 p_ttl => make_interval(secs => $5), p_now => $6)",
+                 p_ttl => make_interval(secs => $5), p_now => $6,
+                 p_authenticator => (SELECT auth._authenticator(s.mac_key, $1, $2, $3)
+                                     FROM auth.sessions s WHERE s.id = $1))",
             &[
                 &session,
                 &generation,
