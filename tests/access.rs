@@ -6,40 +6,7 @@ mod common;
 
 use common::*;
 use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, Rotation, TokenStore};
-
-/// A login role that is a member of `group`, and a client connected as it.
-async fn member_of(db: &TestDb, group: &str) -> (String, DatabaseUrl, tokio_postgres::Client) {
-    let role = format!("tj_login_{}", uuid::Uuid::new_v4().simple());
-    db.client
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE {group}"))
-        .await
-        .unwrap();
-    let url = DatabaseUrl::parse(&cli_url(&db.url, &role)).unwrap();
-    let client = url.connect().await.unwrap();
-    (role, url, client)
-}
-
-/// Disconnects `client` and drops the login role `member_of` made.
-async fn drop_member(db: &TestDb, role: &str, client: tokio_postgres::Client) {
-    drop(client);
-    db.client
-        .batch_execute(&format!("DROP ROLE {role}"))
-        .await
-        .unwrap();
-}
-
-/// Asserts that each statement is refused for lack of privilege.
-async fn all_denied(client: &tokio_postgres::Client, statements: &[&str]) {
-    for sql in statements {
-        let err = client.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-            "{sql}: {err:?}"
-        );
-    }
-}
+use token_janitor::{Rotation, TokenStore};
 
 #[tokio::test]
 async fn the_application_role_goes_through_functions_only() {

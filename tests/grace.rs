@@ -63,3 +63,140 @@ async fn a_retry_within_the_grace_gets_the_same_successor_even_once_its_row_is_p
     );
     assert_eq!(third.generation, 2);
 }
+
+#[tokio::test]
+async fn two_concurrent_rotations_of_one_token_both_end_with_the_same_working_token() {
+    let db = TestDb::migrated().await;
+    let store = TokenStore::new(db.url.pool(4));
+    for _ in 0..5 {
+        let first = store.issue("bob").await.unwrap();
+        let (a, b) = tokio::join!(
+            store.rotate(first.token.expose()),
+            store.rotate(first.token.expose())
+        );
+        let (a, b) = (rotated(a.unwrap()), rotated(b.unwrap()));
+        assert_eq!(a.token, b.token, "one successor, not two branches");
+        assert!(matches!(
+            store.rotate(a.token.expose()).await.unwrap(),
+            Rotation::Rotated(_)
+        ));
+    }
+    let events: i64 = column(&db.client, "SELECT count(*) FROM auth.security_events").await[0];
+    assert_eq!(events, 0);
+}
+
+#[tokio::test]
+async fn after_the_grace_or_further_back_a_replay_is_reuse() {
+    let db = TestDb::migrated().await;
+    // After the grace (10 seconds by default).
+    let first = issue_at(&db.client, "cat", TTL, at(0)).await.unwrap();
+    let second = rotated(
+        rotate_at(&db.client, first.token.expose(), TTL, at(60))
+            .await
+            .unwrap(),
+    );
+    let late = rotate_at(&db.client, first.token.expose(), TTL, at(70))
+        .await
+        .unwrap();
+    assert!(matches!(late, Rotation::ReuseDetected), "{late:?}");
+    assert!(matches!(
+        rotate_at(&db.client, second.token.expose(), TTL, at(71))
+            .await
+            .unwrap(),
+        Rotation::Revoked
+    ));
+
+    // Two generations back, within the grace of the last rotation.
+    let first = issue_at(&db.client, "dan", TTL, at(0)).await.unwrap();
+    let second = rotated(
+        rotate_at(&db.client, first.token.expose(), TTL, at(60))
+            .await
+            .unwrap(),
+    );
+    rotated(
+        rotate_at(&db.client, second.token.expose(), TTL, at(61))
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        rotate_at(&db.client, first.token.expose(), TTL, at(62))
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected
+    ));
+
+    // reuse_grace = 0 turns the grace off: no seal is even kept.
+    db.client
+        .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
+        .await
+        .unwrap();
+    let first = issue_at(&db.client, "eve", TTL, at(0)).await.unwrap();
+    rotated(
+        rotate_at(&db.client, first.token.expose(), TTL, at(60))
+            .await
+            .unwrap(),
+    );
+    let seals: i64 = column(
+        &db.client,
+        "SELECT count(*) FROM auth.refresh_tokens t JOIN auth.sessions s ON s.id = t.session_id
+         WHERE s.user_id = 'eve' AND t.successor_seal IS NOT NULL",
+    )
+    .await[0];
+    assert_eq!(seals, 0);
+    assert!(matches!(
+        rotate_at(&db.client, first.token.expose(), TTL, at(60))
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected
+    ));
+    let events: Vec<String> = column(
+        &db.client,
+        "SELECT user_id || ':' || generation FROM auth.security_events ORDER BY id",
+    )
+    .await;
+    assert_eq!(events, vec!["cat:0", "dan:0", "eve:0"]);
+}
+
+#[tokio::test]
+async fn grace_keys_do_not_outlive_the_grace() {
+    let db = TestDb::migrated().await;
+    let first = issue_at(&db.client, "fay", TTL, at(0)).await.unwrap();
+    rotated(
+        rotate_at(&db.client, first.token.expose(), TTL, at(60))
+            .await
+            .unwrap(),
+    );
+    let keys = || column::<i64>(&db.client, "SELECT count(*) FROM auth.grace_keys");
+    assert_eq!(keys().await[0], 1);
+    // The next rotation that needs a new key deletes the ones past their use
+    // (a key's slice is 2.5 s; its seals are in their grace 10 s after that).
+    let other = issue_at(&db.client, "gus", TTL, at(60)).await.unwrap();
+    rotated(
+        rotate_at(&db.client, other.token.expose(), TTL, at(72))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(keys().await[0], 2, "60 + 2.5 + 10 > 72: still needed");
+    let other = issue_at(&db.client, "hal", TTL, at(60)).await.unwrap();
+    rotated(
+        rotate_at(&db.client, other.token.expose(), TTL, at(73))
+            .await
+            .unwrap(),
+    );
+    let starts: Vec<String> = column(
+        &db.client,
+        "SELECT to_char(starts_at AT TIME ZONE 'UTC', 'HH24:MI:SS.MS') FROM auth.grace_keys ORDER BY starts_at",
+    )
+    .await;
+    assert_eq!(
+        starts,
+        vec!["00:01:10.000", "00:01:12.500"],
+        "60 + 12.5 <= 73: the key of 00:01:00 is gone"
+    );
+    // When rotations stop, the cleanup run deletes the last ones.
+    db.client
+        .batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    assert_eq!(keys().await[0], 0);
+}

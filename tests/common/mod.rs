@@ -60,6 +60,39 @@ pub async fn migrate_to(client: &mut Client, version: i32) {
         .unwrap();
 }
 
+/// A login role that is a member of `group`, and a client connected as it.
+pub async fn member_of(db: &TestDb, group: &str) -> (String, DatabaseUrl, Client) {
+    let role = format!("tj_login_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE {group}"))
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&cli_url(&db.url, &role)).unwrap();
+    let client = url.connect().await.unwrap();
+    (role, url, client)
+}
+
+/// Disconnects `client` and drops the login role `member_of` made.
+pub async fn drop_member(db: &TestDb, role: &str, client: Client) {
+    drop(client);
+    db.client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+/// Asserts that each statement is refused for lack of privilege.
+pub async fn all_denied(client: &Client, statements: &[&str]) {
+    for sql in statements {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err:?}"
+        );
+    }
+}
+
 /// Migrate options for a database without pg_cron.
 pub fn no_schedule() -> MigrateOptions {
     MigrateOptions {
