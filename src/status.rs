@@ -54,6 +54,8 @@ pub struct Run {
     pub rotated: i64,
     /// Sessions deleted.
     pub sessions: i64,
+    /// Security events deleted (past audit_retention).
+    pub security_events: i64,
     /// Batches committed.
     pub batches: i32,
     /// Error text of a failed run.
@@ -69,6 +71,18 @@ pub struct Job {
     pub command: String,
     /// cron.job.active.
     pub active: bool,
+}
+
+/// Security events of one kind (`auth.security_event_summary`): counts and
+/// times only, never whom they were about.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecurityEvents {
+    /// The kind, e.g. reuse_detected.
+    pub kind: String,
+    /// How many happened in the last 24 hours.
+    pub last_24h: i64,
+    /// When the newest still kept happened (RFC 3339, UTC).
+    pub last_at: Option<String>,
 }
 
 /// Everything `status` shows.
@@ -88,6 +102,11 @@ pub struct Status {
     pub job: Option<Job>,
     /// The last runs, newest first.
     pub runs: Vec<Run>,
+    /// Security events by kind.
+    pub security_events: Vec<SecurityEvents>,
+    /// Security events ever recorded, of any kind (never decreases: the
+    /// purge does not lower it).
+    pub security_events_recorded: i64,
 }
 
 const STATES: [(&str, &str); 4] = [
@@ -198,7 +217,8 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
     let policy_row = client
         .query_one(
             "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
-                    batch_size::text, max_runtime::text, history_retention::text
+                    batch_size::text, max_runtime::text, history_retention::text,
+                    reuse_grace::text, max_ttl::text, audit_retention::text
              FROM auth.cleanup_policy",
             &[],
         )
@@ -211,6 +231,9 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
         "batch_size",
         "max_runtime",
         "history_retention",
+        "reuse_grace",
+        "max_ttl",
+        "audit_retention",
     ]
     .iter()
     .enumerate()
@@ -235,7 +258,8 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
             "SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     extract(epoch FROM started_at)::float8,
                     extract(epoch FROM finished_at - started_at)::float8,
-                    status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches, error
+                    status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches, error,
+                    security_events_deleted
              FROM auth.cleanup_runs ORDER BY started_at DESC, id DESC LIMIT $1",
             &[&runs],
         )
@@ -254,6 +278,26 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
             sessions: r.get(8),
             batches: r.get(9),
             error: r.get(10),
+            security_events: r.get(11),
+        })
+        .collect();
+
+    let event_rows = client
+        .query(
+            "SELECT kind, last_24h,
+                    to_char(last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), recorded_total
+             FROM auth.security_event_summary()",
+            &[],
+        )
+        .await
+        .map_err(db("reading auth.security_event_summary()"))?;
+    let security_events_recorded = event_rows.first().map_or(0, |r| r.get(3));
+    let security_events = event_rows
+        .iter()
+        .map(|r| SecurityEvents {
+            kind: r.get(0),
+            last_24h: r.get(1),
+            last_at: r.get(2),
         })
         .collect();
 
@@ -265,6 +309,8 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
         policy,
         job,
         runs,
+        security_events,
+        security_events_recorded,
     })
 }
 
@@ -305,6 +351,22 @@ impl std::fmt::Display for Status {
             )?,
             None => writeln!(f, "schedule: no pg_cron job {JOB_NAME}")?,
         }
+        writeln!(
+            f,
+            "security events ({} recorded in all):",
+            self.security_events_recorded
+        )?;
+        for e in &self.security_events {
+            writeln!(
+                f,
+                "  {:<16} {:>6} in the last 24 h{}",
+                e.kind,
+                e.last_24h,
+                e.last_at
+                    .as_ref()
+                    .map_or(String::new(), |at| format!(", newest {at}"))
+            )?;
+        }
         writeln!(f, "last runs:")?;
         if self.runs.is_empty() {
             writeln!(f, "  (none yet)")?;
@@ -336,14 +398,31 @@ impl Status {
     /// Prometheus text exposition, for node_exporter's textfile collector.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        let mut typed = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
             out.push_str(&format!(
-                "# HELP token_janitor_{name} {help}\n# TYPE token_janitor_{name} gauge\n"
+                "# HELP token_janitor_{name} {help}\n# TYPE token_janitor_{name} {kind}\n"
             ));
             for (labels, value) in samples {
                 out.push_str(&format!("token_janitor_{name}{labels} {value}\n"));
             }
         };
+        typed(
+            "security_events_total",
+            "counter",
+            "Security events (reuse detections) ever recorded.",
+            vec![(String::new(), self.security_events_recorded as f64)],
+        );
+        let mut metric = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+            typed(name, "gauge", help, samples)
+        };
+        metric(
+            "security_events_last_24h",
+            "Security events in the last 24 hours, by kind.",
+            self.security_events
+                .iter()
+                .map(|e| (format!("{{kind=\"{}\"}}", e.kind), e.last_24h as f64))
+                .collect(),
+        );
         metric(
             "token_rows",
             "Token rows by state (estimates on large tables).",
@@ -422,6 +501,7 @@ impl Status {
                     ("revoked", last.revoked),
                     ("rotated", last.rotated),
                     ("sessions", last.sessions),
+                    ("security_events", last.security_events),
                 ]
                 .iter()
                 .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64))

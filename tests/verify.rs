@@ -269,7 +269,13 @@ async fn status_parses_as_json_and_prometheus() {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert_eq!(kind, "gauge");
+            // A counter's name ends in _total; everything else is a gauge.
+            let expected = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert_eq!(kind, expected, "{name}");
             typed.insert(name.to_string());
         } else if !line.starts_with("# HELP ") {
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -291,6 +297,11 @@ async fn status_parses_as_json_and_prometheus() {
         300.0
     );
     assert_eq!(samples["token_janitor_last_run_status{status=\"ok\"}"], 1.0);
+    assert_eq!(samples["token_janitor_security_events_total"], 0.0);
+    assert_eq!(
+        samples["token_janitor_security_events_last_24h{kind=\"reuse_detected\"}"],
+        0.0
+    );
 
     let out = run_cli(&["status"], &url).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("last runs:"));
