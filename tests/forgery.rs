@@ -6,55 +6,12 @@
 
 mod common;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use token_janitor::{Rotation, TokenStore};
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-/// A token string taken apart as a client (or a thief) can: session id,
-/// generation, secret, authenticator (rt2_ only).
-struct Parts {
-    session: Uuid,
-    generation: i32,
-    secret: Vec<u8>,
-    authenticator: Option<Vec<u8>>,
-}
-
-fn parts(token: &str) -> Parts {
-    let (prefix, body) = token.split_at(4);
-    let bytes = URL_SAFE_NO_PAD.decode(body).unwrap();
-    Parts {
-        session: Uuid::from_slice(&bytes[..16]).unwrap(),
-        generation: i32::from_be_bytes(bytes[16..20].try_into().unwrap()),
-        secret: bytes[20..52].to_vec(),
-        authenticator: (prefix == "rt2_").then(|| bytes[52..68].to_vec()),
-    }
-}
-
-/// A token string built from parts: rt2_ with an authenticator, rt1_ without.
-fn build(session: Uuid, generation: i32, secret: &[u8], authenticator: Option<&[u8]>) -> String {
-    let mut bytes = session.as_bytes().to_vec();
-    bytes.extend_from_slice(&generation.to_be_bytes());
-    bytes.extend_from_slice(secret);
-    let prefix = match authenticator {
-        Some(a) => {
-            bytes.extend_from_slice(a);
-            "rt2_"
-        }
-        None => "rt1_",
-    };
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
-}
-
-fn random(n: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; n];
-    rand::fill(&mut bytes[..]);
-    bytes
-}
 
 /// Every way to forge generation 0 of `session` without its secret: a
 /// legacy rt1_ token built from scratch, an rt2_ one with a random

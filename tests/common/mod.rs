@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+
 use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
 use tokio_postgres::Client;
 
@@ -381,4 +383,55 @@ pub async fn seed_families(client: &Client, sessions: i64, per_session: i32) {
         .batch_execute("ANALYZE auth.sessions, auth.refresh_tokens")
         .await
         .unwrap();
+}
+
+/// A token string taken apart as a client (or a thief) can: session id,
+/// generation, secret, authenticator (rt2_ only).
+pub struct Parts {
+    pub session: uuid::Uuid,
+    pub generation: i32,
+    pub secret: Vec<u8>,
+    pub authenticator: Option<Vec<u8>>,
+}
+
+pub fn parts(token: &str) -> Parts {
+    let (prefix, body) = token.split_at(4);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    Parts {
+        session: uuid::Uuid::from_slice(&bytes[..16]).unwrap(),
+        generation: i32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+        secret: bytes[20..52].to_vec(),
+        authenticator: (prefix == "rt2_").then(|| bytes[52..68].to_vec()),
+    }
+}
+
+/// A token string built from parts: rt2_ with an authenticator, rt1_ without.
+pub fn build(
+    session: uuid::Uuid,
+    generation: i32,
+    secret: &[u8],
+    authenticator: Option<&[u8]>,
+) -> String {
+    let mut bytes = session.as_bytes().to_vec();
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.extend_from_slice(secret);
+    let prefix = match authenticator {
+        Some(a) => {
+            bytes.extend_from_slice(a);
+            "rt2_"
+        }
+        None => "rt1_",
+    };
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+pub fn random(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    rand::fill(&mut bytes[..]);
+    bytes
 }

@@ -1,0 +1,90 @@
+//! Upgrading a database on the previous release's schema (V1-V3) that holds
+//! live rt1_ tokens: they keep rotating (into rt2_ tokens), a genuine replay
+//! still reads reuse_detected while its row exists, and once the row is
+//! purged neither the genuine rt1_ token nor a forged one can revoke the
+//! family.
+
+mod common;
+
+use common::*;
+use token_janitor::{Rotation, TokenStore, migrate};
+
+/// A session and its generation-0 token as the previous release wrote them
+/// (no MAC key, no seal); returns the rt1_ token string.
+async fn legacy_session(client: &tokio_postgres::Client, user: &str) -> String {
+    let secret = random(32);
+    let session: uuid::Uuid = client
+        .query_one(
+            "WITH s AS (
+                 INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at)
+                 VALUES ($1, now(), 0, now() + interval '30 days') RETURNING id)
+             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
+             SELECT id, 0, sha256($2), now(), now() + interval '30 days' FROM s RETURNING session_id",
+            &[&user, &secret],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    build(session, 0, &secret, None)
+}
+
+#[tokio::test]
+async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
+    let mut db = TestDb::empty().await;
+    migrate_to(&mut db.client, 3).await;
+    let kept = legacy_session(&db.client, "kept").await;
+    let purged = legacy_session(&db.client, "purged").await;
+    let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert_eq!(report.applied, vec!["V4__trustworthy_tokens"]);
+    db.client
+        .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
+        .await
+        .unwrap();
+    let store = TokenStore::new(db.url.pool(2));
+
+    // It rotates into an rt2_ token, and its session draws its key.
+    let Rotation::Rotated(next) = store.rotate(&kept).await.unwrap() else {
+        panic!("a live rt1_ token rotates after the upgrade");
+    };
+    assert!(next.token.expose().starts_with("rt2_"));
+    let keyed: Vec<bool> = column(
+        &db.client,
+        &format!(
+            "SELECT mac_key IS NOT NULL FROM auth.sessions WHERE id = '{}'",
+            next.session_id
+        ),
+    )
+    .await;
+    assert_eq!(keyed, vec![true]);
+    assert!(matches!(
+        store.rotate(&kept).await.unwrap(),
+        Rotation::ReuseDetected
+    ));
+
+    // Once an rt1_ generation's row is purged, it proves nothing: the genuine
+    // token and a forgery both read invalid, and the family lives on.
+    let Rotation::Rotated(live) = store.rotate(&purged).await.unwrap() else {
+        panic!("a live rt1_ token rotates after the upgrade");
+    };
+    let rotated: i64 = db
+        .client
+        .query_one(
+            "SELECT rotated FROM auth.purge_refresh_tokens(p_now => now() + interval '2 hours')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rotated, 2);
+    let forged = build(live.session_id, 0, &random(32), None);
+    for token in [&purged, &forged] {
+        assert!(matches!(
+            store.rotate(token).await.unwrap(),
+            Rotation::Invalid
+        ));
+    }
+    assert!(matches!(
+        store.rotate(live.token.expose()).await.unwrap(),
+        Rotation::Rotated(_)
+    ));
+}
