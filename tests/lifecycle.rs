@@ -473,7 +473,14 @@ async fn token_store_round_trip_and_malformed_tokens() {
         .unwrap()
         .get(0);
     assert_eq!(stored.len(), 32);
-    assert!(!format!("{second:?}").contains(second.token.expose()));
+    // Debug output shows neither the token nor the session it selects.
+    for debug in [
+        format!("{second:?}"),
+        format!("{:?}", store.list_sessions("heidi").await.unwrap()),
+    ] {
+        assert!(!debug.contains(second.token.expose()), "{debug}");
+        assert!(!debug.contains(&second.session_id.to_string()), "{debug}");
+    }
 
     for bad in [
         "",
@@ -525,4 +532,107 @@ async fn twins_compose_inside_a_caller_transaction() {
     assert!(matches!(rotated, Rotation::Rotated(_)));
     tx.rollback().await.unwrap();
     assert_eq!(counts(&db.client).await, (0, 0));
+}
+
+#[tokio::test]
+async fn list_sessions_is_bounded() {
+    let db = TestDb::migrated().await;
+    for i in 0..3 {
+        issue(&db.client, "ivy", &format!("t{i}"), DAY, at(i)).await;
+    }
+    let listed = |limit: i32| {
+        let client = &db.client;
+        async move {
+            client
+                .query(
+                    "SELECT * FROM auth.list_sessions(p_user_id => 'ivy', p_limit => $1)",
+                    &[&limit],
+                )
+                .await
+        }
+    };
+    assert_eq!(listed(2).await.unwrap().len(), 2);
+    assert_eq!(listed(1000).await.unwrap().len(), 3);
+    for bad in [0, 1001] {
+        let err = listed(bad).await.unwrap_err();
+        assert!(
+            format!("{err:?}").contains("p_limit must be between 1 and 1000"),
+            "{err:?}"
+        );
+    }
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    column::<i32>(client, "SELECT pg_backend_pid()").await[0]
+}
+
+/// "Sign out everywhere" racing a new login of the same user: the login is
+/// either revoked by it or issued after it commits, never a survivor.
+#[tokio::test]
+async fn a_login_racing_sign_out_everywhere_never_survives_it() {
+    let db = TestDb::migrated().await;
+    let (login, signout) = (db.connect().await, db.connect().await);
+    let waiting = |pid: i32| {
+        let client = &db.client;
+        async move {
+            let waits: Vec<bool> = column(
+                client,
+                &format!("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = {pid}"),
+            )
+            .await;
+            (waits == vec![true]).then_some(())
+        }
+    };
+    // A login in flight: sign-out waits for it, then revokes it.
+    login.batch_execute("BEGIN").await.unwrap();
+    login
+        .batch_execute("SELECT * FROM auth.issue_token(p_user_id => 'jo', p_token_hash => sha256('a'), p_ttl => '1 day')")
+        .await
+        .unwrap();
+    let signout_pid = backend_pid(&signout).await;
+    let revoke = tokio::spawn(async move {
+        let revoked: i32 = signout
+            .query_one("SELECT auth.revoke_user_sessions(p_user_id => 'jo')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (signout, revoked)
+    });
+    poll(
+        "sign-out to wait for the login",
+        std::time::Duration::from_secs(10),
+        || waiting(signout_pid),
+    )
+    .await;
+    login.batch_execute("COMMIT").await.unwrap();
+    let (signout, revoked) = revoke.await.unwrap();
+    assert_eq!(revoked, 1, "the login that was in flight is revoked");
+
+    // A sign-out in flight: the login waits for it and survives it.
+    signout.batch_execute("BEGIN").await.unwrap();
+    signout
+        .batch_execute("SELECT auth.revoke_user_sessions(p_user_id => 'jo')")
+        .await
+        .unwrap();
+    let login_pid = backend_pid(&login).await;
+    let issue = tokio::spawn(async move {
+        login
+            .batch_execute("SELECT * FROM auth.issue_token(p_user_id => 'jo', p_token_hash => sha256('b'), p_ttl => '1 day')")
+            .await
+            .unwrap();
+    });
+    poll(
+        "the login to wait for sign-out",
+        std::time::Duration::from_secs(10),
+        || waiting(login_pid),
+    )
+    .await;
+    signout.batch_execute("COMMIT").await.unwrap();
+    issue.await.unwrap();
+    let live: Vec<i64> = column(
+        &db.client,
+        "SELECT count(*) FROM auth.sessions WHERE user_id = 'jo' AND revoked_at IS NULL",
+    )
+    .await;
+    assert_eq!(live, vec![1], "the login after sign-out lives");
 }
