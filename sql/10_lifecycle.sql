@@ -60,6 +60,9 @@ AS $$
 DECLARE
     v_max interval := (SELECT p.max_ttl FROM auth.cleanup_policy p);
 BEGIN
+    IF v_max IS NULL THEN
+        RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
+    END IF;
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > v_max THEN
         RAISE EXCEPTION 'p_ttl must be a positive interval of at most max_ttl (%), got %',
             v_max, coalesce(p_ttl::text, 'NULL')
@@ -356,10 +359,12 @@ BEGIN
 
     SELECT * INTO v_token FROM auth.refresh_tokens t
     WHERE t.session_id = p_session_id AND t.generation = p_generation;
+    -- The authenticators are compared through SHA-256 so that how long the
+    -- comparison takes tells nothing about how many leading bytes matched.
     IF (p_authenticator IS NOT NULL
         AND (v_session.mac_key IS NULL
-             OR auth._authenticator(v_session.mac_key, p_session_id, p_generation, p_token_hash)
-                <> p_authenticator))
+             OR sha256(auth._authenticator(v_session.mac_key, p_session_id, p_generation, p_token_hash))
+                <> sha256(p_authenticator)))
        OR (FOUND AND v_token.token_hash <> p_token_hash)
        OR (NOT FOUND AND p_authenticator IS NULL) THEN
         RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
