@@ -26,6 +26,69 @@ pub enum Error {
         message: String,
     },
 
+    /// The server's certificate does not chain to a trusted CA.
+    #[error(
+        "the server certificate at {target} is not signed by a trusted CA ({roots} does not hold \
+         the CA that signed it): point sslrootcert at your provider's CA bundle, or at the CA \
+         that signed the server's certificate"
+    )]
+    UntrustedCertificate {
+        /// host:port/database, never the password.
+        target: String,
+        /// Where the trusted CAs came from.
+        roots: String,
+    },
+
+    /// The server's certificate is valid but not for the host connected to.
+    #[error(
+        "host name mismatch: the server certificate at {target} is not valid for host '{host}': \
+         connect with a host name the certificate names, or use sslmode=verify-ca to check the \
+         CA only"
+    )]
+    HostNameMismatch {
+        /// host:port/database, never the password.
+        target: String,
+        /// The host name in the URL.
+        host: String,
+    },
+
+    /// TLS was required but the server does not offer it.
+    #[error(
+        "the server at {target} does not support TLS, which sslmode={mode} requires: enable ssl \
+         on the server, or use sslmode=prefer or disable for a server you reach over a trusted \
+         network"
+    )]
+    ServerWithoutTls {
+        /// host:port/database, never the password.
+        target: String,
+        /// The sslmode asked for.
+        mode: &'static str,
+    },
+
+    /// The server accepts only TLS connections and sslmode=disable was asked.
+    #[error(
+        "the server at {target} accepts only TLS connections and the URL has sslmode=disable \
+         ({message}): use sslmode=verify-full with sslrootcert=<your provider's CA file>"
+    )]
+    TlsRequired {
+        /// host:port/database, never the password.
+        target: String,
+        /// The server's message.
+        message: String,
+    },
+
+    /// The CA file named by sslrootcert cannot be used.
+    #[error(
+        "cannot use sslrootcert '{path}': {reason}; download your provider's CA bundle and set \
+         sslrootcert=<path> in the URL (verify-ca and verify-full need one)"
+    )]
+    SslRootCert {
+        /// The file (libpq's default ~/.postgresql/root.crt when none was given).
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
     /// pg_cron is not loaded by the server.
     #[error(
         "pg_cron is not in shared_preload_libraries (it is '{current}'): add pg_cron to \
