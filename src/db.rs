@@ -204,12 +204,11 @@ impl DatabaseUrl {
         let target = self.to_string();
         if let Some(cause) = certificate_error(err) {
             return match cause {
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                    Error::HostNameMismatch {
-                        target,
-                        host: self.host(),
-                    }
-                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => Error::HostNameMismatch {
+                    target,
+                    host: self.host(),
+                },
                 CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                     Error::UntrustedCertificate {
                         target,

@@ -91,20 +91,23 @@ pub enum Error {
 
     /// pg_cron is not loaded by the server.
     #[error(
-        "pg_cron is not in shared_preload_libraries (it is '{current}'): add pg_cron to \
-         shared_preload_libraries in postgresql.conf and restart PostgreSQL, or pass --no-schedule \
-         and call the cleanup yourself"
+        "pg_cron is not loaded by the server ({evidence}): add pg_cron to shared_preload_libraries \
+         (on a managed service, in its parameters or flags: see the README's 'Deploying on \
+         managed PostgreSQL') and restart PostgreSQL, or pass --no-schedule and call the cleanup \
+         yourself"
     )]
     PgCronNotPreloaded {
-        /// The server's current shared_preload_libraries.
-        current: String,
+        /// What showed it: the server's shared_preload_libraries, or that no
+        /// pg_cron launcher runs.
+        evidence: String,
     },
 
-    /// pg_cron is loaded, but for another database.
+    /// pg_cron lives in another database and no way to reach it was given.
     #[error(
         "pg_cron can only be created in database '{configured}' (cron.database_name), but this is \
-         '{current}': run migrate against '{configured}', or set cron.database_name = '{current}' \
-         and restart PostgreSQL, or pass --no-schedule"
+         '{current}': let migrate connect there (the command line does so by itself, or with \
+         --cron-database-url; the library with MigrateOptions::cron_database), or set \
+         cron.database_name = '{current}' and restart PostgreSQL, or pass --no-schedule"
     )]
     PgCronWrongDatabase {
         /// cron.database_name.
@@ -113,15 +116,80 @@ pub enum Error {
         current: String,
     },
 
+    /// pg_cron's database could not be reached.
+    #[error(
+        "cannot reach pg_cron's database: {source}; pass --cron-database-url (or \
+         CRON_DATABASE_URL) with a role that may log in there, or --no-schedule"
+    )]
+    CronDatabase {
+        /// Why the connection failed.
+        source: Box<Error>,
+    },
+
     /// The pg_cron extension is missing and this role may not create it.
     #[error(
-        "pg_cron is not installed in this database and role '{role}' is not a superuser, which \
-         CREATE EXTENSION pg_cron requires: run CREATE EXTENSION pg_cron as a superuser once, \
-         or pass --no-schedule"
+        "pg_cron is not installed in database '{database}' and role '{role}' may not create it \
+         (CREATE EXTENSION pg_cron needs a superuser or the provider's admin role): have it \
+         created there once (RDS/Aurora: as rds_superuser; Cloud SQL: as cloudsqlsuperuser \
+         after setting the flag cloudsql.enable_pg_cron; Azure Flexible Server: as the admin \
+         user after allow-listing PG_CRON in azure.extensions; Supabase: Database > \
+         Extensions > pg_cron; your own server: as a superuser), or pass --no-schedule"
     )]
     PgCronNotSuperuser {
         /// The connected role.
         role: String,
+        /// pg_cron's database (cron.database_name).
+        database: String,
+    },
+
+    /// This role may not schedule a job that runs in another database.
+    #[error(
+        "role '{role}' may not schedule jobs with pg_cron in database '{database}' ({missing}): \
+         as the provider's admin role (or a superuser) run there: GRANT USAGE ON SCHEMA cron TO \
+         {role}; GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, text, text, text, \
+         text, boolean), cron.alter_job(bigint, text, text, text, text, boolean) TO {role}; or \
+         run migrate as that admin role, or pass --no-schedule"
+    )]
+    PgCronNoPermission {
+        /// The connected role.
+        role: String,
+        /// pg_cron's database.
+        database: String,
+        /// Which privilege is missing.
+        missing: String,
+    },
+
+    /// pg_cron is too old to run a job in another database.
+    #[error(
+        "pg_cron {version} in database '{database}' cannot run jobs in another database \
+         (cron.schedule_in_database came with 1.4): ALTER EXTENSION pg_cron UPDATE there, \
+         or set cron.database_name to the application's database, or pass --no-schedule"
+    )]
+    PgCronTooOld {
+        /// The installed extension version.
+        version: String,
+        /// pg_cron's database.
+        database: String,
+    },
+
+    /// The job name is taken by this role's job for another database.
+    #[error(
+        "pg_cron job {job} (id {jobid}) of role '{role}' already runs in database '{other}', and \
+         pg_cron keeps one job of a name per role: deploy '{database}' as another role, or, if \
+         '{other}' no longer needs it, move it with SELECT cron.alter_job({jobid}, database => \
+         '{database}')"
+    )]
+    PgCronJobElsewhere {
+        /// The pinned job name.
+        job: &'static str,
+        /// The existing job's id.
+        jobid: i64,
+        /// The connected role.
+        role: String,
+        /// The database the existing job runs in.
+        other: String,
+        /// The application's database.
+        database: String,
     },
 
     /// The schedule is not one pg_cron 1.4 accepts.
