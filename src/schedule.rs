@@ -176,12 +176,14 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
                     coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false),
                     current_user::text,
                     current_database()::text,
-                    pg_catalog.to_regprocedure('cron.schedule_in_database(text, text, text, text, text, boolean)') IS NOT NULL,
-                    pg_catalog.has_schema_privilege(current_user,
-                        (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'cron'), 'USAGE'),
-                    pg_catalog.has_function_privilege(current_user,
+                    usage,
+                    CASE WHEN usage THEN pg_catalog.to_regprocedure(
+                        'cron.schedule_in_database(text, text, text, text, text, boolean)') IS NOT NULL END,
+                    CASE WHEN usage THEN pg_catalog.has_function_privilege(current_user,
                         pg_catalog.to_regprocedure('cron.schedule_in_database(text, text, text, text, text, boolean)'),
-                        'EXECUTE')",
+                        'EXECUTE') END
+             FROM (SELECT pg_catalog.has_schema_privilege(current_user,
+                       (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'cron'), 'USAGE')) s(usage)",
             &[],
         )
         .await
@@ -200,14 +202,14 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
     let Some(cron) = cron else {
         return Ok(());
     };
-    let (in_database, usage, execute): (bool, Option<bool>, Option<bool>) =
+    // Looking up a function in schema cron needs USAGE on it: with none, the
+    // other two are NULL.
+    let (usage, in_database, execute): (Option<bool>, Option<bool>, Option<bool>) =
         (row.get(4), row.get(5), row.get(6));
-    if !in_database {
-        return Err(Error::PgCronTooOld { version, database });
-    }
-    let missing = match (usage, execute) {
-        (Some(true), Some(true)) => None,
-        (Some(true), _) => Some("no EXECUTE on cron.schedule_in_database"),
+    let missing = match (usage, in_database, execute) {
+        (Some(true), Some(false), _) => return Err(Error::PgCronTooOld { version, database }),
+        (Some(true), Some(true), Some(true)) => None,
+        (Some(true), ..) => Some("no EXECUTE on cron.schedule_in_database"),
         _ => Some("no USAGE on schema cron"),
     };
     if let Some(missing) = missing {
