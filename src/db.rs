@@ -200,7 +200,7 @@ impl DatabaseUrl {
     /// Names the cause of a failed connection: the TLS checks first, since
     /// the driver's own text ("error performing TLS handshake: invalid peer
     /// certificate: UnknownIssuer") says little to someone who set a URL.
-    pub(crate) fn connect_error(&self, err: &tokio_postgres::Error) -> Error {
+    fn connect_error(&self, err: &tokio_postgres::Error) -> Error {
         let target = self.to_string();
         if let Some(cause) = certificate_error(err) {
             return match cause {

@@ -310,7 +310,8 @@ pub struct JobInfo {
 /// database (`cron` is `None`; the monitoring role may call it), or from
 /// cron.job in pg_cron's database, the job that runs in the application's
 /// database. There pg_cron's row security shows a non-superuser only its own
-/// jobs, so read it as the role that ran migrate (or a superuser).
+/// jobs, so read it as the role that ran migrate (or a superuser). `None`
+/// when pg_cron or the job is missing.
 ///
 /// # Errors
 /// The driver's error when a query fails.
@@ -328,6 +329,17 @@ pub async fn find_job(
             .await?
         }
         Some(cron) => {
+            let installed: bool = cron
+                .client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if !installed {
+                return Ok(None);
+            }
             cron.client
                 .query_opt(
                     "SELECT j.jobid, j.schedule, j.command, j.active, d.status, d.return_message,

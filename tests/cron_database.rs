@@ -1,0 +1,121 @@
+//! migrate from a database that is not cron.database_name: the job is
+//! scheduled from pg_cron's database with cron.schedule_in_database, and what
+//! cannot work is refused before anything changes.
+
+mod common;
+
+use common::*;
+use token_janitor::schedule::CronDatabase;
+use token_janitor::verify::{Outcome, VerifyOptions, verify};
+use token_janitor::{DatabaseUrl, Error, MigrateOptions, migrate};
+
+#[tokio::test]
+async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_run_here() {
+    let cron = CronDb::fresh().await;
+    let mut db = TestDb::empty().await;
+    let options = MigrateOptions {
+        schedule: Some("*/7 * * * *".into()),
+        cron_database: Some(CronDatabase::Like(db.url.clone())),
+        ..MigrateOptions::default()
+    };
+    let report = migrate(&mut db.client, &options).await.unwrap();
+    let job = cron
+        .client
+        .query_one(
+            "SELECT jobid, database, schedule, command FROM cron.job
+             WHERE jobname = 'refresh-token-cleanup'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(Some(job.get::<_, i64>(0)), report.job_id);
+    assert_eq!(
+        (
+            job.get::<_, &str>(1),
+            job.get::<_, &str>(2),
+            job.get::<_, &str>(3)
+        ),
+        (db.name(), "*/7 * * * *", "CALL auth.run_token_cleanup()")
+    );
+
+    let verified = verify(
+        &db.url,
+        &VerifyOptions {
+            schedule: Some("*/7 * * * *".into()),
+            cron_database: Some(CronDatabase::Like(db.url.clone())),
+            ..VerifyOptions::default()
+        },
+    )
+    .await;
+    let job_check = verified.checks.iter().find(|c| c.name == "job").unwrap();
+    assert_eq!(job_check.outcome, Outcome::Pass, "{verified}");
+
+    // Run twice: the job is upserted, not duplicated.
+    migrate(&mut db.client, &options).await.unwrap();
+    let jobs: Vec<i64> = column(
+        &cron.client,
+        "SELECT jobid FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    )
+    .await;
+    assert_eq!(jobs, vec![report.job_id.unwrap()]);
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_create_pg_cron_in_its_database_is_told_so_before_anything_changes() {
+    let cron = CronDb::fresh().await;
+    let db = TestDb::empty().await;
+    let role = format!("tj_owner_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {} OWNER TO {role}",
+            db.name()
+        ))
+        .await
+        .unwrap();
+    let url = DatabaseUrl::parse(&cli_url(&db.url, &role)).unwrap();
+    let mut client = url.connect().await.unwrap();
+    let options = MigrateOptions {
+        cron_database: Some(CronDatabase::Like(url.clone())),
+        ..MigrateOptions::default()
+    };
+    let err = migrate(&mut client, &options).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PgCronNotSuperuser { role: r, database }
+            if r == &role && database == &cron.url.dbname()),
+        "{err}"
+    );
+    for fix in [
+        "rds_superuser",
+        "cloudsql.enable_pg_cron",
+        "azure.extensions",
+    ] {
+        assert!(err.to_string().contains(fix), "{fix} missing from: {err}");
+    }
+    let schemas: Vec<String> = column(
+        &client,
+        "SELECT nspname::text FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert!(schemas.is_empty(), "a refused migrate changes nothing");
+    drop(client);
+    drop(db);
+    cron.client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_cron_database_url_that_is_not_cron_database_name_is_refused() {
+    let mut db = TestDb::empty().await;
+    let options = MigrateOptions {
+        cron_database: Some(CronDatabase::At(db.url.with_dbname("postgres"))),
+        ..MigrateOptions::default()
+    };
+    let err = migrate(&mut db.client, &options).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::PgCronWrongDatabase { configured, current }
+            if configured == &server().dbname() && current == "postgres"),
+        "{err}"
+    );
+}
