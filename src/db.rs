@@ -412,10 +412,8 @@ impl Tls {
                 Verification::None
             }
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match verification {
-            Verification::None => Arc::new(AcceptAnyCertificate {
-                algorithms: provider.signature_verification_algorithms,
-            }),
+        let chain = match verification {
+            Verification::None => None,
             Verification::Chain | Verification::Full => {
                 let roots = load_roots(root_cert.as_deref())?;
                 let webpki =
@@ -425,12 +423,14 @@ impl Tls {
                             path: root_path(root_cert.as_deref()).display().to_string(),
                             reason: err.to_string(),
                         })?;
-                Arc::new(CheckedCertificate {
-                    webpki,
-                    check_name: verification == Verification::Full,
-                })
+                Some(webpki)
             }
         };
+        let verifier = Arc::new(CertificateCheck {
+            chain,
+            check_name: verification == Verification::Full,
+            algorithms: provider.signature_verification_algorithms,
+        });
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default TLS versions")
@@ -493,23 +493,36 @@ fn load_roots(root_cert: Option<&str>) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-/// libpq's `prefer`/`require` without a root certificate: encrypted, but any
-/// certificate is accepted. The handshake signatures are still checked.
+/// What the client checks of the server's certificate. Without a chain
+/// verifier (libpq's prefer/require without a root certificate) any
+/// certificate is accepted: encrypted, not authenticated. verify-ca checks the
+/// chain only: webpki checks the name after the chain, so a name error means
+/// the chain itself was good. The handshake signatures are always checked.
 #[derive(Debug)]
-struct AcceptAnyCertificate {
+struct CertificateCheck {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
+impl ServerCertVerifier for CertificateCheck {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -532,61 +545,6 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// verify-ca and verify-full: the chain must lead to a trusted CA; the host
-/// name is checked only for verify-full. webpki checks the name after the
-/// chain, so a name error means the chain itself was good.
-#[derive(Debug)]
-struct CheckedCertificate {
-    webpki: Arc<WebPkiServerVerifier>,
-    check_name: bool,
-}
-
-impl ServerCertVerifier for CheckedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
     }
 }
 

@@ -15,8 +15,7 @@ async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_ru
     let mut db = TestDb::empty().await;
     let options = MigrateOptions {
         schedule: Some("*/7 * * * *".into()),
-        cron_database: Some(CronDatabase::Like(db.url.clone())),
-        ..MigrateOptions::default()
+        ..reaching_cron(&db.url)
     };
     let report = migrate(&mut db.client, &options).await.unwrap();
     let job = cron
@@ -73,12 +72,7 @@ async fn a_role_that_cannot_create_pg_cron_in_its_database_is_told_so_before_any
         .await
         .unwrap();
     let url = DatabaseUrl::parse(&cli_url(&db.url, &role)).unwrap();
-    let mut client = url.connect().await.unwrap();
-    let options = MigrateOptions {
-        cron_database: Some(CronDatabase::Like(url.clone())),
-        ..MigrateOptions::default()
-    };
-    let err = migrate(&mut client, &options).await.unwrap_err();
+    let (client, err) = refused_migrate(&url).await;
     assert!(
         matches!(&err, Error::PgCronNotSuperuser { role: r, database }
             if r == &role && database == &cron.url.dbname()),

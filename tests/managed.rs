@@ -7,8 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use token_janitor::schedule::CronDatabase;
-use token_janitor::{DatabaseUrl, Error, MigrateOptions, migrate};
+use token_janitor::{DatabaseUrl, Error};
 
 /// The deployer's URL: sslmode=verify-full with the server's CA.
 fn managed() -> String {
@@ -249,12 +248,7 @@ async fn a_role_without_the_cron_grants_is_refused_before_anything_changes() {
         &format!("{role}:{role}@"),
     ))
     .unwrap();
-    let mut client = url.connect().await.unwrap();
-    let options = MigrateOptions {
-        cron_database: Some(CronDatabase::Like(url.clone())),
-        ..MigrateOptions::default()
-    };
-    let err = migrate(&mut client, &options).await.unwrap_err();
+    let (client, err) = refused_migrate(&url).await;
     assert!(
         matches!(&err, Error::PgCronNoPermission { role: r, database, missing }
             if r == &role && database == "postgres" && missing == "no USAGE on schema cron"),
