@@ -132,8 +132,8 @@ pub enum Error {
          (CREATE EXTENSION pg_cron needs a superuser or the provider's admin role): have it \
          created there once (RDS/Aurora: as rds_superuser; Cloud SQL: as cloudsqlsuperuser \
          after setting the flag cloudsql.enable_pg_cron; Azure Flexible Server: as the admin \
-         user after allow-listing PG_CRON in azure.extensions; Supabase: Database > \
-         Extensions > pg_cron; your own server: as a superuser), or pass --no-schedule"
+         user after allow-listing pg_cron in azure.extensions; Supabase: Integrations > \
+         Cron; your own server: as a superuser), or pass --no-schedule"
     )]
     PgCronNotSuperuser {
         /// The connected role.
