@@ -23,7 +23,7 @@ use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{Error, Result, describe};
+use crate::error::{Error, Result, certificate_error, describe};
 
 /// libpq's `sslmode`: whether to use TLS and what to check of the server's
 /// certificate.
@@ -217,7 +217,7 @@ impl DatabaseUrl {
                 }
                 _ => Error::Connect {
                     target,
-                    message: format!("the server's certificate was refused: {cause}"),
+                    message: describe(err),
                 },
             };
         }
@@ -273,26 +273,6 @@ fn invalid_url(reason: &str) -> Error {
     Error::InvalidUrl {
         reason: reason.to_string(),
     }
-}
-
-/// The certificate error rustls raised during the handshake, if that is why
-/// the connection failed. The driver wraps it in an `io::Error`, whose
-/// `source()` skips the wrapped error, hence `get_ref`.
-fn certificate_error(err: &tokio_postgres::Error) -> Option<CertificateError> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(cause) = next {
-        let inner = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static))
-            .unwrap_or(cause);
-        if let Some(rustls::Error::InvalidCertificate(cert)) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(cert.clone());
-        }
-        next = cause.source();
-    }
-    None
 }
 
 /// Takes `sslmode` and `sslrootcert` out of a URL or key=value string, which

@@ -253,9 +253,45 @@ impl From<deadpool_postgres::PoolError> for Error {
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The certificate error rustls raised during the handshake, if that is why
+/// a connection failed. The driver wraps it in an `io::Error`, whose
+/// `source()` skips the wrapped error, hence `get_ref`.
+pub(crate) fn certificate_error(err: &tokio_postgres::Error) -> Option<rustls::CertificateError> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = next {
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static))
+            .unwrap_or(cause);
+        if let Some(rustls::Error::InvalidCertificate(cert)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(cert.clone());
+        }
+        next = cause.source();
+    }
+    None
+}
+
 /// Describes a driver error with the server's message, detail and hint, which
-/// the driver's own `Display` leaves out.
+/// the driver's own `Display` leaves out, and a refused server certificate in
+/// words (for errors that reach us without the URL, such as a pool's).
 pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(cause) = certificate_error(err) {
+        use rustls::CertificateError as Cert;
+        let what = match cause {
+            Cert::UnknownIssuer | Cert::BadSignature => {
+                "it is not signed by a trusted CA (check sslrootcert)"
+            }
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                "host name mismatch: it does not name the host in the URL"
+            }
+            Cert::Expired | Cert::ExpiredContext { .. } => "it has expired",
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => "it is not valid yet",
+            _ => "it failed verification",
+        };
+        return format!("the server's TLS certificate was refused: {what} ({cause:?})");
+    }
     if let Some(db) = err.as_db_error() {
         let mut text = format!("{} ({})", db.message(), db.code().code());
         if let Some(detail) = db.detail() {

@@ -151,6 +151,33 @@ async fn a_certificate_from_another_ca_is_refused_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not signed by a trusted CA"));
     assert!(!stderr(&out).contains(&password()));
+
+    // TokenStore's pool: TLS with the right CA, the cause named with the wrong one.
+    let pool = DatabaseUrl::parse(&managed()).unwrap().pool(2);
+    let tls: bool = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls);
+    let err = Error::from(
+        DatabaseUrl::parse(&other_ca)
+            .unwrap()
+            .pool(1)
+            .get()
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        err.to_string().contains("not signed by a trusted CA"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
