@@ -550,4 +550,34 @@ mod tests {
         assert_eq!(mode, Some(SslMode::VerifyCa));
         assert_eq!(root.as_deref(), Some("/a b/ca.pem"));
     }
+
+    #[test]
+    fn settings_libpq_refuses_are_refused_by_name() {
+        let reason = |url: &str| match DatabaseUrl::parse(url) {
+            Err(Error::InvalidUrl { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(
+            reason("postgres://u:secret@db/app?sslmode=verify")
+                .contains("unknown sslmode 'verify'")
+        );
+        assert!(
+            reason("postgres://u@db/app?sslmode=allow").contains("sslmode=allow is not supported")
+        );
+        assert!(
+            reason("postgres://u@db/app?sslmode=require&sslrootcert=system")
+                .contains("sslrootcert=system needs sslmode=verify-full")
+        );
+        assert!(reason("host=db sslmode='verify-full").contains("unterminated quote"));
+        assert!(!reason("postgres://u:secret@db/app?sslmode=x").contains("secret"));
+    }
+
+    #[test]
+    fn the_default_is_prefer_and_database_urls_keep_their_tls_settings() {
+        let url = DatabaseUrl::parse("postgres://u@db/app").unwrap();
+        assert_eq!(url.ssl_mode(), SslMode::Prefer);
+        let url = DatabaseUrl::parse("postgres://u@db/app?sslmode=require").unwrap();
+        assert_eq!(url.with_dbname("postgres").ssl_mode(), SslMode::Require);
+        assert_eq!(url.with_dbname("postgres").to_string(), "db:5432/postgres");
+    }
 }
