@@ -160,10 +160,11 @@ pub async fn connect_cron_database(
 }
 
 /// Checks, before anything changes, that the cleanup job can be scheduled:
-/// in the application's database (`cron` is `None`: the extension exists or
-/// this role may create it), or from pg_cron's database into the
-/// application's (also: pg_cron 1.4+, EXECUTE on cron.schedule_in_database,
-/// and no job of this name and role that runs in a third database).
+/// in the application's database (`cron` is `None`: the extension exists and
+/// this role may use schema cron, or it may create the extension), or from
+/// pg_cron's database into the application's (also: pg_cron 1.4+, EXECUTE on
+/// cron.schedule_in_database, and no job of this name and role that runs in
+/// a third database).
 ///
 /// # Errors
 /// [`Error::PgCronNotSuperuser`], [`Error::PgCronTooOld`],
@@ -199,25 +200,26 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
             Err(Error::PgCronNotSuperuser { role, database })
         };
     };
+    // Looking up a function in schema cron needs USAGE on it: with none, the
+    // other two are NULL. cron.schedule needs USAGE too.
+    let (usage, in_database, execute): (Option<bool>, Option<bool>, Option<bool>) =
+        (row.get(4), row.get(5), row.get(6));
+    let no_permission = |missing: &str| Error::PgCronNoPermission {
+        role: role.clone(),
+        database: database.clone(),
+        missing: missing.to_string(),
+    };
+    if usage != Some(true) {
+        return Err(no_permission("no USAGE on schema cron"));
+    }
     let Some(cron) = cron else {
         return Ok(());
     };
-    // Looking up a function in schema cron needs USAGE on it: with none, the
-    // other two are NULL.
-    let (usage, in_database, execute): (Option<bool>, Option<bool>, Option<bool>) =
-        (row.get(4), row.get(5), row.get(6));
-    let missing = match (usage, in_database, execute) {
-        (Some(true), Some(false), _) => return Err(Error::PgCronTooOld { version, database }),
-        (Some(true), Some(true), Some(true)) => None,
-        (Some(true), ..) => Some("no EXECUTE on cron.schedule_in_database"),
-        _ => Some("no USAGE on schema cron"),
-    };
-    if let Some(missing) = missing {
-        return Err(Error::PgCronNoPermission {
-            role,
-            database,
-            missing: missing.to_string(),
-        });
+    if in_database == Some(false) {
+        return Err(Error::PgCronTooOld { version, database });
+    }
+    if execute != Some(true) {
+        return Err(no_permission("no EXECUTE on cron.schedule_in_database"));
     }
     let other = client
         .query_opt(

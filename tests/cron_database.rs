@@ -1,6 +1,7 @@
-//! migrate from a database that is not cron.database_name: the job is
-//! scheduled from pg_cron's database with cron.schedule_in_database, and what
-//! cannot work is refused before anything changes.
+//! migrate and pg_cron's database: from a database that is not
+//! cron.database_name the job is scheduled from pg_cron's database with
+//! cron.schedule_in_database; what cannot work, there or here, is refused
+//! before anything changes.
 
 mod common;
 
@@ -112,4 +113,46 @@ async fn a_cron_database_url_that_is_not_cron_database_name_is_refused() {
             if configured == &server().dbname() && current == "postgres"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_role_without_usage_on_cron_is_refused_in_the_cron_database_too() {
+    let cron = CronDb::fresh().await;
+    let role = format!("tj_nocron_{}", uuid::Uuid::new_v4().simple());
+    cron.client
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_cron; CREATE ROLE {role} LOGIN;
+             GRANT CREATE ON DATABASE {db} TO {role}; GRANT CREATE ON SCHEMA public TO {role}",
+            db = cron.url.dbname()
+        ))
+        .await
+        .unwrap();
+    let mut client = DatabaseUrl::parse(&cli_url(&cron.url, &role))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = migrate(&mut client, &MigrateOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PgCronNoPermission { role: r, missing, .. }
+            if r == &role && missing == "no USAGE on schema cron"),
+        "{err}"
+    );
+    let schemas: Vec<String> = column(
+        &client,
+        "SELECT nspname::text FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert!(schemas.is_empty(), "a refused migrate changes nothing");
+    drop(client);
+    cron.client
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {db} FROM {role}; REVOKE ALL ON SCHEMA public FROM {role};
+             DROP ROLE {role}",
+            db = cron.url.dbname()
+        ))
+        .await
+        .unwrap();
 }
