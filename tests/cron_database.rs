@@ -10,6 +10,16 @@ use token_janitor::schedule::CronDatabase;
 use token_janitor::verify::{Outcome, VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, Error, MigrateOptions, migrate};
 
+/// A refused migrate changes nothing: not even schema auth exists.
+async fn assert_no_auth_schema(client: &tokio_postgres::Client) {
+    let schemas: Vec<String> = column(
+        client,
+        "SELECT nspname::text FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert!(schemas.is_empty(), "a refused migrate changes nothing");
+}
+
 #[tokio::test]
 async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_run_here() {
     let cron = CronDb::fresh().await;
@@ -86,12 +96,7 @@ async fn a_role_that_cannot_create_pg_cron_in_its_database_is_told_so_before_any
     ] {
         assert!(err.to_string().contains(fix), "{fix} missing from: {err}");
     }
-    let schemas: Vec<String> = column(
-        &client,
-        "SELECT nspname::text FROM pg_namespace WHERE nspname = 'auth'",
-    )
-    .await;
-    assert!(schemas.is_empty(), "a refused migrate changes nothing");
+    assert_no_auth_schema(&client).await;
     drop(client);
     drop(db);
     cron.client
@@ -140,12 +145,7 @@ async fn a_role_without_usage_on_cron_is_refused_in_the_cron_database_too() {
             if r == &role && missing == "no USAGE on schema cron"),
         "{err}"
     );
-    let schemas: Vec<String> = column(
-        &client,
-        "SELECT nspname::text FROM pg_namespace WHERE nspname = 'auth'",
-    )
-    .await;
-    assert!(schemas.is_empty(), "a refused migrate changes nothing");
+    assert_no_auth_schema(&client).await;
     drop(client);
     cron.client
         .batch_execute(&format!(

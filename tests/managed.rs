@@ -42,6 +42,16 @@ async fn refused_connection(url: &str) -> Error {
     err
 }
 
+/// The server sees this connection encrypted.
+async fn assert_encrypted(client: &tokio_postgres::Client) {
+    let tls: Vec<bool> = column(
+        client,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(tls, vec![true]);
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -154,18 +164,7 @@ async fn a_certificate_from_another_ca_is_refused_naming_it() {
 
     // TokenStore's pool: TLS with the right CA, the cause named with the wrong one.
     let pool = DatabaseUrl::parse(&managed()).unwrap().pool(2);
-    let tls: bool = pool
-        .get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(tls);
+    assert_encrypted(&pool.get().await.unwrap()).await;
     let err = Error::from(
         DatabaseUrl::parse(&other_ca)
             .unwrap()
@@ -207,15 +206,7 @@ async fn a_host_name_the_certificate_does_not_name_is_refused_by_verify_full_onl
         .connect()
         .await
         .unwrap();
-    let tls: bool = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(tls);
+    assert_encrypted(&client).await;
 }
 
 #[tokio::test]
