@@ -190,6 +190,7 @@ provision_managed() {
     local port="$1" password
     password="$(cat "$PGHOME/$MANAGED_ROLE.password")"
     as_owner "$PGBIN/psql" -q -h "$PGHOME" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pg_cron;
 SELECT format('CREATE ROLE %I LOGIN CREATEROLE PASSWORD %L', '$MANAGED_ROLE', '$password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$MANAGED_ROLE') \gexec
