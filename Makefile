@@ -5,12 +5,17 @@ SHELL := /bin/bash
 PG := scripts/pg.sh
 # The server to use: DATABASE_URL when set, else the local throwaway cluster.
 DB = $${DATABASE_URL:-$$($(PG) start)}
+# The managed-like server for tests/managed.rs (TLS only, pg_cron in
+# 'postgres', a non-superuser deployer): MANAGED_DATABASE_URL when set.
+MANAGED_DB = $${MANAGED_DATABASE_URL:-$$($(PG) start-managed)}
 
-.PHONY: test demo bench lint pg-start pg-stop pg-destroy
+.PHONY: test demo bench lint pg-start pg-stop pg-destroy pg-managed-start pg-managed-stop pg-managed-destroy
 
-## test: provision, check formatting and lints, build, run every test
+## test: provision (the usual cluster and the managed-like one), check
+## formatting and lints, build, run every test
 test: lint
-	export DATABASE_URL="$(DB)"; \
+	DATABASE_URL="$(DB)"; export DATABASE_URL; \
+	MANAGED_DATABASE_URL="$(MANAGED_DB)"; export MANAGED_DATABASE_URL; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --no-fail-fast; \
 	else \
@@ -46,3 +51,9 @@ pg-stop:
 	@$(PG) stop
 pg-destroy:
 	@$(PG) destroy
+pg-managed-start:
+	@$(PG) start-managed
+pg-managed-stop:
+	@$(PG) stop-managed
+pg-managed-destroy:
+	@$(PG) destroy-managed

@@ -12,6 +12,25 @@
 # The cluster lives in $PGHOME (default: target/pg under the repository), listens
 # on 127.0.0.1 only, on the first free port from 54329 up, with trust
 # authentication: it is for tests and demos, never for real data.
+#
+# A second, managed-like cluster (RDS, Cloud SQL, Azure) runs beside it:
+#
+#   scripts/pg.sh start-managed    create and start it, print the deployer's URL
+#   scripts/pg.sh url-managed      print that URL
+#   scripts/pg.sh stop-managed     stop it
+#   scripts/pg.sh destroy-managed  stop it and remove its files
+#
+# It lives in $PGHOME-managed, on the first free port from 54430 up. TCP only
+# over TLS with scram-sha-256 (hostssl; no host or trust line for TCP), with a
+# CA (ca.crt) and a server certificate for localhost and 127.0.0.1 made with
+# openssl at set-up, plus a second CA (other-ca.crt) that signed nothing the
+# server shows, for tests that must see a certificate refused. pg_cron is
+# preloaded for the `postgres` database and created there by the superuser, as
+# a provider does; its jobs connect over the unix socket (cron.host), which
+# the `local` line lets in. The application database `app` is owned by
+# `deployer`, a non-superuser with CREATEROLE and a generated password, granted
+# what providers grant their admin role: USAGE on schema cron and EXECUTE on
+# cron.schedule_in_database and cron.alter_job.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +46,12 @@ PGVERSION=15
 PGBIN="/usr/lib/postgresql/$PGVERSION/bin"
 DBNAME="${PGDATABASE_NAME:-token_janitor}"
 READY_TIMEOUT_S=60
+# The managed-like cluster: see the header.
+MANAGED=0
+FIRST_PORT=54329
+LAST_PORT=54429
+MANAGED_DB=app
+MANAGED_ROLE=deployer
 
 log() { echo "pg.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -45,6 +70,7 @@ install_packages() {
     [ -x "$PGBIN/postgres" ] || missing+=("postgresql-$PGVERSION")
     [ -f "/usr/lib/postgresql/$PGVERSION/lib/pg_cron.so" ] || missing+=("postgresql-$PGVERSION-cron")
     command -v psql >/dev/null || missing+=("postgresql-client-$PGVERSION")
+    [ "$MANAGED" -eq 0 ] || command -v openssl >/dev/null || missing+=("openssl")
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         die "missing packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]}) or run as root"
@@ -59,7 +85,11 @@ port_file() { echo "$PGHOME/port"; }
 
 url() {
     [ -f "$(port_file)" ] || die "no cluster in $PGHOME: run scripts/pg.sh start"
-    echo "postgres://postgres@127.0.0.1:$(cat "$(port_file)")/$DBNAME"
+    if [ "$MANAGED" -eq 1 ]; then
+        echo "postgres://$MANAGED_ROLE:$(cat "$PGHOME/$MANAGED_ROLE.password")@localhost:$(cat "$(port_file)")/$MANAGED_DB?sslmode=verify-full&sslrootcert=$PGHOME/ca.crt"
+    else
+        echo "postgres://postgres@127.0.0.1:$(cat "$(port_file)")/$DBNAME"
+    fi
 }
 
 running() {
@@ -72,10 +102,10 @@ port_free() {
 
 pick_port() {
     local port
-    for port in $(seq "${1:-54329}" 54429); do
+    for port in $(seq "${1:-$FIRST_PORT}" "$LAST_PORT"); do
         if port_free "$port"; then echo "$port"; return 0; fi
     done
-    die "no free port in 54329-54429"
+    die "no free port in $FIRST_PORT-$LAST_PORT"
 }
 
 wait_ready() {
@@ -107,13 +137,80 @@ fsync = on
 CONF
 }
 
+# A CA, a server certificate it signs for localhost and 127.0.0.1, and a
+# second CA that signs nothing the server shows.
+make_certificates() {
+    local dir="$PGHOME" days=3650
+    openssl req -x509 -newkey rsa:2048 -nodes -days "$days" -subj "/CN=token-janitor test CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days "$days" -subj "/CN=token-janitor other CA" \
+        -keyout "$dir/other-ca.key" -out "$dir/other-ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth\n' >"$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days "$days" -extfile "$dir/server.ext" -out "$dir/server.crt" 2>/dev/null
+    chmod 600 "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir/server.key" "$dir/server.crt"
+    chmod 644 "$dir/ca.crt" "$dir/other-ca.crt"
+}
+
+init_managed_cluster() {
+    mkdir -p "$PGHOME"
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PGHOME"
+    make_certificates
+    openssl rand -hex 16 >"$PGHOME/$MANAGED_ROLE.password"
+    as_owner "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust --auth-host=reject \
+        -E UTF8 --locale=C.UTF-8 >/dev/null
+    cat >>"$PGDATA/postgresql.conf" <<CONF
+# token-janitor managed-like cluster: TLS only, pg_cron in 'postgres'
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGHOME'
+ssl = on
+ssl_cert_file = '$PGHOME/server.crt'
+ssl_key_file = '$PGHOME/server.key'
+password_encryption = 'scram-sha-256'
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+cron.host = '$PGHOME'
+cron.timezone = 'UTC'
+max_connections = 50
+CONF
+    # TCP only over TLS with a password; the unix socket (set-up, and the jobs
+    # pg_cron starts through cron.host) trusts the local system.
+    cat >"$PGDATA/pg_hba.conf" <<HBA
+local   all  all                 trust
+hostssl all  all  127.0.0.1/32   scram-sha-256
+HBA
+}
+
+# What a provider does before handing over the admin role, and the database
+# that role owns.
+provision_managed() {
+    local port="$1" password
+    password="$(cat "$PGHOME/$MANAGED_ROLE.password")"
+    as_owner "$PGBIN/psql" -q -h "$PGHOME" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+SELECT format('CREATE ROLE %I LOGIN CREATEROLE PASSWORD %L', '$MANAGED_ROLE', '$password')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$MANAGED_ROLE') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', '$MANAGED_DB', '$MANAGED_ROLE')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$MANAGED_DB') \gexec
+GRANT USAGE ON SCHEMA cron TO $MANAGED_ROLE;
+GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, text, text, text, text, boolean),
+                          cron.alter_job(bigint, text, text, text, text, boolean) TO $MANAGED_ROLE;
+SQL
+}
+
 start() {
     install_packages
     if running; then
         url
         return 0
     fi
-    [ -f "$PGDATA/PG_VERSION" ] || init_cluster
+    if [ ! -f "$PGDATA/PG_VERSION" ]; then
+        if [ "$MANAGED" -eq 1 ]; then init_managed_cluster; else init_cluster; fi
+    fi
     local port attempt
     # Keep the port of an earlier start when it is still free.
     if [ -f "$(port_file)" ] && port_free "$(cat "$(port_file)")"; then
@@ -136,7 +233,9 @@ start() {
         port="$(pick_port "$((port + 1))")"
     done
     wait_ready "$port"
-    if ! "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
+    if [ "$MANAGED" -eq 1 ]; then
+        provision_managed "$port"
+    elif ! "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = '$DBNAME'" | grep -q 1; then
         "$PGBIN/createdb" -h 127.0.0.1 -p "$port" -U postgres "$DBNAME"
     fi
@@ -149,11 +248,23 @@ stop() {
     fi
 }
 
-case "${1:-}" in
+command="${1:-}"
+case "$command" in
+    *-managed)
+        MANAGED=1
+        PGHOME="$PGHOME-managed"
+        PGDATA="$PGHOME/data"
+        FIRST_PORT=54430
+        LAST_PORT=54529
+        command="${command%-managed}"
+        ;;
+esac
+
+case "$command" in
     start) start ;;
-    url) running || die "cluster in $PGHOME is not running: run scripts/pg.sh start"; url ;;
+    url) running || die "cluster in $PGHOME is not running: run scripts/pg.sh start${1#"$command"}"; url ;;
     stop) stop ;;
     crash) stop immediate ;;
     destroy) stop; rm -rf "$PGHOME" ;;
-    *) echo "usage: $0 start|url|stop|crash|destroy" >&2; exit 2 ;;
+    *) echo "usage: $0 start|url|stop|crash|destroy[-managed]" >&2; exit 2 ;;
 esac

@@ -1,37 +1,146 @@
 //! Connections: the one place that parses a database URL, opens a client and
-//! builds a pool.
+//! builds a pool, with TLS as libpq's `sslmode` and `sslrootcert` ask.
+//!
+//! TLS goes through rustls (tokio-postgres-rustls): its certificate errors are
+//! typed, so "untrusted certificate" and "host name mismatch" are told apart
+//! without matching OpenSSL's message strings, and it needs no system OpenSSL
+//! headers to build. tokio-postgres's own parser knows `sslmode` only up to
+//! `require` and no `sslrootcert`, so [`DatabaseUrl::parse`] takes both out of
+//! the URL and verifies the certificate itself.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, Config, NoTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{Error, Result, describe};
+use crate::error::{Error, Result, certificate_error, describe};
+
+/// libpq's `sslmode`: whether to use TLS and what to check of the server's
+/// certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, else plain (libpq's default).
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when an
+    /// `sslrootcert` is given (then as `verify-ca`, as libpq does).
+    Require,
+    /// TLS, and the certificate must chain to a CA in `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self> {
+        Ok(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            "allow" => {
+                return Err(invalid_url(
+                    "sslmode=allow is not supported: use prefer, require or verify-full",
+                ));
+            }
+            other => {
+                return Err(invalid_url(&format!(
+                    "unknown sslmode '{other}': use disable, prefer, require, verify-ca or verify-full"
+                )));
+            }
+        })
+    }
+
+    /// The name libpq uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// What the client checks of the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verification {
+    /// Nothing: encryption without authentication (libpq's prefer/require
+    /// without a root certificate).
+    None,
+    /// The chain, not the host name.
+    Chain,
+    /// The chain and the host name.
+    Full,
+}
+
+/// TLS settings taken from the URL.
+#[derive(Clone)]
+struct Tls {
+    mode: SslMode,
+    /// The `sslrootcert` value as given (a path, or `system`).
+    root_cert: Option<String>,
+    connector: MakeRustlsConnect,
+}
 
 /// A parsed database URL. Its `Display` never shows the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: Config,
+    tls: Tls,
 }
 
 impl DatabaseUrl {
-    /// Parses a `postgres://` URL or a `key=value` connection string.
+    /// Parses a `postgres://` URL or a `key=value` connection string,
+    /// including libpq's `sslmode` (disable, prefer — the default —, require,
+    /// verify-ca, verify-full) and `sslrootcert` (a PEM file of CA
+    /// certificates, or `system` for the platform's store). Without
+    /// `sslrootcert`, verify-ca and verify-full read `~/.postgresql/root.crt`
+    /// as libpq does; with one, `require` checks the chain like verify-ca.
     ///
     /// # Errors
-    /// [`Error::InvalidUrl`] when the driver cannot parse it.
+    /// [`Error::InvalidUrl`] when the URL cannot be parsed or combines
+    /// settings libpq refuses; [`Error::SslRootCert`] when the CA file is
+    /// missing, unreadable or holds no certificate.
     pub fn parse(url: &str) -> Result<Self> {
-        let mut config = Config::from_str(url).map_err(|err| Error::InvalidUrl {
+        let (driver_url, mode, root_cert) = split_tls_params(url)?;
+        let mut config = Config::from_str(&driver_url).map_err(|err| Error::InvalidUrl {
             reason: describe(&err),
         })?;
         if config.get_application_name().is_none() {
             config.application_name("token-janitor");
         }
-        Ok(Self { config })
+        let mode = mode.unwrap_or(SslMode::Prefer);
+        config.ssl_mode(match mode {
+            SslMode::Disable => DriverSslMode::Disable,
+            SslMode::Prefer => DriverSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
+        });
+        let tls = Tls::new(mode, root_cert)?;
+        Ok(Self { config, tls })
     }
 
     /// The driver configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The `sslmode` in force (libpq's default, prefer, when the URL sets none).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode
     }
 
     /// The database name (the user name when the URL names none, as libpq does).
@@ -45,35 +154,41 @@ impl DatabaseUrl {
 
     /// Host and port the URL points at, as `host:port`.
     pub fn target(&self) -> String {
-        let host = match self.config.get_hosts().first() {
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{}:{port}", self.host())
+    }
+
+    fn host(&self) -> String {
+        match self.config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
             None => "localhost".to_string(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!("{host}:{port}")
+        }
     }
 
-    /// This URL with another database name, for tools that create their own databases.
+    /// This URL with another database name: the same server, role and TLS
+    /// settings.
     pub fn with_dbname(&self, dbname: &str) -> Self {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        Self { config }
+        Self {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     /// Opens one connection; its I/O runs on a spawned task.
     ///
     /// # Errors
-    /// [`Error::Connect`] naming host, port and database.
+    /// [`Error::UntrustedCertificate`], [`Error::HostNameMismatch`],
+    /// [`Error::ServerWithoutTls`] or [`Error::TlsRequired`] when TLS is the
+    /// cause; [`Error::Connect`] naming host, port and database otherwise.
     pub async fn connect(&self) -> Result<Client> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|err| Error::Connect {
-                    target: self.to_string(),
-                    message: describe(&err),
-                })?;
+        let (client, connection) = self
+            .config
+            .connect(self.tls.connector.clone())
+            .await
+            .map_err(|err| self.connect_error(&err))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %describe(&err), "database connection closed");
@@ -82,12 +197,55 @@ impl DatabaseUrl {
         Ok(client)
     }
 
-    /// A pool of up to `max_size` connections. Creating it touches no network:
-    /// the first `get()` connects and reports a wrong URL.
+    /// Names the cause of a failed connection: the TLS checks first, since
+    /// the driver's own text ("error performing TLS handshake: invalid peer
+    /// certificate: UnknownIssuer") says little to someone who set a URL.
+    fn connect_error(&self, err: &tokio_postgres::Error) -> Error {
+        let target = self.to_string();
+        if let Some(cause) = certificate_error(err) {
+            return match cause {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => Error::HostNameMismatch {
+                    target,
+                    host: self.host(),
+                },
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    Error::UntrustedCertificate {
+                        target,
+                        roots: self.tls.roots_description(),
+                    }
+                }
+                _ => Error::Connect {
+                    target,
+                    message: describe(err),
+                },
+            };
+        }
+        let message = describe(err);
+        if message.contains("server does not support TLS") {
+            return Error::ServerWithoutTls {
+                target,
+                mode: self.tls.mode.as_str(),
+            };
+        }
+        if self.tls.mode == SslMode::Disable
+            && err.as_db_error().is_some_and(|db| {
+                db.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    && db.message().contains("no encryption")
+            })
+        {
+            return Error::TlsRequired { target, message };
+        }
+        Error::Connect { target, message }
+    }
+
+    /// A pool of up to `max_size` connections with this URL's TLS settings.
+    /// Creating it touches no network: the first `get()` connects and
+    /// reports a wrong URL.
     pub fn pool(&self, max_size: usize) -> Pool {
         let manager = Manager::from_config(
             self.config.clone(),
-            NoTls,
+            self.tls.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -108,5 +266,318 @@ impl std::fmt::Display for DatabaseUrl {
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DatabaseUrl({self})")
+    }
+}
+
+fn invalid_url(reason: &str) -> Error {
+    Error::InvalidUrl {
+        reason: reason.to_string(),
+    }
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL or key=value string, which
+/// is then for tokio-postgres (with verify-ca/verify-full as `require`).
+fn split_tls_params(url: &str) -> Result<(String, Option<SslMode>, Option<String>)> {
+    let mut mode = None;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: &str| -> Result<bool> {
+        match key {
+            "sslmode" => mode = Some(SslMode::parse(value)?),
+            "sslrootcert" => root_cert = Some(value.to_string()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(&percent_decode(key)?, &percent_decode(value)?)? {
+                kept.push(pair);
+            }
+        }
+        if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        }
+    } else {
+        let mut kept = Vec::new();
+        for (key, value) in key_values(url)? {
+            if !take(&key, &value)? {
+                kept.push(format!(
+                    "{key}='{}'",
+                    value.replace('\\', "\\\\").replace('\'', "\\'")
+                ));
+            }
+        }
+        kept.join(" ")
+    };
+    Ok((rest, mode, root_cert))
+}
+
+fn percent_decode(text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| invalid_url(&format!("bad percent-encoding in '{text}'")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid_url("a URL parameter is not UTF-8"))
+}
+
+/// libpq's `key = value` pairs; values may be single-quoted, and a backslash
+/// escapes the next character.
+fn key_values(text: &str) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(invalid_url(&format!("missing '=' after '{key}'")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let quoted = chars.next_if_eq(&'\'').is_some();
+        loop {
+            match chars.next() {
+                Some('\\') => value.extend(chars.next()),
+                Some('\'') if quoted => break,
+                Some(c) if quoted || !c.is_whitespace() => value.push(c),
+                Some(_) => break,
+                None if quoted => {
+                    return Err(invalid_url(&format!("unterminated quote in '{key}'")));
+                }
+                None => break,
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+impl Tls {
+    fn new(mode: SslMode, root_cert: Option<String>) -> Result<Self> {
+        if root_cert.as_deref() == Some("system") && mode != SslMode::VerifyFull {
+            return Err(invalid_url(&format!(
+                "sslrootcert=system needs sslmode=verify-full (it is {}), as in libpq",
+                mode.as_str()
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verification = match (mode, &root_cert) {
+            (SslMode::VerifyFull, _) => Verification::Full,
+            (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, Some(_)) => {
+                Verification::Chain
+            }
+            (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
+                Verification::None
+            }
+        };
+        let chain = match verification {
+            Verification::None => None,
+            Verification::Chain | Verification::Full => {
+                let roots = load_roots(root_cert.as_deref())?;
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|err| Error::SslRootCert {
+                            path: root_path(root_cert.as_deref()).display().to_string(),
+                            reason: err.to_string(),
+                        })?;
+                Some(webpki)
+            }
+        };
+        let verifier = Arc::new(CertificateCheck {
+            chain,
+            check_name: verification == Verification::Full,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Self {
+            mode,
+            root_cert,
+            connector: MakeRustlsConnect::new(config),
+        })
+    }
+
+    /// Where the trusted CAs came from, for error messages.
+    fn roots_description(&self) -> String {
+        match self.root_cert.as_deref() {
+            Some("system") => "the system's trusted CAs (sslrootcert=system)".to_string(),
+            other => format!("sslrootcert {}", root_path(other).display()),
+        }
+    }
+}
+
+/// The CA file: the one given, else libpq's default `~/.postgresql/root.crt`.
+fn root_path(root_cert: Option<&str>) -> PathBuf {
+    match root_cert {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(&std::env::var("HOME").unwrap_or_default()).join(".postgresql/root.crt"),
+    }
+}
+
+fn load_roots(root_cert: Option<&str>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    if root_cert == Some("system") {
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
+        if roots.is_empty() {
+            return Err(Error::SslRootCert {
+                path: "system".to_string(),
+                reason: "no trusted CA certificates found on this system (install ca-certificates)"
+                    .to_string(),
+            });
+        }
+        return Ok(roots);
+    }
+    let path = root_path(root_cert);
+    let unreadable = |reason: String| Error::SslRootCert {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|err| unreadable(err.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| unreadable(err.to_string()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(unreadable(
+            "it holds no PEM certificate (BEGIN CERTIFICATE)".to_string(),
+        ));
+    }
+    Ok(roots)
+}
+
+/// What the client checks of the server's certificate. Without a chain
+/// verifier (libpq's prefer/require without a root certificate) any
+/// certificate is accepted: encrypted, not authenticated. verify-ca checks the
+/// chain only: webpki checks the name after the chain, so a name error means
+/// the chain itself was good. The handshake signatures are always checked.
+#[derive(Debug)]
+struct CertificateCheck {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for CertificateCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_modes_and_root_cert_are_taken_out_of_urls() {
+        let (rest, mode, root) = split_tls_params(
+            "postgres://u:p%40ss@db:5432/app?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&connect_timeout=5",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p%40ss@db:5432/app?connect_timeout=5");
+        assert_eq!(mode, Some(SslMode::VerifyFull));
+        assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
+
+        let (rest, mode, root) = split_tls_params(
+            r"host=db user=u password='it\'s' sslmode = verify-ca sslrootcert='/a b/ca.pem'",
+        )
+        .unwrap();
+        assert_eq!(rest, r"host='db' user='u' password='it\'s'");
+        assert_eq!(mode, Some(SslMode::VerifyCa));
+        assert_eq!(root.as_deref(), Some("/a b/ca.pem"));
+    }
+
+    #[test]
+    fn settings_libpq_refuses_are_refused_by_name() {
+        let reason = |url: &str| match DatabaseUrl::parse(url) {
+            Err(Error::InvalidUrl { reason }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(
+            reason("postgres://u:secret@db/app?sslmode=verify")
+                .contains("unknown sslmode 'verify'")
+        );
+        assert!(
+            reason("postgres://u@db/app?sslmode=allow").contains("sslmode=allow is not supported")
+        );
+        assert!(
+            reason("postgres://u@db/app?sslmode=require&sslrootcert=system")
+                .contains("sslrootcert=system needs sslmode=verify-full")
+        );
+        assert!(reason("host=db sslmode='verify-full").contains("unterminated quote"));
+        assert!(!reason("postgres://u:secret@db/app?sslmode=x").contains("secret"));
+    }
+
+    #[test]
+    fn the_default_is_prefer_and_database_urls_keep_their_tls_settings() {
+        let url = DatabaseUrl::parse("postgres://u@db/app").unwrap();
+        assert_eq!(url.ssl_mode(), SslMode::Prefer);
+        let url = DatabaseUrl::parse("postgres://u@db/app?sslmode=require").unwrap();
+        assert_eq!(url.with_dbname("postgres").ssl_mode(), SslMode::Require);
+        assert_eq!(url.with_dbname("postgres").to_string(), "db:5432/postgres");
     }
 }

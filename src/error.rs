@@ -26,22 +26,88 @@ pub enum Error {
         message: String,
     },
 
-    /// pg_cron is not loaded by the server.
+    /// The server's certificate does not chain to a trusted CA.
     #[error(
-        "pg_cron is not in shared_preload_libraries (it is '{current}'): add pg_cron to \
-         shared_preload_libraries in postgresql.conf and restart PostgreSQL, or pass --no-schedule \
-         and call the cleanup yourself"
+        "the server certificate at {target} is not signed by a trusted CA ({roots} does not hold \
+         the CA that signed it): point sslrootcert at your provider's CA bundle, or at the CA \
+         that signed the server's certificate"
     )]
-    PgCronNotPreloaded {
-        /// The server's current shared_preload_libraries.
-        current: String,
+    UntrustedCertificate {
+        /// host:port/database, never the password.
+        target: String,
+        /// Where the trusted CAs came from.
+        roots: String,
     },
 
-    /// pg_cron is loaded, but for another database.
+    /// The server's certificate is valid but not for the host connected to.
+    #[error(
+        "host name mismatch: the server certificate at {target} is not valid for host '{host}': \
+         connect with a host name the certificate names, or use sslmode=verify-ca to check the \
+         CA only"
+    )]
+    HostNameMismatch {
+        /// host:port/database, never the password.
+        target: String,
+        /// The host name in the URL.
+        host: String,
+    },
+
+    /// TLS was required but the server does not offer it.
+    #[error(
+        "the server at {target} does not support TLS, which sslmode={mode} requires: enable ssl \
+         on the server, or use sslmode=prefer or disable for a server you reach over a trusted \
+         network"
+    )]
+    ServerWithoutTls {
+        /// host:port/database, never the password.
+        target: String,
+        /// The sslmode asked for.
+        mode: &'static str,
+    },
+
+    /// The server accepts only TLS connections and sslmode=disable was asked.
+    #[error(
+        "the server at {target} accepts only TLS connections and the URL has sslmode=disable \
+         ({message}): use sslmode=verify-full with sslrootcert=<your provider's CA file>"
+    )]
+    TlsRequired {
+        /// host:port/database, never the password.
+        target: String,
+        /// The server's message.
+        message: String,
+    },
+
+    /// The CA file named by sslrootcert cannot be used.
+    #[error(
+        "cannot use sslrootcert '{path}': {reason}; download your provider's CA bundle and set \
+         sslrootcert=<path> in the URL (verify-ca and verify-full need one)"
+    )]
+    SslRootCert {
+        /// The file (libpq's default ~/.postgresql/root.crt when none was given).
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// pg_cron is not loaded by the server.
+    #[error(
+        "pg_cron is not loaded by the server ({evidence}): add pg_cron to shared_preload_libraries \
+         (on a managed service, in its parameters or flags: see the README's 'Deploying on \
+         managed PostgreSQL') and restart PostgreSQL, or pass --no-schedule and call the cleanup \
+         yourself"
+    )]
+    PgCronNotPreloaded {
+        /// What showed it: the server's shared_preload_libraries, or that no
+        /// pg_cron launcher runs.
+        evidence: String,
+    },
+
+    /// pg_cron lives in another database and no way to reach it was given.
     #[error(
         "pg_cron can only be created in database '{configured}' (cron.database_name), but this is \
-         '{current}': run migrate against '{configured}', or set cron.database_name = '{current}' \
-         and restart PostgreSQL, or pass --no-schedule"
+         '{current}': let migrate connect there (the command line does so by itself, or with \
+         --cron-database-url; the library with MigrateOptions::cron_database), or set \
+         cron.database_name = '{current}' and restart PostgreSQL, or pass --no-schedule"
     )]
     PgCronWrongDatabase {
         /// cron.database_name.
@@ -50,15 +116,80 @@ pub enum Error {
         current: String,
     },
 
+    /// pg_cron's database could not be reached.
+    #[error(
+        "cannot reach pg_cron's database: {source}; pass --cron-database-url (or \
+         CRON_DATABASE_URL) with a role that may log in there, or --no-schedule"
+    )]
+    CronDatabase {
+        /// Why the connection failed.
+        source: Box<Error>,
+    },
+
     /// The pg_cron extension is missing and this role may not create it.
     #[error(
-        "pg_cron is not installed in this database and role '{role}' is not a superuser, which \
-         CREATE EXTENSION pg_cron requires: run CREATE EXTENSION pg_cron as a superuser once, \
-         or pass --no-schedule"
+        "pg_cron is not installed in database '{database}' and role '{role}' may not create it \
+         (CREATE EXTENSION pg_cron needs a superuser or the provider's admin role): have it \
+         created there once (RDS/Aurora: as rds_superuser; Cloud SQL: as cloudsqlsuperuser \
+         after setting the flag cloudsql.enable_pg_cron; Azure Flexible Server: as the admin \
+         user after allow-listing pg_cron in azure.extensions; Supabase: Integrations > \
+         Cron; your own server: as a superuser), or pass --no-schedule"
     )]
     PgCronNotSuperuser {
         /// The connected role.
         role: String,
+        /// pg_cron's database (cron.database_name).
+        database: String,
+    },
+
+    /// This role may not schedule a job that runs in another database.
+    #[error(
+        "role '{role}' may not schedule jobs with pg_cron in database '{database}' ({missing}): \
+         as the provider's admin role (or a superuser) run there: GRANT USAGE ON SCHEMA cron TO \
+         {role}; GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, text, text, text, \
+         text, boolean), cron.alter_job(bigint, text, text, text, text, boolean) TO {role}; or \
+         run migrate as that admin role, or pass --no-schedule"
+    )]
+    PgCronNoPermission {
+        /// The connected role.
+        role: String,
+        /// pg_cron's database.
+        database: String,
+        /// Which privilege is missing.
+        missing: String,
+    },
+
+    /// pg_cron is too old to run a job in another database.
+    #[error(
+        "pg_cron {version} in database '{database}' cannot run jobs in another database \
+         (cron.schedule_in_database came with 1.4): ALTER EXTENSION pg_cron UPDATE there, \
+         or set cron.database_name to the application's database, or pass --no-schedule"
+    )]
+    PgCronTooOld {
+        /// The installed extension version.
+        version: String,
+        /// pg_cron's database.
+        database: String,
+    },
+
+    /// The job name is taken by this role's job for another database.
+    #[error(
+        "pg_cron job {job} (id {jobid}) of role '{role}' already runs in database '{other}', and \
+         pg_cron keeps one job of a name per role: deploy '{database}' as another role, or, if \
+         '{other}' no longer needs it, move it with SELECT cron.alter_job({jobid}, database => \
+         '{database}')"
+    )]
+    PgCronJobElsewhere {
+        /// The pinned job name.
+        job: &'static str,
+        /// The existing job's id.
+        jobid: i64,
+        /// The connected role.
+        role: String,
+        /// The database the existing job runs in.
+        other: String,
+        /// The application's database.
+        database: String,
     },
 
     /// The schedule is not one pg_cron 1.4 accepts.
@@ -130,9 +261,45 @@ impl From<deadpool_postgres::PoolError> for Error {
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The certificate error rustls raised during the handshake, if that is why
+/// a connection failed. The driver wraps it in an `io::Error`, whose
+/// `source()` skips the wrapped error, hence `get_ref`.
+pub(crate) fn certificate_error(err: &tokio_postgres::Error) -> Option<rustls::CertificateError> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = next {
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static))
+            .unwrap_or(cause);
+        if let Some(rustls::Error::InvalidCertificate(cert)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(cert.clone());
+        }
+        next = cause.source();
+    }
+    None
+}
+
 /// Describes a driver error with the server's message, detail and hint, which
-/// the driver's own `Display` leaves out.
+/// the driver's own `Display` leaves out, and a refused server certificate in
+/// words (for errors that reach us without the URL, such as a pool's).
 pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(cause) = certificate_error(err) {
+        use rustls::CertificateError as Cert;
+        let what = match cause {
+            Cert::UnknownIssuer | Cert::BadSignature => {
+                "it is not signed by a trusted CA (check sslrootcert)"
+            }
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                "host name mismatch: it does not name the host in the URL"
+            }
+            Cert::Expired | Cert::ExpiredContext { .. } => "it has expired",
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => "it is not valid yet",
+            _ => "it failed verification",
+        };
+        return format!("the server's TLS certificate was refused: {what} ({cause:?})");
+    }
     if let Some(db) = err.as_db_error() {
         let mut text = format!("{} ({})", db.message(), db.code().code());
         if let Some(detail) = db.detail() {

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use token_janitor::bench::{self, BenchOptions};
 use token_janitor::migrate::{self, MigrateOptions};
+use token_janitor::schedule::CronDatabase;
 use token_janitor::verify::{VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, schedule, status};
 
@@ -16,6 +17,12 @@ struct Cli {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/dbname.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+
+    /// PostgreSQL URL of the database pg_cron lives in (cron.database_name),
+    /// for migrate, verify and status when that is not the application's.
+    /// Default: the --database-url with that database name.
+    #[arg(long, env = "CRON_DATABASE_URL", global = true, hide_env_values = true)]
+    cron_database_url: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -186,8 +193,18 @@ fn database_url(cli: &Cli) -> anyhow::Result<DatabaseUrl> {
     Ok(DatabaseUrl::parse(url)?)
 }
 
+/// Where migrate, verify and status find pg_cron when it is in another
+/// database.
+fn cron_database(cli: &Cli, url: &DatabaseUrl) -> anyhow::Result<CronDatabase> {
+    Ok(match cli.cron_database_url.as_deref() {
+        Some(cron_url) => CronDatabase::At(DatabaseUrl::parse(cron_url)?),
+        None => CronDatabase::Like(url.clone()),
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let url = database_url(&cli)?;
+    let cron_database = cron_database(&cli, &url)?;
     match cli.command {
         Command::Migrate {
             no_schedule,
@@ -200,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 schedule: (!no_schedule).then_some(schedule),
                 app_role,
                 monitor_role,
+                cron_database: Some(cron_database),
                 ..MigrateOptions::default()
             };
             let report = migrate::migrate(&mut client, &options).await?;
@@ -231,6 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = VerifyOptions {
                 schedule: (!no_schedule).then_some(schedule),
                 backlog_warn,
+                cron_database: Some(cron_database),
             };
             let report = verify(&url, &options).await;
             if json {
@@ -249,7 +268,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
         } => {
             let client = url.connect().await?;
-            let status = status::status(&client, exact, runs).await?;
+            // Without pg_cron, status still shows everything but the job.
+            let cron_db = match schedule::connect_cron_database(&client, Some(&cron_database)).await
+            {
+                Err(token_janitor::Error::PgCronNotPreloaded { .. }) => None,
+                other => other?,
+            };
+            let status = status::status_with_cron(&client, cron_db.as_ref(), exact, runs).await?;
             match if json { Format::Json } else { format } {
                 Format::Human => print!("{status}"),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),

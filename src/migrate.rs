@@ -72,6 +72,11 @@ pub struct MigrateOptions {
     /// The monitoring role, created NOLOGIN when missing. Default:
     /// [`DEFAULT_MONITOR_ROLE`].
     pub monitor_role: String,
+    /// How to reach pg_cron's database (cron.database_name) when it is not
+    /// this one; the job is then scheduled there with
+    /// `cron.schedule_in_database` to run here. Default: `None`, and migrate
+    /// refuses when pg_cron lives elsewhere.
+    pub cron_database: Option<schedule::CronDatabase>,
 }
 
 impl Default for MigrateOptions {
@@ -81,6 +86,7 @@ impl Default for MigrateOptions {
             lock_wait: Duration::from_secs(15 * 60),
             app_role: DEFAULT_APP_ROLE.to_string(),
             monitor_role: DEFAULT_MONITOR_ROLE.to_string(),
+            cron_database: None,
         }
     }
 }
@@ -104,7 +110,8 @@ pub struct MigrateReport {
 /// left as it was.
 ///
 /// # Errors
-/// pg_cron errors from [`schedule::check_pg_cron`], [`Error::InvalidSchedule`],
+/// pg_cron errors from [`schedule::connect_cron_database`] and
+/// [`schedule::check_pg_cron`], [`Error::InvalidSchedule`],
 /// [`Error::LockTimeout`], [`Error::Migration`] (naming the migration; the
 /// ones before it stay applied), or [`Error::Db`] naming the file or index.
 pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<MigrateReport> {
@@ -151,9 +158,17 @@ async fn acquire_lock(client: &Client, wait: Duration) -> Result<()> {
 }
 
 async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result<MigrateReport> {
-    if options.schedule.is_some() {
-        schedule::check_pg_cron(client).await?;
-    }
+    // pg_cron is checked, in its own database when that is another, before
+    // anything changes.
+    let cron_db = match options.schedule {
+        Some(_) => {
+            let cron_db =
+                schedule::connect_cron_database(client, options.cron_database.as_ref()).await?;
+            schedule::check_pg_cron(client, cron_db.as_ref()).await?;
+            cron_db
+        }
+        None => None,
+    };
     let mut report = MigrateReport::default();
     let applied = migrations::runner().run_async(client).await?;
     report.applied = applied
@@ -172,7 +187,8 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     }
 
     if let Some(cron) = &options.schedule {
-        report.job_id = Some(schedule::install_schedule(client, cron).await?);
+        report.job_id =
+            Some(schedule::install_schedule(client, cron_db.as_ref(), cron, None).await?);
     }
     Ok(report)
 }

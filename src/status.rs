@@ -5,7 +5,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{Result, db};
-use crate::schedule::JOB_NAME;
+use crate::schedule::{self, CronConnection, JOB_NAME};
 
 /// Above this many rows (planner estimate), counts are estimates unless
 /// `exact` is asked for.
@@ -125,12 +125,27 @@ async fn estimate(client: &Client, query: &str) -> Result<i64> {
     Ok(plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64)
 }
 
-/// Collects the status. `exact` counts every row (a full scan of the token
-/// table); otherwise large tables are estimated. `runs` is how many runs to show.
+/// Collects the status, with pg_cron in this database. `exact` counts every
+/// row (a full scan of the token table); otherwise large tables are
+/// estimated. `runs` is how many runs to show.
 ///
 /// # Errors
 /// [`crate::Error::Db`] naming what could not be read.
 pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
+    status_with_cron(client, None, exact, runs).await
+}
+
+/// [`status`], reading the job from pg_cron's database when that is `cron`
+/// (see [`schedule::connect_cron_database`]).
+///
+/// # Errors
+/// [`crate::Error::Db`] naming what could not be read.
+pub async fn status_with_cron(
+    client: &Client,
+    cron: Option<&CronConnection>,
+    exact: bool,
+    runs: i64,
+) -> Result<Status> {
     let relations = client
         .query(
             "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
@@ -240,18 +255,22 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
     .map(|(i, name)| (name.to_string(), policy_row.get::<_, String>(i)))
     .collect();
 
-    let job = client
-        .query_opt(
-            "SELECT schedule, command, active FROM auth.cleanup_job()",
-            &[],
-        )
-        .await
-        .map_err(db("reading the pg_cron job"))?
-        .map(|r| Job {
-            schedule: r.get(0),
-            command: r.get(1),
-            active: r.get(2),
-        });
+    let job = match schedule::find_job(client, cron).await {
+        // pg_cron's database grants a monitoring role nothing: show the rest.
+        Err(err)
+            if cron.is_some()
+                && err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            tracing::warn!(error = %crate::error::describe(&err), "cannot read the pg_cron job");
+            None
+        }
+        other => other.map_err(db("reading the pg_cron job"))?,
+    }
+    .map(|job| Job {
+        schedule: job.schedule,
+        command: job.command,
+        active: job.active,
+    });
 
     let runs = client
         .query(

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use crate::db::DatabaseUrl;
 use crate::error::describe;
 use crate::migrate::{embedded_migrations, index_statements};
-use crate::schedule::{JOB_COMMAND, JOB_NAME};
+use crate::schedule::{self, CronDatabase, JOB_COMMAND, JOB_NAME, JobInfo, LAUNCHER_DATABASE};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,6 +127,9 @@ pub struct VerifyOptions {
     pub schedule: Option<String>,
     /// Due rows above which the backlog check warns. Default: 1,000,000.
     pub backlog_warn: i64,
+    /// How to reach pg_cron's database when it is not this one, to check the
+    /// job there. Default: `None` (pg_cron must live in this database).
+    pub cron_database: Option<CronDatabase>,
 }
 
 impl Default for VerifyOptions {
@@ -134,6 +137,7 @@ impl Default for VerifyOptions {
         Self {
             schedule: Some(crate::schedule::DEFAULT_SCHEDULE.to_string()),
             backlog_warn: 1_000_000,
+            cron_database: None,
         }
     }
 }
@@ -169,9 +173,19 @@ async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<C
     checks.push(plans(client).await);
     match &options.schedule {
         Some(schedule) => {
-            checks.push(pg_cron(client).await);
-            checks.push(job(client, schedule).await);
-            checks.push(last_job_run(client).await);
+            match schedule::connect_cron_database(client, options.cron_database.as_ref()).await {
+                Ok(cron_db) => {
+                    checks.push(pg_cron(cron_db.as_ref().map_or(client, |c| &c.client)).await);
+                    let found = schedule::find_job(client, cron_db.as_ref()).await;
+                    checks.push(job(&found, schedule));
+                    checks.push(last_job_run(&found));
+                }
+                Err(err) => checks.push(Check::fail(
+                    "pg_cron",
+                    err.to_string(),
+                    "do what the message says, or verify with --no-schedule",
+                )),
+            }
         }
         None => checks.push(Check::warn(
             "schedule",
@@ -350,11 +364,12 @@ async fn pg_cron(client: &Client) -> Check {
     const NAME: &str = "pg_cron";
     let row = match client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
-                    (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
-                    (SELECT datname::text FROM pg_catalog.pg_stat_activity
-                     WHERE backend_type = 'pg_cron launcher' LIMIT 1),
-                    current_database()::text",
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
+                        (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
+                        {LAUNCHER_DATABASE},
+                        current_database()::text"
+            ),
             &[],
         )
         .await
@@ -368,7 +383,7 @@ async fn pg_cron(client: &Client) -> Check {
         (true, Some(db)) if db == current => Check::pass(
             NAME,
             format!(
-                "extension {} installed, scheduler running for this database",
+                "extension {} installed in '{current}', scheduler running for it",
                 version.unwrap_or_default()
             ),
         ),
@@ -392,44 +407,47 @@ async fn pg_cron(client: &Client) -> Check {
     }
 }
 
-async fn job(client: &Client, schedule: &str) -> Check {
+fn job(found: &Result<Option<JobInfo>, tokio_postgres::Error>, schedule: &str) -> Check {
     const NAME: &str = "job";
-    let rows = match client
-        .query(
-            "SELECT schedule, command, active FROM auth.cleanup_job()",
-            &[],
-        )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(err) => return Check::error(NAME, &err),
+    let found = match found {
+        Ok(found) => found,
+        Err(err) => return Check::error(NAME, err),
     };
     let remedy = "run token-janitor migrate (with the --schedule you want) to re-install the job";
-    let Some(row) = rows.first() else {
-        return Check::fail(NAME, format!("no pg_cron job named {JOB_NAME}"), remedy);
-    };
-    let (actual_schedule, command, active): (String, String, bool) =
-        (row.get(0), row.get(1), row.get(2));
-    if command != JOB_COMMAND {
+    let Some(job) = found else {
         return Check::fail(
             NAME,
-            format!("job runs {command:?}, expected exactly {JOB_COMMAND:?}"),
+            format!(
+                "no pg_cron job named {JOB_NAME} (in pg_cron's database a role sees only its own \
+                 jobs: verify as the role that ran migrate)"
+            ),
+            remedy,
+        );
+    };
+    if job.command != JOB_COMMAND {
+        return Check::fail(
+            NAME,
+            format!(
+                "job runs {:?}, expected exactly {JOB_COMMAND:?}",
+                job.command
+            ),
             remedy,
         );
     }
-    if !active {
+    if !job.active {
         return Check::fail(
             NAME,
             "job is inactive (cron.job.active = false)",
             format!(
-                "SELECT cron.alter_job(jobid, active => true) FROM cron.job WHERE jobname = '{JOB_NAME}', or {remedy}"
+                "SELECT cron.alter_job({}, active => true) in pg_cron's database, or {remedy}",
+                job.jobid
             ),
         );
     }
-    if actual_schedule != schedule {
+    if job.schedule != schedule {
         return Check::fail(
             NAME,
-            format!("job runs on '{actual_schedule}', expected '{schedule}'"),
+            format!("job runs on '{}', expected '{schedule}'", job.schedule),
             "pass verify the --schedule that migrate installed, or re-run migrate with it",
         );
     }
@@ -439,34 +457,28 @@ async fn job(client: &Client, schedule: &str) -> Check {
     )
 }
 
-async fn last_job_run(client: &Client) -> Check {
+fn last_job_run(found: &Result<Option<JobInfo>, tokio_postgres::Error>) -> Check {
     const NAME: &str = "last-job-run";
-    let row = match client
-        .query_opt(
-            "SELECT last_status, last_message, last_start::text FROM auth.cleanup_job()
-             WHERE last_status IS NOT NULL",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return Check::error(NAME, &err),
+    let job = match found {
+        Ok(job) => job.as_ref(),
+        Err(err) => return Check::error(NAME, err),
     };
-    match row {
+    match job.and_then(|j| Some((j.last_status.as_deref()?, j))) {
         None => Check::warn(
             NAME,
             "pg_cron has not run the job yet",
             "expected on a fresh install; check again after the first scheduled time",
         ),
-        Some(row) if row.get::<_, &str>(0) == "succeeded" => {
-            Check::pass(NAME, format!("succeeded at {}", row.get::<_, &str>(2)))
-        }
-        Some(row) => Check::fail(
+        Some(("succeeded", job)) => Check::pass(
+            NAME,
+            format!("succeeded at {}", job.last_start.as_deref().unwrap_or("?")),
+        ),
+        Some((_, job)) => Check::fail(
             NAME,
             format!(
                 "failed at {}: {}",
-                row.get::<_, &str>(2),
-                row.get::<_, Option<&str>>(1).unwrap_or("(no message)")
+                job.last_start.as_deref().unwrap_or("?"),
+                job.last_message.as_deref().unwrap_or("(no message)")
             ),
             "read the error in auth.cleanup_runs and cron.job_run_details, fix it, then CALL auth.run_token_cleanup() to confirm",
         ),

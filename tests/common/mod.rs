@@ -103,6 +103,26 @@ pub fn no_schedule() -> MigrateOptions {
     }
 }
 
+/// Migrate options that reach pg_cron's database from `url` as the command
+/// line does, when it is another one.
+pub fn reaching_cron(url: &DatabaseUrl) -> MigrateOptions {
+    MigrateOptions {
+        cron_database: Some(token_janitor::schedule::CronDatabase::Like(url.clone())),
+        ..MigrateOptions::default()
+    }
+}
+
+/// Migrates as `url`'s role, reaching pg_cron's database; the migrate must
+/// be refused. Returns the connection (to check that nothing changed) and the
+/// error.
+pub async fn refused_migrate(url: &DatabaseUrl) -> (Client, token_janitor::Error) {
+    let mut client = url.connect().await.unwrap();
+    let err = migrate(&mut client, &reaching_cron(url))
+        .await
+        .expect_err("migrate must be refused");
+    (client, err)
+}
+
 /// A database of its own for one test, dropped when it goes out of scope.
 pub struct TestDb {
     pub url: DatabaseUrl,
