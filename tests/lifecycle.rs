@@ -577,7 +577,9 @@ async fn a_login_racing_sign_out_everywhere_never_survives_it() {
         async move {
             let waits: Vec<bool> = column(
                 client,
-                &format!("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = {pid}"),
+                &format!(
+                    "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = {pid}"
+                ),
             )
             .await;
             (waits == vec![true]).then_some(())
