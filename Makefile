@@ -22,10 +22,12 @@ test: lint
 		cargo test --no-fail-fast; \
 	fi
 
-## lint: rustfmt and clippy, warnings as errors
+## lint: rustfmt and clippy, warnings as errors, with the CLI and as the
+## library alone (what an application depending on it builds)
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --lib --no-default-features --quiet -- -D warnings
 
 ## demo: provision, migrate, simulate three days of token traffic, clean up,
 ## catch a replay, verify; stops the throwaway cluster it started

@@ -7,6 +7,9 @@
 //! - [`verify::verify`] proves the cleanup works on a live database, and
 //!   [`status::status`] shows its state.
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod db;
 pub mod error;

@@ -9,7 +9,11 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result, db};
 use crate::schedule;
 
-refinery::embed_migrations!("migrations");
+/// The versioned migrations of `migrations/`, embedded at build time.
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+use embedded::migrations;
 
 /// A versioned migration this binary carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
