@@ -220,21 +220,35 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
 
-    /// A statement failed.
+    /// A statement failed. The driver's error is its `source()`;
+    /// [`Error::sqlstate`] gives the server's SQLSTATE.
     #[error("{context}: {message}")]
     Db {
         /// What we were doing.
         context: String,
         /// The server's message, with detail and hint.
         message: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
     },
 
-    /// No pooled connection could be had.
+    /// No pooled connection could be had. The pool's error is its `source()`.
     #[error(
-        "cannot get a database connection from the pool: {0}; check that the server is running \
-         and that the URL the pool was built from is right"
+        "cannot get a database connection from the pool: {message}; check that the server is \
+         running and that the URL the pool was built from is right"
     )]
-    Pool(String),
+    Pool {
+        /// What went wrong, with the server's message or the TLS cause.
+        message: String,
+        /// The pool's error.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+
+    /// `token-janitor bench` found its own scratch data not as it made it.
+    #[error("bench: {0}")]
+    Bench(String),
 
     /// A refresh token string that is not one of ours.
     #[error("malformed refresh token: {0}")]
@@ -251,9 +265,28 @@ pub enum Error {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        match err {
-            deadpool_postgres::PoolError::Backend(err) => Error::Pool(describe(&err)),
-            other => Error::Pool(other.to_string()),
+        let message = match &err {
+            deadpool_postgres::PoolError::Backend(backend) => describe(backend),
+            other => other.to_string(),
+        };
+        Error::Pool {
+            message,
+            source: err,
+        }
+    }
+}
+
+impl Error {
+    /// The SQLSTATE of the server error behind this one, if a server error
+    /// is behind it (e.g. `22023` for an argument `auth` refused).
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Db { source, .. } => source.code(),
+            Error::Pool {
+                source: deadpool_postgres::PoolError::Backend(backend),
+                ..
+            } => backend.code(),
+            _ => None,
         }
     }
 }
@@ -325,5 +358,6 @@ pub fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> E
     move |err| Error::Db {
         context,
         message: describe(&err),
+        source: err,
     }
 }

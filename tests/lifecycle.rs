@@ -638,3 +638,26 @@ async fn a_login_racing_sign_out_everywhere_never_survives_it() {
     .await;
     assert_eq!(live, vec![1], "the login after sign-out lives");
 }
+
+#[tokio::test]
+async fn a_refused_call_keeps_the_server_error_as_its_source() {
+    let db = TestDb::migrated().await;
+    let store = TokenStore::new(db.url.pool(1));
+    let err = store.issue("").await.unwrap_err();
+    assert!(matches!(err, Error::Db { .. }), "{err:?}");
+    assert_eq!(
+        err.sqlstate(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+    );
+    let source = std::error::Error::source(&err).expect("a source");
+    let driver = source
+        .downcast_ref::<tokio_postgres::Error>()
+        .expect("the driver's error");
+    assert!(
+        driver
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("p_user_id must be 1 to 256 characters")
+    );
+}

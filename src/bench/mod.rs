@@ -249,10 +249,9 @@ async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
         .await
         .map_err(db("listing live tokens"))?;
     if rows.is_empty() {
-        return Err(Error::Db {
-            context: "listing live tokens".into(),
-            message: "the seeded table has no live token to rotate".into(),
-        });
+        return Err(Error::Bench(
+            "the seeded table has no live token to rotate".into(),
+        ));
     }
     Ok(Arc::new(load::Targets::new(
         rows.iter().map(|r| (r.get(0), r.get(1))).collect(),

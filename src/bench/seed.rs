@@ -239,10 +239,9 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
         .map_err(db("counting due rows"))?
         .get(0);
     if counted != due {
-        return Err(Error::Db {
-            context: "checking the seed".into(),
-            message: format!("expected {due} due rows, found {counted}"),
-        });
+        return Err(Error::Bench(format!(
+            "checking the seed: expected {due} due rows, found {counted}"
+        )));
     }
     Ok(due)
 }
