@@ -622,7 +622,7 @@ AS $$
 $$;
 
 -- auth.self_test: proves the purge on this database without changing it.
--- Seeds one family in every state of DESIGN.md §6 at a fixed clock in 1999
+-- Seeds one family in every state of docs/design.md §5 at a fixed clock in 1999
 -- (no real row can be due then), runs auth.purge_refresh_tokens at that
 -- clock, and checks the exact counts, exactly which rows survive, that a
 -- forged replay of the purged rotated token reads invalid and the genuine

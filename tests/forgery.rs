@@ -1,4 +1,4 @@
-//! A forgery never does what only a genuine token may (DESIGN.md §6,
+//! A forgery never does what only a genuine token may (docs/design.md §4-5,
 //! invariants 3 and 8): whoever knows a session id but no secret cannot log
 //! its user out, before or after the purge, in any token format; and a read
 //! of every table and column (a leaked backup), even with an old token of the

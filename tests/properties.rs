@@ -1,6 +1,6 @@
 //! Property tests: random histories of issue / rotate / replay / revoke /
 //! purge over random clocks and policies (zero retention included), checked
-//! after every step against DESIGN.md §6:
+//! after every step against docs/design.md §5:
 //! - a purge deletes no live token and nothing before its retention;
 //! - a presented token that was rejected is never accepted later;
 //! - a rotated token's replay reads reuse_detected while its session exists,
@@ -123,7 +123,7 @@ fn before(t: SystemTime, seconds: i64) -> SystemTime {
     t - std::time::Duration::from_secs(seconds as u64)
 }
 
-/// DESIGN.md §6: whether a row may be deleted at `now`.
+/// docs/design.md §5: whether a row may be deleted at `now`.
 fn due(row: &Row, (expired, revoked, rotated): Policy, now: SystemTime) -> bool {
     row.expires_at < before(now, expired)
         || match &row.revoked {

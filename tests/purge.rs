@@ -1,4 +1,4 @@
-//! `auth.purge_refresh_tokens` against a model of DESIGN.md §6: exactly the
+//! `auth.purge_refresh_tokens` against a model of docs/design.md §5: exactly the
 //! due rows go, counted by kind, to the second; live tokens never; breach
 //! detection survives the purge.
 
@@ -29,7 +29,7 @@ struct Session {
     revoked: Revocation,
 }
 
-/// Which kind a token row is due as at `now`, or None (DESIGN.md §6).
+/// Which kind a token row is due as at `now`, or None (docs/design.md §5).
 fn due(row: &Row, (expired, revoked, rotated): Policy, now: i64) -> Option<&'static str> {
     if row.expires_at < now - expired {
         return Some("expired");

@@ -1,6 +1,6 @@
 //! `bench`: the purge against the cleanup shapes of other auth servers, side
 //! by side on identical copies of one seeded table, under concurrent token
-//! rotations. See DESIGN.md §10.
+//! rotations. The README's Performance section has the results.
 
 mod load;
 mod report;
