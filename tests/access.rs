@@ -126,24 +126,51 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
     drop_member(&db, &role, client).await;
 }
 
+/// The attack of issue 13 and more: a database owner who is not a superuser
+/// puts a schema on the database's search_path whose domains `text` and
+/// `timestamptz`, functions `now` and `clock_timestamp` (and a few operators)
+/// would record their call and make that owner a superuser if anything in
+/// `auth` used them. A superuser then runs everything from a new session
+/// under that search_path.
 #[tokio::test]
-async fn a_hostile_search_path_changes_nothing() {
+async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
     let db = TestDb::migrated().await;
-    let c = &db.client;
-    c.batch_execute(
-        "CREATE SCHEMA evil;
-         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '1970-01-01'::timestamptz $$;
-         CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '1970-01-01'::timestamptz $$;
-         CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;
-         CREATE FUNCTION evil.length(text) RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
-         CREATE FUNCTION evil.octet_length(bytea) RETURNS integer LANGUAGE sql AS $$ SELECT 32 $$;
-         CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = pg_catalog.byteane);
-         CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = pg_catalog.int8mi);
-         CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = pg_catalog.timestamptz_lt);
-         SET search_path = evil, pg_catalog, public;",
-    )
-    .await
-    .unwrap();
+    let dbo = format!("tj_dbo_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {dbo} NOLOGIN;
+             CREATE SCHEMA evil AUTHORIZATION {dbo};
+             CREATE TABLE evil.calls (what text);
+             GRANT INSERT ON evil.calls TO PUBLIC;
+             CREATE FUNCTION evil.pwn(what pg_catalog.text) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO evil.calls VALUES (what);
+                 EXECUTE 'ALTER ROLE {dbo} SUPERUSER';
+                 RETURN true;
+             END $$;
+             CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.pwn('domain text'));
+             CREATE DOMAIN evil.timestamptz AS pg_catalog.timestamptz CHECK (evil.pwn('domain timestamptz'));
+             CREATE FUNCTION evil.now() RETURNS pg_catalog.timestamptz LANGUAGE sql
+                 AS $$ SELECT '1970-01-01'::pg_catalog.timestamptz WHERE evil.pwn('now') $$;
+             CREATE FUNCTION evil.clock_timestamp() RETURNS pg_catalog.timestamptz LANGUAGE sql
+                 AS $$ SELECT '1970-01-01'::pg_catalog.timestamptz WHERE evil.pwn('clock_timestamp') $$;
+             CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql
+                 AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid WHERE evil.pwn('gen_random_uuid') $$;
+             CREATE FUNCTION evil.bytea_ne(bytea, bytea) RETURNS bool LANGUAGE sql
+                 AS $$ SELECT evil.pwn('=') AND pg_catalog.byteane($1, $2) $$;
+             CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = evil.bytea_ne);
+             CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = pg_catalog.int8mi);
+             CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = pg_catalog.timestamptz_lt);
+             ALTER DATABASE {} SET search_path = evil, pg_catalog, public;",
+            db.name()
+        ))
+        .await
+        .unwrap();
+    // A new superuser session: the database's search_path applies to it.
+    let c = &db.connect().await;
+    let path: Vec<String> = column(c, "SHOW search_path").await;
+    assert_eq!(path, vec!["evil, pg_catalog, public"]);
+
     let session: uuid::Uuid = c
         .query_one(
             "SELECT session_id FROM auth.issue_token(p_user_id => 'eve', p_token_hash => sha256('g0'), p_ttl => '1 hour')",
@@ -153,43 +180,28 @@ async fn a_hostile_search_path_changes_nothing() {
         .unwrap()
         .get(0);
     assert!(!session.is_nil(), "gen_random_uuid was not shadowed");
-    let outcome: String = c
-        .query_one(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
-                 p_token_hash => sha256('wrong'), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outcome, "invalid", "the hash comparison was not shadowed");
-    let outcome: String = c
-        .query_one(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
-                 p_token_hash => sha256('g0'), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        outcome, "rotated",
-        "now() was not shadowed: the token is live"
-    );
+    for (presented, expected) in [("wrong", "invalid"), ("g0", "rotated")] {
+        let outcome: String = c
+            .query_one(
+                "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
+                     p_token_hash => sha256($2::bytea), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
+                &[&session, &presented.as_bytes()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(outcome, expected, "presenting {presented}");
+    }
     c.batch_execute("UPDATE auth.cleanup_policy SET rotated_retention = '0'")
         .await
         .unwrap();
     c.batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM auth.refresh_tokens", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        left, 1,
-        "the purge deleted the rotated row and kept the live one"
+        counts(c).await,
+        (1, 1),
+        "the rotated row went, the live one stayed"
     );
     let run = c
         .query_one("SELECT status, rotated_deleted FROM auth.cleanup_runs", &[])
@@ -200,4 +212,36 @@ async fn a_hostile_search_path_changes_nothing() {
         ("ok", 1),
         "the run's own arithmetic was not shadowed"
     );
+    for sql in [
+        "SELECT count(*) FROM auth.explain_purge()",
+        "SELECT count(*) FROM auth.cleanup_backlog()",
+        "SELECT count(*) FROM auth.self_test()",
+        "SELECT count(*) FROM auth.cleanup_job()",
+    ] {
+        c.query_one(sql, &[]).await.unwrap();
+    }
+
+    let calls: Vec<String> = column(c, "SELECT what FROM evil.calls").await;
+    assert_eq!(
+        calls,
+        Vec::<String>::new(),
+        "nothing in the hostile schema ran"
+    );
+    let superuser: Vec<bool> = column(
+        c,
+        &format!("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = '{dbo}'"),
+    )
+    .await;
+    assert_eq!(
+        superuser,
+        vec![false],
+        "the database owner's role did not change"
+    );
+    db.client
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RESET search_path; DROP SCHEMA evil CASCADE; DROP ROLE {dbo}",
+            db.name()
+        ))
+        .await
+        .unwrap();
 }
