@@ -11,6 +11,7 @@ pub mod bench;
 pub mod db;
 pub mod error;
 pub mod migrate;
+pub mod owner;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -46,6 +46,14 @@ enum Command {
         /// missing.
         #[arg(long, default_value = migrate::DEFAULT_MONITOR_ROLE, value_name = "ROLE")]
         monitor_role: String,
+
+        /// The role that owns schema auth, its tables and routines, and that
+        /// the pg_cron job runs as; never a superuser. Default:
+        /// token_janitor_owner when migrate runs as a superuser (created when
+        /// missing, LOGIN without a password: pg_cron connects as it), else the
+        /// connected role itself.
+        #[arg(long, value_name = "ROLE")]
+        owner_role: Option<String>,
     },
 
     /// Check the installation, the schedule, the recent runs and the purge
@@ -194,12 +202,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             schedule,
             app_role,
             monitor_role,
+            owner_role,
         } => {
             let mut client = url.connect().await?;
             let options = MigrateOptions {
                 schedule: (!no_schedule).then_some(schedule),
                 app_role,
                 monitor_role,
+                owner_role,
                 ..MigrateOptions::default()
             };
             let report = migrate::migrate(&mut client, &options).await?;

@@ -114,22 +114,54 @@ pub async fn check_pg_cron(client: &Client) -> Result<()> {
 }
 
 /// Creates the pg_cron extension when missing and upserts the cleanup job
-/// (`cron.schedule` upserts by job name and user, so this is safe on every
-/// deploy). Returns the job id.
+/// for `job_role`, the role the job runs as (`cron.schedule` and
+/// `cron.schedule_in_database` upsert by job name and user, so this is safe
+/// on every deploy). A superuser schedules it for `job_role` with
+/// `cron.schedule_in_database` (only a superuser may name another user, and
+/// pg_cron refuses a role without LOGIN: the job connects as it); any other
+/// role schedules its own, and the superuser lets `job_role` use schema
+/// `cron` (to read its job and prune its run history). The job of that name in this database scheduled
+/// for another role (by an install from before the owner role) is removed.
+/// Returns the job id.
 ///
 /// # Errors
 /// [`Error::InvalidSchedule`] when pg_cron refuses the schedule; [`Error::Db`]
 /// for anything else.
-pub async fn install_schedule(client: &Client, schedule: &str) -> Result<i64> {
+pub async fn install_schedule(client: &Client, schedule: &str, job_role: &str) -> Result<i64> {
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
         .await
         .map_err(db("creating the pg_cron extension"))?;
+    let own: bool = client
+        .query_one("SELECT current_user = $1", &[&job_role])
+        .await
+        .map_err(db("reading the connected role"))?
+        .get(0);
+    if !own {
+        // The job's role reads its job and prunes its run history
+        // (auth.cleanup_job, auth.prune_cleanup_history); pg_cron leaves the
+        // use of its schema to the administrator.
+        client
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA cron TO {}",
+                crate::owner::ident(job_role)
+            ))
+            .await
+            .map_err(db(format!("letting role {job_role} use schema cron")))?;
+    }
+    let upsert = if own {
+        "SELECT cron.schedule(job_name => $1, schedule => $2, command => $3)"
+    } else {
+        "SELECT cron.schedule_in_database(job_name => $1, schedule => $2, command => $3,
+                                          database => current_database(), username => $4)"
+    };
+    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = if own {
+        &[&JOB_NAME, &schedule, &JOB_COMMAND]
+    } else {
+        &[&JOB_NAME, &schedule, &JOB_COMMAND, &job_role]
+    };
     let row = client
-        .query_one(
-            "SELECT cron.schedule(job_name => $1, schedule => $2, command => $3)",
-            &[&JOB_NAME, &schedule, &JOB_COMMAND],
-        )
+        .query_one(upsert, params)
         .await
         .map_err(|err| match err.as_db_error() {
             Some(db_err) if db_err.message().contains("invalid schedule") => {
@@ -138,7 +170,17 @@ pub async fn install_schedule(client: &Client, schedule: &str) -> Result<i64> {
                     reason: db_err.message().to_string(),
                 }
             }
-            _ => db("scheduling the cleanup job with pg_cron")(err),
+            _ => db(format!(
+                "scheduling the cleanup job with pg_cron to run as role {job_role}"
+            ))(err),
         })?;
+    client
+        .execute(
+            "SELECT cron.unschedule(j.jobid) FROM cron.job j
+             WHERE j.jobname = $1 AND j.database = current_database() AND j.username <> $2",
+            &[&JOB_NAME, &job_role],
+        )
+        .await
+        .map_err(db("removing the cleanup job scheduled for another role"))?;
     Ok(row.get(0))
 }

@@ -253,9 +253,21 @@ async fn an_invalid_leftover_index_is_dropped_and_rebuilt() {
 #[tokio::test]
 async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     let mut db = TestDb::empty().await;
-    // A conflicting table makes V2 fail after V1 has applied.
+    // An event trigger that refuses to create auth.cleanup_runs makes V2
+    // fail after V1 has applied (an existing table of that name would be
+    // refused before anything changes, see below).
     db.client
-        .batch_execute("CREATE SCHEMA auth; CREATE TABLE auth.cleanup_runs (x int)")
+        .batch_execute(
+            "CREATE FUNCTION public.no_cleanup_runs() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                            WHERE object_identity = 'auth.cleanup_runs') THEN
+                     RAISE EXCEPTION 'sabotage: no auth.cleanup_runs';
+                 END IF;
+             END $$;
+             CREATE EVENT TRIGGER no_cleanup_runs ON ddl_command_end
+                 WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.no_cleanup_runs()",
+        )
         .await
         .unwrap();
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
@@ -279,7 +291,7 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     assert!(!policy_exists, "V2 rolled back as a whole");
 
     db.client
-        .batch_execute("DROP TABLE auth.cleanup_runs")
+        .batch_execute("DROP EVENT TRIGGER no_cleanup_runs")
         .await
         .unwrap();
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();

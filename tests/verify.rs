@@ -79,7 +79,10 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
 }
 
 #[rstest::rstest]
-#[case::unscheduled("SELECT cron.unschedule('refresh-token-cleanup')", "job")]
+#[case::unscheduled(
+    "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    "job"
+)]
 #[case::inactive(
     "SELECT cron.alter_job(jobid, active => false) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
     "job"
@@ -92,7 +95,7 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
 // schedule fires during the test (runid from its sequence for the same reason).
 #[case::last_run_failed(
     "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
-     SELECT jobid, 0, current_database(), current_user, command, 'failed', 'ERROR: boom',
+     SELECT jobid, 0, current_database(), username, command, 'failed', 'ERROR: boom',
             now() + interval '1 hour', now() + interval '1 hour'
      FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
     "last-job-run"
