@@ -90,6 +90,26 @@ pub struct Status {
     pub runs: Vec<Run>,
 }
 
+/// The (name, rows, exact) rows `sql` returns for its one parameter, `p_exact`.
+async fn counts(
+    client: &Client,
+    sql: &str,
+    exact: Option<bool>,
+    context: &str,
+) -> Result<Vec<Count>> {
+    Ok(client
+        .query(sql, &[&exact])
+        .await
+        .map_err(db(context))?
+        .iter()
+        .map(|r| Count {
+            name: r.get(0),
+            rows: r.get(1),
+            exact: r.get(2),
+        })
+        .collect())
+}
+
 /// Collects the status. `exact` counts every row (a full scan of the token
 /// table); otherwise large tables are estimated. `runs` is how many runs to show.
 ///
@@ -133,20 +153,13 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
         .get(0);
     let exact = exact || reltuples < EXACT_BELOW;
 
-    let mut tokens: Vec<Count> = client
-        .query(
-            "SELECT state, rows, exact FROM auth.token_counts(p_exact => $1)",
-            &[&exact],
-        )
-        .await
-        .map_err(db("counting token rows and sessions"))?
-        .iter()
-        .map(|r| Count {
-            name: r.get(0),
-            rows: r.get(1),
-            exact: r.get(2),
-        })
-        .collect();
+    let mut tokens = counts(
+        client,
+        "SELECT state, rows, exact FROM auth.token_counts(p_exact => $1)",
+        Some(exact),
+        "counting token rows and sessions",
+    )
+    .await?;
     let sessions = tokens
         .pop()
         .filter(|count| count.name == "sessions")
@@ -156,20 +169,13 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
                 .to_string(),
         })?;
 
-    let backlog = client
-        .query(
-            "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
-            &[&exact.then_some(true)],
-        )
-        .await
-        .map_err(db("reading the due backlog"))?
-        .iter()
-        .map(|r| Count {
-            name: r.get(0),
-            rows: r.get(1),
-            exact: r.get(2),
-        })
-        .collect();
+    let backlog = counts(
+        client,
+        "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
+        exact.then_some(true),
+        "reading the due backlog",
+    )
+    .await?;
 
     let policy_row = client
         .query_one(
