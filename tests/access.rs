@@ -1,12 +1,13 @@
-//! Least privilege: the application role can only call the lifecycle
-//! functions, the monitoring role can run verify and status but read no hash,
-//! and a hostile search_path changes nothing.
+//! Least privilege: token-janitor's objects belong to an owner role that is
+//! not a superuser, the application role can only call the lifecycle
+//! functions, the monitoring role can run verify and status but reads counts,
+//! not people, and a hostile search_path changes nothing.
 
 mod common;
 
 use common::*;
 use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, Rotation, TokenStore};
+use token_janitor::{DatabaseUrl, Rotation, TokenStore, migrate};
 
 /// A login role that is a member of `group`, and a client connected as it.
 async fn member_of(db: &TestDb, group: &str) -> (String, DatabaseUrl, tokio_postgres::Client) {
@@ -76,7 +77,7 @@ async fn the_application_role_goes_through_functions_only() {
 }
 
 #[tokio::test]
-async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
+async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash() {
     let db = TestDb::migrated().await;
     seed_families(&db.client, 50, 3).await;
     let before = counts(&db.client).await;
@@ -117,6 +118,11 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
         &client,
         &[
             "SELECT token_hash FROM auth.refresh_tokens",
+            "SELECT session_id FROM auth.refresh_tokens",
+            "SELECT count(*) FROM auth.refresh_tokens",
+            "SELECT id FROM auth.sessions",
+            "SELECT user_id FROM auth.sessions",
+            "SELECT * FROM auth.list_sessions(p_user_id => 'user-1')",
             "DELETE FROM auth.refresh_tokens",
             "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')",
         ],
@@ -124,6 +130,35 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
     .await;
     assert_eq!(counts(&db.client).await, before);
     drop_member(&db, &role, client).await;
+}
+
+/// Invariant 7: schema auth, its tables and its routines belong to the owner
+/// role, which is no superuser, so no SECURITY DEFINER routine runs as one.
+#[tokio::test]
+async fn the_owner_role_owns_auth_and_no_security_definer_routine_is_a_superusers() {
+    let db = TestDb::migrated().await;
+    let owners: Vec<String> = column(
+        &db.client,
+        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
+             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
+             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
+             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
+         ) x(o)",
+    )
+    .await;
+    assert_eq!(owners, vec!["token_janitor_owner"]);
+    let definers: Vec<String> = column(
+        &db.client,
+        "SELECT p.proname || ' superuser=' || r.rolsuper FROM pg_proc p
+         JOIN pg_roles r ON r.oid = p.proowner
+         WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef ORDER BY 1",
+    )
+    .await;
+    assert!(definers.len() >= 9, "{definers:?}");
+    assert!(
+        definers.iter().all(|d| d.ends_with("superuser=false")),
+        "{definers:?}"
+    );
 }
 
 /// The attack of issue 13 and more: a database owner who is not a superuser
@@ -166,8 +201,11 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         ))
         .await
         .unwrap();
-    // A new superuser session: the database's search_path applies to it.
-    let c = &db.connect().await;
+    // A new superuser session: the database's search_path applies to it,
+    // also to a migrate, which puts it back when it is done.
+    let mut client = db.connect().await;
+    migrate(&mut client, &no_schedule()).await.unwrap();
+    let c = &client;
     let path: Vec<String> = column(c, "SHOW search_path").await;
     assert_eq!(path, vec!["evil, pg_catalog, public"]);
 
