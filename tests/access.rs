@@ -275,11 +275,7 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         vec![false],
         "the database owner's role did not change"
     );
-    db.client
-        .batch_execute(&format!(
-            "ALTER DATABASE {} RESET search_path; DROP SCHEMA evil CASCADE; DROP ROLE {dbo}",
-            db.name()
-        ))
-        .await
-        .unwrap();
+    drop(client);
+    drop(db);
+    drop_roles(&[&dbo]).await;
 }

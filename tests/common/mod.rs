@@ -92,6 +92,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops cluster-wide roles a test created, once the databases that held
+/// their objects are gone.
+pub async fn drop_roles(roles: &[&str]) {
+    server()
+        .with_dbname("postgres")
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP ROLE {}", roles.join(", ")))
+        .await
+        .unwrap();
+}
+
 /// Exclusive use of cron.database_name (the DATABASE_URL database), reset to
 /// an empty state: no auth schema, no migration history, no pg_cron. The
 /// turn-taking lock lives in the `postgres` database so that waiting for it
