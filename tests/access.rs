@@ -137,15 +137,7 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
 #[tokio::test]
 async fn the_owner_role_owns_auth_and_no_security_definer_routine_is_a_superusers() {
     let db = TestDb::migrated().await;
-    let owners: Vec<String> = column(
-        &db.client,
-        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
-             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
-             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
-             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
-         ) x(o)",
-    )
-    .await;
+    let owners = owners_in_auth(&db.client).await;
     assert_eq!(owners, vec!["token_janitor_owner"]);
     let definers: Vec<String> = column(
         &db.client,

@@ -541,15 +541,7 @@ async fn the_owner_role_is_configurable_and_never_a_superuser() {
         ..no_schedule()
     };
     migrate(&mut db.client, &options).await.unwrap();
-    let owners: Vec<String> = column(
-        &db.client,
-        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
-             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
-             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
-             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
-         ) x(o)",
-    )
-    .await;
+    let owners = owners_in_auth(&db.client).await;
     assert_eq!(owners, vec![owner.clone()]);
     let login: Vec<bool> = column(
         &db.client,
@@ -582,15 +574,7 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
     migrate(&mut cron.client, &MigrateOptions::default())
         .await
         .unwrap();
-    let owners: Vec<String> = column(
-        &cron.client,
-        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
-             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
-             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
-             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
-         ) x(o)",
-    )
-    .await;
+    let owners = owners_in_auth(&cron.client).await;
     assert_eq!(owners, vec!["token_janitor_owner"]);
     let jobs: Vec<String> = column(
         &cron.client,

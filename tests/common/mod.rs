@@ -207,6 +207,19 @@ where
         .collect()
 }
 
+/// The roles that own schema auth and the relations and routines in it.
+pub async fn owners_in_auth(client: &Client) -> Vec<String> {
+    column(
+        client,
+        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
+             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
+             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
+             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
+         ) x(o)",
+    )
+    .await
+}
+
 /// Row counts of the two token tables.
 pub async fn counts(client: &Client) -> (i64, i64) {
     let row = client
