@@ -589,3 +589,72 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
     .await;
     assert_eq!(reads, vec![false]);
 }
+
+/// A managed service: the deploying role is no superuser (the provider's
+/// admin created pg_cron and lets it use schema cron). It owns everything
+/// migrate creates and schedules the job as itself.
+#[tokio::test]
+async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
+    let cron = CronDb::fresh().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (deployer, app, monitor) = (
+        format!("tj_deployer_{suffix}"),
+        format!("tj_app_{suffix}"),
+        format!("tj_monitor_{suffix}"),
+    );
+    cron.client
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_cron;
+             CREATE ROLE {deployer} LOGIN; CREATE ROLE {app} NOLOGIN; CREATE ROLE {monitor} NOLOGIN;
+             GRANT CREATE ON DATABASE {} TO {deployer};
+             GRANT CREATE ON SCHEMA public TO {deployer};
+             GRANT USAGE ON SCHEMA cron TO {deployer};",
+            cron.url.dbname()
+        ))
+        .await
+        .unwrap();
+    let url = cli_url(&cron.url, &deployer);
+    let out = run_cli(
+        &[
+            "migrate",
+            "--app-role",
+            &app,
+            "--monitor-role",
+            &monitor,
+            "--schedule",
+            "17 3 * * *",
+        ],
+        &url,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(owners_in_auth(&cron.client).await, vec![deployer.clone()]);
+    let jobs: Vec<String> = column(
+        &cron.client,
+        "SELECT username || ' ' || schedule FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    )
+    .await;
+    assert_eq!(jobs, vec![format!("{deployer} 17 3 * * *")]);
+
+    let out = run_cli(&["migrate", "--owner-role", "token_janitor_owner"], &url).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "role {deployer} is not a superuser, so it can deploy only as the owner role itself"
+        )),
+        "{stderr}"
+    );
+
+    cron.client
+        .batch_execute(&format!(
+            "SELECT cron.unschedule(jobid) FROM cron.job;
+             DROP OWNED BY {deployer}, {app}, {monitor}; DROP ROLE {deployer}, {app}, {monitor}"
+        ))
+        .await
+        .unwrap();
+}
