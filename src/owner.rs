@@ -149,11 +149,21 @@ pub struct Deployment {
     schema: Schema,
 }
 
+/// What an object found in schema `auth` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A table, index, sequence, view or composite type (pg_class).
+    Relation,
+    /// A function or procedure.
+    Routine,
+    /// A domain, enum or range type.
+    Type,
+}
+
 /// One object found in schema `auth`.
 #[derive(Debug)]
 struct Found {
-    /// "relation", "routine" or "type".
-    class: &'static str,
+    class: Class,
     name: String,
     /// How to name it in a message: `auth.name` or `auth.name(args)`.
     display: String,
@@ -164,7 +174,7 @@ struct Found {
     index_table: Option<String>,
 }
 
-/// Roles named in the options: (role, LOGIN wanted).
+/// The roles migrate's options name.
 pub struct Roles<'a> {
     /// `--owner-role`, when given.
     pub owner: Option<&'a str>,
@@ -216,20 +226,19 @@ pub async fn preflight(
         (roles.app.to_string(), false),
         (roles.monitor.to_string(), false),
     ];
-    for (role, login) in &wanted {
-        let (role, login) = (role, *login);
+    for (role, login) in wanted {
         let row = client
             .query_opt(
                 "SELECT rolsuper, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $1",
-                &[role],
+                &[&role],
             )
             .await
             .map_err(db(format!("reading role {role}")))?;
         let may_create = superuser || createrole;
         match row {
             None if may_create => {
-                if !create_roles.iter().any(|(r, _): &(String, bool)| r == role) {
-                    create_roles.push((role.clone(), login));
+                if !create_roles.iter().any(|(r, _): &(String, bool)| *r == role) {
+                    create_roles.push((role, login));
                 }
             }
             None => conflicts.push(format!(
@@ -237,7 +246,7 @@ pub async fn preflight(
                  role with CREATEROLE, or pass --owner-role / --app-role / --monitor-role naming an \
                  existing role"
             )),
-            Some(row) if *role == owner => {
+            Some(row) if role == owner => {
                 if row.get::<_, bool>(0) {
                     conflicts.push(format!(
                         "role {owner} is a superuser, and token-janitor's SECURITY DEFINER \
@@ -285,11 +294,15 @@ pub async fn preflight(
     let declared =
         |kind: Kind, name: &str| record.iter().find(|d| d.kind == kind && d.name == name);
     let is_table = |name: &str| declared(Kind::Table, name).is_some();
-    let adoptable = |f: &Found| f.owner == owner || (superuser && f.owner_superuser);
+    // A superuser's object of token-janitor's name is its own when V1 ran
+    // here: releases before the owner role left everything to the superuser
+    // that ran migrate. On a fresh install it is someone else's.
+    let adoptable =
+        |f: &Found| f.owner == owner || (superuser && f.owner_superuser && applied.contains(&1));
     let mut foreign = false;
     for f in &found {
         match f.class {
-            "relation" if f.relkind == "i" => {
+            Class::Relation if f.relkind == "i" => {
                 if declared(Kind::Index, &f.name).is_some()
                     && !f.index_table.as_deref().is_some_and(is_table)
                 {
@@ -300,7 +313,7 @@ pub async fn preflight(
                     ));
                 }
             }
-            "relation" | "type" => match declared(Kind::Table, &f.name) {
+            Class::Relation | Class::Type => match declared(Kind::Table, &f.name) {
                 Some(Declared { migration: Some(v), .. }) if !applied.contains(v) => conflicts.push(format!(
                     "{} already exists but token-janitor did not create it (its migration V{v} has \
                      not run here): install token-janitor in another database, or rename or drop {}",
@@ -324,7 +337,7 @@ pub async fn preflight(
                 )),
                 None => foreign |= f.relkind != "S",
             },
-            _ => match declared(Kind::Routine, &f.name) {
+            Class::Routine => match declared(Kind::Routine, &f.name) {
                 Some(Declared { migration: Some(v), .. }) if !applied.contains(v) => conflicts.push(format!(
                     "routine {} already exists and token-janitor's migration V{v} creates one of that \
                      name: rename or drop it, or install token-janitor in another database",
@@ -401,9 +414,9 @@ async fn objects_in_auth(client: &Client) -> Result<Vec<Found>> {
         .iter()
         .map(|row| Found {
             class: match row.get::<_, &str>(0) {
-                "relation" => "relation",
-                "routine" => "routine",
-                _ => "type",
+                "relation" => Class::Relation,
+                "routine" => Class::Routine,
+                _ => Class::Type,
             },
             name: row.get(1),
             display: row.get(2),

@@ -448,8 +448,9 @@ async fn foreign_objects_in_auth_survive_every_migrate() {
 }
 
 /// Invariant 9: a table token-janitor needs that exists with another shape
-/// (Supabase's auth.sessions and auth.refresh_tokens) or another owner is
-/// refused before anything changes, naming it and what to do.
+/// (Supabase's auth.sessions and auth.refresh_tokens), or a routine of one
+/// of its names (even a superuser's), is refused before anything changes,
+/// naming it and what to do.
 #[tokio::test]
 async fn a_table_in_the_way_is_refused_before_anything_changes() {
     let mut db = TestDb::empty().await;
@@ -460,7 +461,9 @@ async fn a_table_in_the_way_is_refused_before_anything_changes() {
                  created_at timestamptz, updated_at timestamptz, factor_id uuid, aal text, not_after timestamptz);
              CREATE TABLE auth.refresh_tokens (id bigserial PRIMARY KEY, token varchar(255), user_id varchar(255),
                  revoked boolean, created_at timestamptz, updated_at timestamptz, parent varchar(255),
-                 session_id uuid REFERENCES auth.sessions (id) ON DELETE CASCADE);",
+                 session_id uuid REFERENCES auth.sessions (id) ON DELETE CASCADE);
+             CREATE FUNCTION auth.list_sessions(p_user_id uuid) RETURNS SETOF auth.sessions
+                 LANGUAGE sql AS $$ SELECT * FROM auth.sessions WHERE user_id = p_user_id $$;",
         )
         .await
         .unwrap();
@@ -472,6 +475,7 @@ async fn a_table_in_the_way_is_refused_before_anything_changes() {
         "migrate changed nothing",
         "auth.sessions already exists but token-janitor did not create it",
         "auth.refresh_tokens already exists",
+        "routine auth.list_sessions(uuid) belongs to role postgres",
         "install token-janitor in another database",
     ] {
         assert!(message.contains(says), "{says}: {message}");
