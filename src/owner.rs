@@ -533,3 +533,47 @@ pub async fn hand_over(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declarations_are_the_tables_indexes_and_routines_created_in_auth() {
+        let sql = "-- CREATE TABLE auth.in_a_comment (x int);
+            CREATE SCHEMA IF NOT EXISTS auth;
+            CREATE TABLE auth.sessions (id uuid); -- CREATE TABLE auth.after_code (x int)
+            CREATE UNIQUE INDEX sessions_user_id_idx ON auth.sessions (user_id);
+            CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_rotated_idx
+                ON auth.refresh_tokens (revoked_at) WHERE revoke_reason = 'rotated';
+            CREATE OR REPLACE FUNCTION auth.issue_token(p_user_id text)
+            CREATE PROCEDURE auth.run_token_cleanup()
+            CREATE TABLE public.elsewhere (x int);
+            CREATE INDEX elsewhere_idx ON public.elsewhere (x);
+            CREATE ROLE someone;";
+        let found: Vec<(Kind, String, Option<i64>)> = declarations(sql, Some(7))
+            .into_iter()
+            .map(|d| (d.kind, d.name, d.migration))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (Kind::Table, "sessions".to_string(), Some(7)),
+                (Kind::Index, "sessions_user_id_idx".to_string(), Some(7)),
+                (
+                    Kind::Index,
+                    "refresh_tokens_rotated_idx".to_string(),
+                    Some(7)
+                ),
+                (Kind::Routine, "issue_token".to_string(), Some(7)),
+                (Kind::Routine, "run_token_cleanup".to_string(), Some(7)),
+            ]
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_with_inner_quotes_doubled() {
+        assert_eq!(ident("token_janitor_owner"), "\"token_janitor_owner\"");
+        assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
