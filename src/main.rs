@@ -214,16 +214,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = migrate::migrate(&mut client, &options).await?;
             println!(
-                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt",
+                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt; \
+                 owned by role {}",
                 report.applied.len(),
                 report.indexes_built.len(),
-                report.indexes_rebuilt.len()
+                report.indexes_rebuilt.len(),
+                report.owner
             );
             match (report.job_id, &options.schedule) {
                 (Some(id), Some(cron)) => println!(
-                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC)",
+                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC) as role {}",
                     schedule::JOB_NAME,
-                    schedule::JOB_COMMAND
+                    schedule::JOB_COMMAND,
+                    report.owner
                 ),
                 _ => println!(
                     "no schedule installed (--no-schedule): run `{}` from your own scheduler, \

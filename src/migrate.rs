@@ -122,6 +122,9 @@ pub struct MigrateReport {
     pub indexes_rebuilt: Vec<String>,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
+    /// The owner role: it owns schema auth's token-janitor objects and the
+    /// job runs as it.
+    pub owner: String,
 }
 
 /// Applies everything, holding [`MIGRATE_LOCK_KEY`] for the duration. Safe to
@@ -212,7 +215,10 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     let deployment = owner::preflight(client, &roles, &record, &applied).await?;
     owner::ensure_roles(client, &deployment).await?;
 
-    let mut report = MigrateReport::default();
+    let mut report = MigrateReport {
+        owner: deployment.owner.clone(),
+        ..MigrateReport::default()
+    };
     let applied = migrations::runner().run_async(client).await?;
     report.applied = applied
         .applied_migrations()

@@ -636,6 +636,13 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "runs `CALL auth.run_token_cleanup()` on '17 3 * * *' (UTC) as role {deployer}"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(owners_in_auth(&cron.client).await, vec![deployer.clone()]);
     let jobs: Vec<String> = column(
         &cron.client,
