@@ -161,13 +161,18 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
     let report = migrate(&mut cron.client, &MigrateOptions::default())
         .await
         .unwrap();
-    let job = "SELECT jobid, schedule, command, active FROM cron.job WHERE jobname = 'refresh-token-cleanup'";
+    let job = "SELECT jobid, schedule, command, active, username FROM cron.job WHERE jobname = 'refresh-token-cleanup'";
     let rows = cron.client.query(job, &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(Some(rows[0].get::<_, i64>(0)), report.job_id);
     assert_eq!(rows[0].get::<_, &str>(1), schedule::DEFAULT_SCHEDULE);
     assert_eq!(rows[0].get::<_, &str>(2), "CALL auth.run_token_cleanup()");
     assert!(rows[0].get::<_, bool>(3));
+    assert_eq!(
+        rows[0].get::<_, &str>(4),
+        "token_janitor_owner",
+        "migrate ran as a superuser and scheduled the job for the owner role"
+    );
 
     let options = MigrateOptions {
         schedule: Some("17 3 * * *".into()),
