@@ -123,6 +123,7 @@ async fn schedule_breakage_fails_its_check(#[case] sabotage: &str, #[case] check
     "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_idx'::regclass",
     &["indexes", "plans"]
 )]
+#[case::superuser_definer("ALTER FUNCTION auth.self_test() OWNER TO postgres", &["owner"])]
 #[case::divergent_migration("UPDATE refinery_schema_history SET checksum = '42' WHERE version = 2", &["migrations"])]
 #[case::failed_run(
     "INSERT INTO auth.cleanup_runs (started_at, finished_at, status, error)
