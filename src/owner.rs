@@ -436,6 +436,7 @@ async fn objects_in_auth(client: &Client) -> Result<Vec<Found>> {
 /// # Errors
 /// [`Error::Db`] naming the role.
 pub async fn ensure_roles(client: &Client, deployment: &Deployment) -> Result<()> {
+    let mut grant_login = deployment.grant_login;
     for (role, login) in &deployment.create_roles {
         let statement = format!(
             "CREATE ROLE {} {}",
@@ -447,9 +448,11 @@ pub async fn ensure_roles(client: &Client, deployment: &Deployment) -> Result<()
             if !matches!(code, Some("42710") | Some("23505")) {
                 return Err(db(format!("creating role {role}"))(err));
             }
+            // Another migrate created it meanwhile, perhaps NOLOGIN.
+            grant_login |= *login;
         }
     }
-    if deployment.grant_login {
+    if grant_login {
         tracing::info!(role = %deployment.owner, "letting the owner role log in: the pg_cron job connects as it");
         client
             .batch_execute(&format!("ALTER ROLE {} LOGIN", ident(&deployment.owner)))
