@@ -153,8 +153,8 @@ async fn the_owner_role_owns_auth_and_no_security_definer_routine_is_a_superuser
     );
 }
 
-/// The attack of issue 13 and more: a database owner who is not a superuser
-/// puts a schema on the database's search_path whose domains `text` and
+/// The attack of issue 13 and more: the database's owner, who is not a
+/// superuser, puts a schema on the database's search_path whose domains `text` and
 /// `timestamptz`, functions `now` and `clock_timestamp` (and a few operators)
 /// would record their call and make that owner a superuser if anything in
 /// `auth` used them. A superuser then runs everything from a new session
@@ -166,7 +166,10 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
     db.client
         .batch_execute(&format!(
             "CREATE ROLE {dbo} NOLOGIN;
-             CREATE SCHEMA evil AUTHORIZATION {dbo};
+             ALTER DATABASE {db} OWNER TO {dbo};
+             SET ROLE {dbo};
+             CREATE SCHEMA evil;
+             GRANT USAGE ON SCHEMA evil TO PUBLIC;
              CREATE TABLE evil.calls (what text);
              GRANT INSERT ON evil.calls TO PUBLIC;
              CREATE FUNCTION evil.pwn(what pg_catalog.text) RETURNS bool LANGUAGE plpgsql AS $$
@@ -188,8 +191,9 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
              CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = evil.bytea_ne);
              CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = pg_catalog.int8mi);
              CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = pg_catalog.timestamptz_lt);
-             ALTER DATABASE {} SET search_path = evil, pg_catalog, public;",
-            db.name()
+             ALTER DATABASE {db} SET search_path = evil, pg_catalog, public;
+             RESET ROLE;",
+            db = db.name()
         ))
         .await
         .unwrap();
