@@ -294,11 +294,13 @@ pub async fn preflight(
     let declared =
         |kind: Kind, name: &str| record.iter().find(|d| d.kind == kind && d.name == name);
     let is_table = |name: &str| declared(Kind::Table, name).is_some();
-    // A superuser's object of token-janitor's name is its own when V1 ran
-    // here: releases before the owner role left everything to the superuser
-    // that ran migrate. On a fresh install it is someone else's.
+    // A superuser's object of token-janitor's name is its own only in an
+    // install from before the owner role (V1 ran here and the owner role owns
+    // nothing yet): those releases left everything to the superuser that ran
+    // migrate. Anywhere else it is someone else's.
+    let before_owner_role = applied.contains(&1) && !found.iter().any(|f| f.owner == owner);
     let adoptable =
-        |f: &Found| f.owner == owner || (superuser && f.owner_superuser && applied.contains(&1));
+        |f: &Found| f.owner == owner || (superuser && f.owner_superuser && before_owner_role);
     let mut foreign = false;
     for f in &found {
         match f.class {

@@ -498,26 +498,33 @@ async fn a_table_in_the_way_is_refused_before_anything_changes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.sessions already exists"));
 }
 
+/// Once installed, a token-janitor table given to another role, or a routine
+/// of one of its names that someone (even a superuser) added, is refused
+/// before anything changes.
 #[tokio::test]
-async fn a_table_of_another_owner_is_refused_before_anything_changes() {
+async fn a_table_or_routine_of_another_owner_is_refused_before_anything_changes() {
     let mut db = TestDb::migrated().await;
     let other = format!("tj_other_{}", uuid::Uuid::new_v4().simple());
     db.client
         .batch_execute(&format!(
             "CREATE ROLE {other} NOLOGIN; GRANT CREATE ON SCHEMA auth TO {other};
-             ALTER TABLE auth.cleanup_runs OWNER TO {other}"
+             ALTER TABLE auth.cleanup_runs OWNER TO {other};
+             CREATE FUNCTION auth.list_sessions(p_user_id uuid) RETURNS bigint
+                 LANGUAGE sql AS $$ SELECT 0::bigint $$;"
         ))
         .await
         .unwrap();
     let before = schema_fingerprint(&db.client).await;
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
     let message = err.to_string();
-    assert!(
-        message.contains(&format!(
+    for says in [
+        format!(
             "table auth.cleanup_runs belongs to role {other}, not to the owner role token_janitor_owner"
-        )),
-        "{message}"
-    );
+        ),
+        "routine auth.list_sessions(uuid) belongs to role postgres".to_string(),
+    ] {
+        assert!(message.contains(&says), "{says}: {message}");
+    }
     assert_eq!(schema_fingerprint(&db.client).await, before);
     drop(db);
     drop_roles(&[&other]).await;
