@@ -128,8 +128,10 @@ enum Schema {
     /// Left by an install from before the owner role (a superuser's, holding
     /// only token-janitor's objects): the owner role gets it.
     Legacy,
-    /// Someone else's (e.g. Supabase's): token-janitor installs beside
-    /// that someone's objects and leaves the schema's owner and grants alone.
+    /// Someone else's (e.g. Supabase's, or one an administrator made before
+    /// the first install): token-janitor installs beside that someone's
+    /// objects; the schema keeps its owner and grants, and migrate only adds
+    /// USAGE for its roles (and CREATE for the owner role).
     Foreign,
 }
 
@@ -138,8 +140,6 @@ enum Schema {
 pub struct Deployment {
     /// The connected role.
     pub deployer: String,
-    /// Whether the connected role is a superuser.
-    pub superuser: bool,
     /// The owner role.
     pub owner: String,
     /// Roles to create: (name, LOGIN).
@@ -359,7 +359,7 @@ pub async fn preflight(
     let schema = match schema_row {
         None => Schema::Absent,
         Some(row) if row.get::<_, String>(0) == owner => Schema::Owned,
-        Some(row) if superuser && row.get::<_, bool>(1) && !foreign && applied.contains(&1) => {
+        Some(row) if superuser && row.get::<_, bool>(1) && !foreign && before_owner_role => {
             Schema::Legacy
         }
         Some(row) => {
@@ -379,7 +379,6 @@ pub async fn preflight(
     }
     Ok(Deployment {
         deployer,
-        superuser,
         owner,
         create_roles,
         grant_login,

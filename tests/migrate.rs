@@ -681,3 +681,24 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
         .await
         .unwrap();
 }
+
+/// A schema auth an administrator (a superuser) made before the first
+/// install is theirs: it keeps its owner through every migrate, and
+/// token-janitor's objects in it are the owner role's.
+#[tokio::test]
+async fn a_schema_auth_made_before_the_install_keeps_its_owner() {
+    let mut db = TestDb::empty().await;
+    db.client.batch_execute("CREATE SCHEMA auth").await.unwrap();
+    for _ in 0..2 {
+        migrate(&mut db.client, &no_schedule()).await.unwrap();
+    }
+    let schema_owner: Vec<String> = column(
+        &db.client,
+        "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert_eq!(schema_owner, vec!["postgres"]);
+    let owners = owners_in_auth(&db.client).await;
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    assert!(owners.contains(&"token_janitor_owner".to_string()));
+}
