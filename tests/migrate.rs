@@ -630,7 +630,7 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
         .await
         .unwrap();
     let url = cli_url(&cron.url, &deployer);
-    let out = run_cli(
+    let out = run_cli_ok(
         &[
             "migrate",
             "--app-role",
@@ -643,11 +643,6 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
         &url,
     )
     .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!(
             "runs `CALL auth.run_token_cleanup()` on '17 3 * * *' (UTC) as role {deployer}"

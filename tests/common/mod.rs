@@ -22,6 +22,17 @@ pub async fn run_cli(args: &[&str], url: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the binary like [`run_cli`] and asserts that it succeeded.
+pub async fn run_cli_ok(args: &[&str], url: &str) -> std::process::Output {
+    let out = run_cli(args, url).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A URL string for the CLI that reaches `db` as `user`.
 pub fn cli_url(db: &DatabaseUrl, user: &str) -> String {
     format!("postgres://{user}@{}/{}", db.target(), db.dbname())
