@@ -482,22 +482,26 @@ $$;
 -- Locks: session advisory lock 1953129324 for the whole run (a second run
 -- records 'skipped' and returns at once); each batch's deleted rows until its
 -- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
--- search_path: its body is control flow only, and every expression that
--- needs an operator or function lives in a helper above that pins its own.
+-- search_path: it runs under its caller's search_path (the job's session
+-- takes the database's and the role's). So its body is control flow only,
+-- every type it declares and every function it calls is schema-qualified
+-- (an unqualified `text` resolves to a domain `text` earlier on the path,
+-- whose CHECK would run as the caller), it uses no operator, and every
+-- expression that needs one lives in a helper above that pins its own.
 CREATE OR REPLACE PROCEDURE auth.run_token_cleanup()
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    c_lock    constant bigint := 1953129324;
-    v_started timestamptz := pg_catalog.clock_timestamp();
-    v_limit   bigint;
-    v_run     bigint;
-    v_batch   record;
-    v_from    timestamptz[];
-    v_status  text;
-    v_state   text;
-    v_error   text;
-    v_failed  boolean := false;
+    c_lock    constant pg_catalog.int8 := 1953129324;
+    v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    v_limit   pg_catalog.int8;
+    v_run     pg_catalog.int8;
+    v_batch   pg_catalog.record;
+    v_from    pg_catalog.timestamptz[];
+    v_status  pg_catalog.text;
+    v_state   pg_catalog.text;
+    v_error   pg_catalog.text;
+    v_failed  pg_catalog.bool := false;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RAISE NOTICE 'auth.run_token_cleanup: this server is a standby; the primary runs the cleanup';

@@ -1,10 +1,12 @@
--- Access: what the application and monitoring roles may do, and the views of
--- pg_cron's tables that monitoring needs. Re-applied on every migrate.
+-- Access: what the application and monitoring roles may do, and what
+-- monitoring may see: counts, sizes, runs and plans, never a session id, user
+-- id or token hash. Re-applied on every migrate, as the owner role, which
+-- owns every routine here.
 
 -- auth.cleanup_job: the pg_cron job refresh-token-cleanup and its last
 -- finished run, or no row when pg_cron or the job is missing. SECURITY
--- DEFINER because cron.job shows each role only its own jobs; this shows the
--- one job monitoring needs and nothing else.
+-- DEFINER because cron.job shows each role only its own jobs (the job is the
+-- owner role's); this shows the one job monitoring needs and nothing else.
 CREATE OR REPLACE FUNCTION auth.cleanup_job()
 RETURNS TABLE (jobid bigint, schedule text, command text, active boolean,
                last_status text, last_message text, last_start timestamptz)
@@ -27,64 +29,100 @@ BEGIN
 END
 $$;
 
--- auth.apply_grants: creates the two roles when missing (NOLOGIN: grant them
--- to your login roles) and sets every privilege on schema auth from scratch.
---   p_app_role      EXECUTE on the lifecycle functions, nothing else: no
---                   table privilege, so it cannot read a hash or delete a row
---   p_monitor_role  what verify and status read: the policy, the runs, the
---                   token and session columns but not token_hash or mac_key
---                   (nor seals or grace keys), and the
---                   SECURITY DEFINER helpers (plans, backlog, self-test, job)
--- Everything else in auth is revoked from PUBLIC. Needs CREATEROLE for a
--- missing role.
+-- auth.token_counts: token rows by state (live, expired, revoked, rotated)
+-- and the number of sessions: exact counts with p_exact (a scan of the
+-- tables), the planner's estimates without (free on any table size). SECURITY
+-- DEFINER so monitoring sees how many rows there are without reading one.
+CREATE OR REPLACE FUNCTION auth.token_counts(p_exact boolean)
+RETURNS TABLE (state text, rows bigint, exact boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_query text;
+    v_plan  json;
+BEGIN
+    exact := coalesce(p_exact, false);
+    FOR state, v_query IN VALUES
+        ('live',     'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at >= now()'),
+        ('expired',  'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at < now()'),
+        ('revoked',  'SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason <> ''rotated'''),
+        ('rotated',  'SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason = ''rotated'''),
+        ('sessions', 'SELECT 1 FROM auth.sessions')
+    LOOP
+        IF exact THEN
+            EXECUTE 'SELECT count(*) FROM (' || v_query || ') q' INTO rows;
+        ELSE
+            EXECUTE 'EXPLAIN (FORMAT JSON) ' || v_query INTO v_plan;
+            rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- auth.apply_grants: sets every privilege on the objects the owner role
+-- (the caller: migrate runs this as the owner) owns in schema auth, from
+-- scratch, and none on anyone else's objects:
+--   PUBLIC          nothing
+--   p_app_role      EXECUTE on the lifecycle functions listed below, nothing
+--                   else: no table privilege, so it cannot read a hash or
+--                   delete a row
+--   p_monitor_role  SELECT on the policy and the run history, and EXECUTE on
+--                   the SECURITY DEFINER helpers that show counts, plans, the
+--                   self-test and the job: no session id, user id or hash
+-- and USAGE on schema auth to both when the owner role owns it (migrate
+-- grants that itself on a schema auth that belongs to another role). The
+-- lists name routines by signature: a missing one fails the migrate, naming it.
 CREATE OR REPLACE FUNCTION auth.apply_grants(p_app_role text, p_monitor_role text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_role text;
+    c_app_routines constant text[] := ARRAY[
+        'auth.issue_token(text, bytea, interval)',
+        'auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea)',
+        'auth.revoke_session(uuid, text)',
+        'auth.revoke_user_sessions(text, text)',
+        'auth.list_sessions(text, integer)'];
+    c_monitor_routines constant text[] := ARRAY[
+        'auth.explain_purge(timestamptz)',
+        'auth.cleanup_backlog(timestamptz, boolean)',
+        'auth.self_test()',
+        'auth.cleanup_job()',
+        'auth.security_event_summary(timestamptz)',
+        'auth.token_counts(boolean)'];
+    c_monitor_tables constant text[] := ARRAY['auth.cleanup_policy', 'auth.cleanup_runs'];
+    v_owner  oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user);
+    v_object text;
 BEGIN
-    FOREACH v_role IN ARRAY ARRAY[p_app_role, p_monitor_role] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = v_role) THEN
-            BEGIN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
-            EXCEPTION WHEN duplicate_object OR unique_violation THEN
-                NULL;  -- a concurrent migrate of another database created it
-            WHEN insufficient_privilege THEN
-                RAISE EXCEPTION 'role % does not exist and % may not create it', v_role, current_user
-                    USING HINT = 'create it once as a role with CREATEROLE, or pass --app-role / --monitor-role naming existing roles';
-            END;
-        END IF;
+    FOR v_object IN
+        SELECT format('TABLE %s', c.oid::regclass) FROM pg_class c
+        WHERE c.relnamespace = 'auth'::regnamespace AND c.relowner = v_owner
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+        UNION ALL
+        SELECT format('SEQUENCE %s', c.oid::regclass) FROM pg_class c
+        WHERE c.relnamespace = 'auth'::regnamespace AND c.relowner = v_owner AND c.relkind = 'S'
+        UNION ALL
+        SELECT format('ROUTINE %s', p.oid::regprocedure) FROM pg_proc p
+        WHERE p.pronamespace = 'auth'::regnamespace AND p.proowner = v_owner
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, %I, %I', v_object, p_app_role, p_monitor_role);
     END LOOP;
-
-    REVOKE ALL ON ALL TABLES IN SCHEMA auth FROM PUBLIC;
-    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA auth FROM PUBLIC;
-    REVOKE ALL ON ALL PROCEDURES IN SCHEMA auth FROM PUBLIC;
-    REVOKE ALL ON SCHEMA auth FROM PUBLIC;
-
-    EXECUTE format('GRANT USAGE ON SCHEMA auth TO %I, %I', p_app_role, p_monitor_role);
-    -- The server-clock forms only: the application never chooses the clock.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION
-        auth.issue_token(text, bytea, interval),
-        auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea),
-        auth.revoke_session(uuid, text),
-        auth.revoke_user_sessions(text, text),
-        auth.list_sessions(text, integer) TO %I', p_app_role);
-
-    EXECUTE format('GRANT SELECT ON auth.cleanup_policy, auth.cleanup_runs TO %I', p_monitor_role);
-    EXECUTE format('GRANT SELECT (session_id, generation, issued_at, expires_at, revoked_at, revoke_reason)
-        ON auth.refresh_tokens TO %I', p_monitor_role);
-    EXECUTE format('GRANT SELECT (id, user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
-        ON auth.sessions TO %I', p_monitor_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION
-        auth.explain_purge(timestamptz),
-        auth.cleanup_backlog(timestamptz, boolean),
-        auth.self_test(),
-        auth.security_event_summary(timestamptz),
-        auth.cleanup_job() TO %I', p_monitor_role);
-    IF to_regclass('public.refinery_schema_history') IS NOT NULL THEN
-        EXECUTE format('GRANT SELECT ON public.refinery_schema_history TO %I', p_monitor_role);
+    IF (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'auth') = v_owner THEN
+        REVOKE ALL ON SCHEMA auth FROM PUBLIC;
+        EXECUTE format('GRANT USAGE ON SCHEMA auth TO %I, %I', p_app_role, p_monitor_role);
     END IF;
+
+    FOREACH v_object IN ARRAY c_app_routines LOOP
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', v_object::regprocedure, p_app_role);
+    END LOOP;
+    FOREACH v_object IN ARRAY c_monitor_routines LOOP
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO %I', v_object::regprocedure, p_monitor_role);
+    END LOOP;
+    FOREACH v_object IN ARRAY c_monitor_tables LOOP
+        EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_object::regclass, p_monitor_role);
+    END LOOP;
 END
 $$;

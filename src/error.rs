@@ -216,6 +216,11 @@ pub enum Error {
         key: i64,
     },
 
+    /// migrate found objects in its way (not its own, or not a suitable
+    /// owner) and changed nothing. Each entry names one and what to do.
+    #[error("migrate changed nothing: {}", .0.join("; "))]
+    Conflict(Vec<String>),
+
     /// A versioned migration failed or differs from the one applied before.
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),

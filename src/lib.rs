@@ -14,6 +14,7 @@ pub mod bench;
 pub mod db;
 pub mod error;
 pub mod migrate;
+pub mod owner;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -53,6 +53,14 @@ enum Command {
         /// missing.
         #[arg(long, default_value = migrate::DEFAULT_MONITOR_ROLE, value_name = "ROLE")]
         monitor_role: String,
+
+        /// The role that owns schema auth, its tables and routines, and that
+        /// the pg_cron job runs as; never a superuser. Default:
+        /// token_janitor_owner when migrate runs as a superuser (created when
+        /// missing, LOGIN without a password: pg_cron connects as it), else the
+        /// connected role itself.
+        #[arg(long, value_name = "ROLE")]
+        owner_role: Option<String>,
     },
 
     /// Check the installation, the schedule, the recent runs and the purge
@@ -211,27 +219,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             schedule,
             app_role,
             monitor_role,
+            owner_role,
         } => {
             let mut client = url.connect().await?;
             let options = MigrateOptions {
                 schedule: (!no_schedule).then_some(schedule),
                 app_role,
                 monitor_role,
+                owner_role,
                 cron_database: Some(cron_database),
                 ..MigrateOptions::default()
             };
             let report = migrate::migrate(&mut client, &options).await?;
             println!(
-                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt",
+                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt; \
+                 owned by role {}",
                 report.applied.len(),
                 report.indexes_built.len(),
-                report.indexes_rebuilt.len()
+                report.indexes_rebuilt.len(),
+                report.owner
             );
             match (report.job_id, &options.schedule) {
                 (Some(id), Some(cron)) => println!(
-                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC)",
+                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC) as role {}",
                     schedule::JOB_NAME,
-                    schedule::JOB_COMMAND
+                    schedule::JOB_COMMAND,
+                    report.owner
                 ),
                 _ => println!(
                     "no schedule installed (--no-schedule): run `{}` from your own scheduler, \

@@ -2,11 +2,13 @@
 //! `sql/`, the purge's indexes (built CONCURRENTLY) and the pg_cron job, all
 //! under one advisory lock so that several instances can deploy at once.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, db};
+use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule;
 
 /// The versioned migrations of `migrations/`, embedded at build time.
@@ -52,6 +54,23 @@ const DEFINITIONS: &[(&str, &str)] = &[
     ("sql/30_access.sql", include_str!("../sql/30_access.sql")),
 ];
 
+/// What migrate creates in schema auth, by name: its record (see [`owner`]).
+fn record() -> Vec<Declared> {
+    let migrations: Vec<(i64, String)> = migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| {
+            (
+                i64::from(m.version()),
+                m.sql().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut definitions: Vec<&str> = DEFINITIONS.iter().map(|(_, sql)| *sql).collect();
+    definitions.push(INDEXES);
+    owner::record(&migrations, &definitions)
+}
+
 /// Default name of the role applications use (EXECUTE on the lifecycle
 /// functions only).
 pub const DEFAULT_APP_ROLE: &str = "token_janitor_app";
@@ -76,6 +95,12 @@ pub struct MigrateOptions {
     /// The monitoring role, created NOLOGIN when missing. Default:
     /// [`DEFAULT_MONITOR_ROLE`].
     pub monitor_role: String,
+    /// The role that owns schema auth, its tables and routines, and runs the
+    /// pg_cron job; never a superuser. Created when missing, LOGIN when the
+    /// job runs as it (pg_cron connects as the job's role). Default (`None`):
+    /// [`owner::DEFAULT_OWNER_ROLE`] when migrate runs as a superuser, else
+    /// the connected role itself.
+    pub owner_role: Option<String>,
     /// How to reach pg_cron's database (cron.database_name) when it is not
     /// this one; the job is then scheduled there with
     /// `cron.schedule_in_database` to run here. Default: `None`, and migrate
@@ -90,6 +115,7 @@ impl Default for MigrateOptions {
             lock_wait: Duration::from_secs(15 * 60),
             app_role: DEFAULT_APP_ROLE.to_string(),
             monitor_role: DEFAULT_MONITOR_ROLE.to_string(),
+            owner_role: None,
             cron_database: None,
         }
     }
@@ -106,30 +132,54 @@ pub struct MigrateReport {
     pub indexes_rebuilt: Vec<String>,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
+    /// The owner role: it owns schema auth's token-janitor objects and the
+    /// job runs as it.
+    pub owner: String,
 }
 
 /// Applies everything, holding [`MIGRATE_LOCK_KEY`] for the duration. Safe to
-/// run on every deploy and from several instances at once. pg_cron is checked
-/// before anything is changed, so a database that cannot schedule the job is
-/// left as it was.
+/// run on every deploy and from several instances at once. pg_cron, the
+/// roles and every object in migrate's way are checked before anything is
+/// changed, so a database that cannot take the install is left as it was.
+/// It runs with its own search_path (`public`, behind the implicit
+/// `pg_catalog`), whatever the database or the role sets, and puts the
+/// session's back when it ends.
 ///
 /// # Errors
 /// pg_cron errors from [`schedule::connect_cron_database`] and
 /// [`schedule::check_pg_cron`], [`Error::InvalidSchedule`],
-/// [`Error::LockTimeout`], [`Error::Migration`] (naming the migration; the
-/// ones before it stay applied), or [`Error::Db`] naming the file or index.
+/// [`Error::Conflict`] (nothing changed), [`Error::LockTimeout`],
+/// [`Error::Migration`] (naming the migration; the ones before it stay
+/// applied), or [`Error::Db`] naming the file, object or index.
 pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<MigrateReport> {
     if let Some(cron) = &options.schedule {
         schedule::check_schedule(cron)?;
     }
+    let search_path: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await
+        .map_err(db("reading the session's search_path"))?
+        .get(0);
+    client
+        .batch_execute("SET search_path = public")
+        .await
+        .map_err(db("pinning migrate's search_path"))?;
     acquire_lock(client, options.lock_wait).await?;
     let result = migrate_locked(client, options).await;
     let unlock = client
         .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
         .await
         .map_err(db("releasing the deploy lock"));
+    let restore = client
+        .query_one(
+            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            &[&search_path],
+        )
+        .await
+        .map_err(db("restoring the session's search_path"));
     let report = result?;
     unlock?;
+    restore?;
     Ok(report)
 }
 
@@ -173,7 +223,21 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         }
         None => None,
     };
-    let mut report = MigrateReport::default();
+    let record = record();
+    let roles = Roles {
+        owner: options.owner_role.as_deref(),
+        app: &options.app_role,
+        monitor: &options.monitor_role,
+        schedule: options.schedule.is_some(),
+    };
+    let applied = applied_versions(client).await?;
+    let deployment = owner::preflight(client, &roles, &record, &applied).await?;
+    owner::ensure_roles(client, &deployment).await?;
+
+    let mut report = MigrateReport {
+        owner: deployment.owner.clone(),
+        ..MigrateReport::default()
+    };
     let applied = migrations::runner().run_async(client).await?;
     report.applied = applied
         .applied_migrations()
@@ -184,41 +248,90 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         tracing::info!(migration = %name, "applied");
     }
 
-    apply_definitions(client, options).await?;
+    owner::hand_over(
+        client,
+        &deployment,
+        &record,
+        &options.app_role,
+        &options.monitor_role,
+    )
+    .await?;
+    apply_definitions(client, options, &deployment).await?;
 
     for index in index_statements() {
         build_index(client, &index, &mut report).await?;
     }
 
     if let Some(cron) = &options.schedule {
+        // A superuser schedules the job for the owner role; any other role
+        // is the owner and schedules its own.
+        let username =
+            (deployment.owner != deployment.deployer).then_some(deployment.owner.as_str());
         report.job_id =
-            Some(schedule::install_schedule(client, cron_db.as_ref(), cron, None).await?);
+            Some(schedule::install_schedule(client, cron_db.as_ref(), cron, username).await?);
     }
     Ok(report)
 }
 
-/// Replaces every function and procedure in schema auth with the ones in
-/// `sql/`, in one transaction: dropping them first lets a release change a
-/// signature or return type, which `CREATE OR REPLACE` refuses, and callers
-/// see the old set or the new one, never a mix. Trigger functions belong to
-/// the versioned migrations and stay. The grants go with them (a dropped
-/// function loses its grants).
-async fn apply_definitions(client: &mut Client, options: &MigrateOptions) -> Result<()> {
+/// The versions refinery has recorded as applied (none on a fresh database).
+async fn applied_versions(client: &Client) -> Result<BTreeSet<i64>> {
+    let context = "reading the applied migrations from refinery_schema_history";
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db(context))?
+        .get(0);
+    if !exists {
+        return Ok(BTreeSet::new());
+    }
+    Ok(client
+        .query("SELECT version::int8 FROM refinery_schema_history", &[])
+        .await
+        .map_err(db(context))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// Replaces the owner role's functions and procedures in schema auth with the
+/// ones in `sql/`, as the owner role, in one transaction: dropping them first
+/// lets a release change a signature or return type, which `CREATE OR
+/// REPLACE` refuses, and callers see the old set or the new one, never a mix.
+/// Only the owner role's routines go (anyone else's in auth stay, with their
+/// grants and comments); trigger functions belong to the versioned
+/// migrations and stay too. The grants go with them (a dropped function
+/// loses its grants) and `auth.apply_grants` sets them again.
+async fn apply_definitions(
+    client: &mut Client,
+    options: &MigrateOptions,
+    deployment: &Deployment,
+) -> Result<()> {
     let tx = client
         .transaction()
         .await
         .map_err(db("applying sql/ definitions"))?;
+    if deployment.owner != deployment.deployer {
+        tx.batch_execute(&format!("SET LOCAL ROLE {}", ident(&deployment.owner)))
+            .await
+            .map_err(db(format!("acting as the owner role {}", deployment.owner)))?;
+    }
     tx.batch_execute(
         "DO $$
          DECLARE r record;
          BEGIN
-             FOR r IN SELECT p.oid::regprocedure AS routine, p.prokind
+             FOR r IN SELECT p.oid::pg_catalog.regprocedure AS routine, p.prokind
                       FROM pg_catalog.pg_proc p
-                      WHERE p.pronamespace = 'auth'::regnamespace
+                      WHERE p.pronamespace = 'auth'::pg_catalog.regnamespace
                         AND p.prokind IN ('f', 'p')
-                        AND p.prorettype <> 'pg_catalog.trigger'::regtype
+                        AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
+                        AND p.proowner = (SELECT o.oid FROM pg_catalog.pg_roles o
+                                          WHERE o.rolname = current_user)
              LOOP
-                 EXECUTE format('DROP %s %s', CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.routine);
+                 EXECUTE pg_catalog.format('DROP %s %s',
+                     CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.routine);
              END LOOP;
          END $$",
     )
@@ -237,7 +350,16 @@ async fn apply_definitions(client: &mut Client, options: &MigrateOptions) -> Res
     .map_err(db(
         "granting access to the application and monitoring roles",
     ))?;
-    tx.commit().await.map_err(db("applying sql/ definitions"))
+    tx.commit().await.map_err(db("applying sql/ definitions"))?;
+    client
+        .batch_execute(&format!(
+            "GRANT SELECT ON refinery_schema_history TO {}",
+            ident(&options.monitor_role)
+        ))
+        .await
+        .map_err(db(
+            "letting the monitoring role read refinery_schema_history",
+        ))
 }
 
 /// One index from `sql/indexes.sql`.

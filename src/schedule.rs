@@ -246,7 +246,12 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
 /// database, with `cron.schedule_in_database` so that it runs in the
 /// application's. Both upsert by job name and user, so this is safe on every
 /// deploy. `username` is the role the job runs as (default: the connected
-/// role; another role needs a superuser). Returns the job id.
+/// role; another role needs a superuser, and pg_cron refuses one without
+/// LOGIN: the job connects as it); in the application's database the
+/// superuser lets it use schema `cron` (to read its job and prune its run
+/// history). The job of that name for that database scheduled for another
+/// role (by an install from before the owner role) is removed. Returns the
+/// job id.
 ///
 /// # Errors
 /// [`Error::InvalidSchedule`] when pg_cron refuses the schedule; [`Error::Db`]
@@ -286,6 +291,27 @@ pub async fn install_schedule(
         },
         _ => db("scheduling the cleanup job with pg_cron")(err),
     })?;
+    if let (None, Some(role)) = (cron, username) {
+        // The job's role reads its job and prunes its run history
+        // (auth.cleanup_job, auth.prune_cleanup_history); pg_cron leaves the
+        // use of its schema to the administrator.
+        client
+            .batch_execute(&format!(
+                "GRANT USAGE ON SCHEMA cron TO {}",
+                crate::owner::ident(role)
+            ))
+            .await
+            .map_err(db(format!("letting role {role} use schema cron")))?;
+    }
+    client
+        .execute(
+            "SELECT cron.unschedule(j.jobid) FROM cron.job j
+             WHERE j.jobname = $1 AND j.database = coalesce($2, current_database())
+               AND j.username <> coalesce($3, current_user)",
+            &[&JOB_NAME, &database, &username],
+        )
+        .await
+        .map_err(db("removing the cleanup job scheduled for another role"))?;
     Ok(row.get(0))
 }
 

@@ -109,20 +109,24 @@ pub struct Status {
     pub security_events_recorded: i64,
 }
 
-const STATES: [(&str, &str); 4] = [
-    ("live", "revoked_at IS NULL AND expires_at >= now()"),
-    ("expired", "revoked_at IS NULL AND expires_at < now()"),
-    ("revoked", "revoke_reason <> 'rotated'"),
-    ("rotated", "revoke_reason = 'rotated'"),
-];
-
-async fn estimate(client: &Client, query: &str) -> Result<i64> {
-    let row = client
-        .query_one(&format!("EXPLAIN (FORMAT JSON) {query}"), &[])
+/// The (name, rows, exact) rows `sql` returns for its one parameter, `p_exact`.
+async fn counts(
+    client: &Client,
+    sql: &str,
+    exact: Option<bool>,
+    context: &str,
+) -> Result<Vec<Count>> {
+    Ok(client
+        .query(sql, &[&exact])
         .await
-        .map_err(db("estimating row counts"))?;
-    let plan: serde_json::Value = serde_json::from_str(row.get(0)).unwrap_or_default();
-    Ok(plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64)
+        .map_err(db(context))?
+        .iter()
+        .map(|r| Count {
+            name: r.get(0),
+            rows: r.get(1),
+            exact: r.get(2),
+        })
+        .collect())
 }
 
 /// Collects the status, with pg_cron in this database. `exact` counts every
@@ -152,6 +156,8 @@ pub async fn status_with_cron(
                     pg_catalog.pg_relation_size(c.oid)
              FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i')
+               AND c.relowner = (SELECT t.relowner FROM pg_catalog.pg_class t
+                                 WHERE t.oid = 'auth.cleanup_runs'::regclass)
              ORDER BY c.relkind DESC, c.relname",
             &[],
         )
@@ -181,53 +187,29 @@ pub async fn status_with_cron(
         .get(0);
     let exact = exact || reltuples < EXACT_BELOW;
 
-    let mut tokens = Vec::new();
-    for (name, predicate) in STATES {
-        let query = format!("SELECT 1 FROM auth.refresh_tokens WHERE {predicate}");
-        let rows = if exact {
-            client
-                .query_one(&format!("SELECT count(*) FROM ({query}) q"), &[])
-                .await
-                .map_err(db("counting token rows"))?
-                .get(0)
-        } else {
-            estimate(client, &query).await?
-        };
-        tokens.push(Count {
-            name: name.to_string(),
-            rows,
-            exact,
-        });
-    }
-    let sessions_query = "SELECT 1 FROM auth.sessions";
-    let sessions = Count {
-        name: "sessions".to_string(),
-        rows: if exact {
-            client
-                .query_one("SELECT count(*) FROM auth.sessions", &[])
-                .await
-                .map_err(db("counting sessions"))?
-                .get(0)
-        } else {
-            estimate(client, sessions_query).await?
-        },
-        exact,
-    };
+    let mut tokens = counts(
+        client,
+        "SELECT state, rows, exact FROM auth.token_counts(p_exact => $1)",
+        Some(exact),
+        "counting token rows and sessions",
+    )
+    .await?;
+    let sessions = tokens
+        .pop()
+        .filter(|count| count.name == "sessions")
+        .ok_or_else(|| {
+            crate::Error::UnexpectedResponse(
+                "auth.token_counts returned no sessions row".to_string(),
+            )
+        })?;
 
-    let backlog = client
-        .query(
-            "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
-            &[&exact.then_some(true)],
-        )
-        .await
-        .map_err(db("reading the due backlog"))?
-        .iter()
-        .map(|r| Count {
-            name: r.get(0),
-            rows: r.get(1),
-            exact: r.get(2),
-        })
-        .collect();
+    let backlog = counts(
+        client,
+        "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
+        exact.then_some(true),
+        "reading the due backlog",
+    )
+    .await?;
 
     let policy_row = client
         .query_one(

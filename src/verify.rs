@@ -169,6 +169,7 @@ async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<C
     if !installed {
         return;
     }
+    checks.push(owner(client).await);
     checks.push(indexes(client).await);
     checks.push(plans(client).await);
     match &options.schedule {
@@ -281,6 +282,54 @@ async fn migrations(client: &Client) -> Check {
         );
     }
     Check::pass(NAME, format!("{} applied, none divergent", embedded.len()))
+}
+
+/// DESIGN.md §6 invariant 7: token-janitor's objects belong to a role that
+/// is not a superuser, so no SECURITY DEFINER routine in auth runs as one.
+async fn owner(client: &Client) -> Check {
+    const NAME: &str = "owner";
+    let row = match client
+        .query_one(
+            "SELECT o.rolname::text, o.rolsuper,
+                    (SELECT count(*) FROM pg_catalog.pg_proc p
+                     WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef),
+                    (SELECT pg_catalog.string_agg(p.oid::regprocedure::text || ' (' || r.rolname || ')', ', ')
+                     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+                     WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef AND r.rolsuper)
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+             WHERE c.oid = 'auth.cleanup_runs'::regclass",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(err) => return Check::error(NAME, &err),
+    };
+    let (owner, superuser, definers, superusers): (String, bool, i64, Option<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let remedy = "run token-janitor migrate as a superuser: it gives schema auth's token-janitor \
+                  objects to the owner role (--owner-role, never a superuser)";
+    if superuser {
+        return Check::fail(
+            NAME,
+            format!("the tables belong to role {owner}, a superuser"),
+            remedy,
+        );
+    }
+    if let Some(superusers) = superusers {
+        return Check::fail(
+            NAME,
+            format!("SECURITY DEFINER routines owned by a superuser: {superusers}"),
+            remedy,
+        );
+    }
+    Check::pass(
+        NAME,
+        format!(
+            "tables owned by role {owner} (no superuser); none of the {definers} SECURITY \
+             DEFINER routines in auth belongs to a superuser"
+        ),
+    )
 }
 
 async fn indexes(client: &Client) -> Check {

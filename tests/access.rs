@@ -1,12 +1,13 @@
-//! Least privilege: the application role can only call the lifecycle
-//! functions, the monitoring role can run verify and status but read no hash,
-//! and a hostile search_path changes nothing.
+//! Least privilege: token-janitor's objects belong to an owner role that is
+//! not a superuser, the application role can only call the lifecycle
+//! functions, the monitoring role can run verify and status but reads counts,
+//! not people, and a hostile search_path changes nothing.
 
 mod common;
 
 use common::*;
 use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{Rotation, TokenStore};
+use token_janitor::{Rotation, TokenStore, migrate};
 
 #[tokio::test]
 async fn the_application_role_goes_through_functions_only() {
@@ -43,7 +44,7 @@ async fn the_application_role_goes_through_functions_only() {
 }
 
 #[tokio::test]
-async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
+async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash() {
     let db = TestDb::migrated().await;
     seed_families(&db.client, 50, 3).await;
     let before = counts(&db.client).await;
@@ -84,6 +85,11 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
         &client,
         &[
             "SELECT token_hash FROM auth.refresh_tokens",
+            "SELECT session_id FROM auth.refresh_tokens",
+            "SELECT count(*) FROM auth.refresh_tokens",
+            "SELECT id FROM auth.sessions",
+            "SELECT user_id FROM auth.sessions",
+            "SELECT * FROM auth.list_sessions(p_user_id => 'user-1')",
             "DELETE FROM auth.refresh_tokens",
             "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')",
         ],
@@ -93,24 +99,79 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_hash() {
     drop_member(&db, &role, client).await;
 }
 
+/// Invariant 7: schema auth, its tables and its routines belong to the owner
+/// role, which is no superuser, so no SECURITY DEFINER routine runs as one.
 #[tokio::test]
-async fn a_hostile_search_path_changes_nothing() {
+async fn the_owner_role_owns_auth_and_no_security_definer_routine_is_a_superusers() {
     let db = TestDb::migrated().await;
-    let c = &db.client;
-    c.batch_execute(
-        "CREATE SCHEMA evil;
-         CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '1970-01-01'::timestamptz $$;
-         CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '1970-01-01'::timestamptz $$;
-         CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;
-         CREATE FUNCTION evil.length(text) RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
-         CREATE FUNCTION evil.octet_length(bytea) RETURNS integer LANGUAGE sql AS $$ SELECT 32 $$;
-         CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = pg_catalog.byteane);
-         CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = pg_catalog.int8mi);
-         CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = pg_catalog.timestamptz_lt);
-         SET search_path = evil, pg_catalog, public;",
+    let owners = owners_in_auth(&db.client).await;
+    assert_eq!(owners, vec!["token_janitor_owner"]);
+    let definers: Vec<String> = column(
+        &db.client,
+        "SELECT p.proname || ' superuser=' || r.rolsuper FROM pg_proc p
+         JOIN pg_roles r ON r.oid = p.proowner
+         WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef ORDER BY 1",
     )
-    .await
-    .unwrap();
+    .await;
+    assert!(definers.len() >= 9, "{definers:?}");
+    assert!(
+        definers.iter().all(|d| d.ends_with("superuser=false")),
+        "{definers:?}"
+    );
+}
+
+/// The attack of issue 13 and more: the database's owner, who is not a
+/// superuser, puts a schema on the database's search_path whose domains `text` and
+/// `timestamptz`, functions `now` and `clock_timestamp` (and a few operators)
+/// would record their call and make that owner a superuser if anything in
+/// `auth` used them. A superuser then runs everything from a new session
+/// under that search_path.
+#[tokio::test]
+async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
+    let db = TestDb::migrated().await;
+    let dbo = format!("tj_dbo_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {dbo} NOLOGIN;
+             ALTER DATABASE {db} OWNER TO {dbo};
+             SET ROLE {dbo};
+             CREATE SCHEMA evil;
+             GRANT USAGE ON SCHEMA evil TO PUBLIC;
+             CREATE TABLE evil.calls (what text);
+             GRANT INSERT ON evil.calls TO PUBLIC;
+             CREATE FUNCTION evil.pwn(what pg_catalog.text) RETURNS bool LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO evil.calls VALUES (what);
+                 EXECUTE 'ALTER ROLE {dbo} SUPERUSER';
+                 RETURN true;
+             END $$;
+             CREATE DOMAIN evil.text AS pg_catalog.text CHECK (evil.pwn('domain text'));
+             CREATE DOMAIN evil.timestamptz AS pg_catalog.timestamptz CHECK (evil.pwn('domain timestamptz'));
+             CREATE FUNCTION evil.now() RETURNS pg_catalog.timestamptz LANGUAGE sql
+                 AS $$ SELECT '1970-01-01'::pg_catalog.timestamptz WHERE evil.pwn('now') $$;
+             CREATE FUNCTION evil.clock_timestamp() RETURNS pg_catalog.timestamptz LANGUAGE sql
+                 AS $$ SELECT '1970-01-01'::pg_catalog.timestamptz WHERE evil.pwn('clock_timestamp') $$;
+             CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql
+                 AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid WHERE evil.pwn('gen_random_uuid') $$;
+             CREATE FUNCTION evil.bytea_ne(bytea, bytea) RETURNS bool LANGUAGE sql
+                 AS $$ SELECT evil.pwn('=') AND pg_catalog.byteane($1, $2) $$;
+             CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = evil.bytea_ne);
+             CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = pg_catalog.int8mi);
+             CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = pg_catalog.timestamptz_lt);
+             ALTER DATABASE {db} SET search_path = evil, pg_catalog, public;
+             RESET ROLE;",
+            db = db.name()
+        ))
+        .await
+        .unwrap();
+    // A new superuser session: the database's search_path applies to it,
+    // also to a migrate, which puts it back when it is done.
+    let mut client = db.connect().await;
+    migrate(&mut client, &no_schedule()).await.unwrap();
+    let c = &client;
+    let path: Vec<String> = column(c, "SHOW search_path").await;
+    assert_eq!(path, vec!["evil, pg_catalog, public"]);
+
     let session: uuid::Uuid = c
         .query_one(
             "SELECT session_id FROM auth.issue_token(p_user_id => 'eve', p_token_hash => sha256('g0'), p_ttl => '1 hour')",
@@ -120,43 +181,28 @@ async fn a_hostile_search_path_changes_nothing() {
         .unwrap()
         .get(0);
     assert!(!session.is_nil(), "gen_random_uuid was not shadowed");
-    let outcome: String = c
-        .query_one(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
-                 p_token_hash => sha256('wrong'), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(outcome, "invalid", "the hash comparison was not shadowed");
-    let outcome: String = c
-        .query_one(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
-                 p_token_hash => sha256('g0'), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
-            &[&session],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        outcome, "rotated",
-        "now() was not shadowed: the token is live"
-    );
+    for (presented, expected) in [("wrong", "invalid"), ("g0", "rotated")] {
+        let outcome: String = c
+            .query_one(
+                "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
+                     p_token_hash => sha256($2::bytea), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
+                &[&session, &presented.as_bytes()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(outcome, expected, "presenting {presented}");
+    }
     c.batch_execute("UPDATE auth.cleanup_policy SET rotated_retention = '0'")
         .await
         .unwrap();
     c.batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM auth.refresh_tokens", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        left, 1,
-        "the purge deleted the rotated row and kept the live one"
+        counts(c).await,
+        (1, 1),
+        "the rotated row went, the live one stayed"
     );
     let run = c
         .query_one("SELECT status, rotated_deleted FROM auth.cleanup_runs", &[])
@@ -167,4 +213,32 @@ async fn a_hostile_search_path_changes_nothing() {
         ("ok", 1),
         "the run's own arithmetic was not shadowed"
     );
+    for sql in [
+        "SELECT count(*) FROM auth.explain_purge()",
+        "SELECT count(*) FROM auth.cleanup_backlog()",
+        "SELECT count(*) FROM auth.self_test()",
+        "SELECT count(*) FROM auth.cleanup_job()",
+    ] {
+        c.query_one(sql, &[]).await.unwrap();
+    }
+
+    let calls: Vec<String> = column(c, "SELECT what FROM evil.calls").await;
+    assert_eq!(
+        calls,
+        Vec::<String>::new(),
+        "nothing in the hostile schema ran"
+    );
+    let superuser: Vec<bool> = column(
+        c,
+        &format!("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = '{dbo}'"),
+    )
+    .await;
+    assert_eq!(
+        superuser,
+        vec![false],
+        "the database owner's role did not change"
+    );
+    drop(client);
+    drop(db);
+    drop_roles(&[&dbo]).await;
 }

@@ -158,13 +158,18 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
     let report = migrate(&mut cron.client, &MigrateOptions::default())
         .await
         .unwrap();
-    let job = "SELECT jobid, schedule, command, active FROM cron.job WHERE jobname = 'refresh-token-cleanup'";
+    let job = "SELECT jobid, schedule, command, active, username FROM cron.job WHERE jobname = 'refresh-token-cleanup'";
     let rows = cron.client.query(job, &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(Some(rows[0].get::<_, i64>(0)), report.job_id);
     assert_eq!(rows[0].get::<_, &str>(1), schedule::DEFAULT_SCHEDULE);
     assert_eq!(rows[0].get::<_, &str>(2), "CALL auth.run_token_cleanup()");
     assert!(rows[0].get::<_, bool>(3));
+    assert_eq!(
+        rows[0].get::<_, &str>(4),
+        "token_janitor_owner",
+        "migrate ran as a superuser and scheduled the job for the owner role"
+    );
 
     let options = MigrateOptions {
         schedule: Some("17 3 * * *".into()),
@@ -250,9 +255,21 @@ async fn an_invalid_leftover_index_is_dropped_and_rebuilt() {
 #[tokio::test]
 async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     let mut db = TestDb::empty().await;
-    // A conflicting table makes V2 fail after V1 has applied.
+    // An event trigger that refuses to create auth.cleanup_runs makes V2
+    // fail after V1 has applied (an existing table of that name would be
+    // refused before anything changes, see below).
     db.client
-        .batch_execute("CREATE SCHEMA auth; CREATE TABLE auth.cleanup_runs (x int)")
+        .batch_execute(
+            "CREATE FUNCTION public.no_cleanup_runs() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                            WHERE object_identity = 'auth.cleanup_runs') THEN
+                     RAISE EXCEPTION 'sabotage: no auth.cleanup_runs';
+                 END IF;
+             END $$;
+             CREATE EVENT TRIGGER no_cleanup_runs ON ddl_command_end
+                 WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION public.no_cleanup_runs()",
+        )
         .await
         .unwrap();
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
@@ -276,7 +293,7 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     assert!(!policy_exists, "V2 rolled back as a whole");
 
     db.client
-        .batch_execute("DROP TABLE auth.cleanup_runs")
+        .batch_execute("DROP EVENT TRIGGER no_cleanup_runs")
         .await
         .unwrap();
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
@@ -337,4 +354,349 @@ async fn a_divergent_migration_is_refused() {
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
     assert!(matches!(err, Error::Migration(_)), "{err}");
     assert!(err.to_string().contains("V1"), "{err}");
+}
+
+/// Everything in schema auth that is not the owner role's, with its owner,
+/// grants, comment and definition, and every row-level-security policy.
+async fn foreign_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
+    column(
+        client,
+        "SELECT kind || ' ' || name || ' owner=' || owner || ' acl=' || coalesce(acl, '')
+                || ' comment=' || coalesce(comment, '') || ' def=' || coalesce(def, '')
+         FROM (
+             SELECT 'relation' AS kind, c.relname::text AS name, pg_get_userbyid(c.relowner)::text AS owner,
+                    c.relacl::text AS acl, obj_description(c.oid, 'pg_class') AS comment, c.relkind::text AS def
+             FROM pg_class c WHERE c.relnamespace = 'auth'::regnamespace
+             UNION ALL
+             SELECT 'routine', p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text, p.proacl::text,
+                    obj_description(p.oid, 'pg_proc'), md5(pg_get_functiondef(p.oid))
+             FROM pg_proc p WHERE p.pronamespace = 'auth'::regnamespace
+             UNION ALL
+             SELECT 'policy', polname::text, '', '', '', pg_get_expr(polqual, polrelid) FROM pg_policy
+             UNION ALL
+             SELECT 'schema', nspname::text, pg_get_userbyid(nspowner)::text, '',
+                    obj_description(oid, 'pg_namespace'), '' FROM pg_namespace WHERE nspname = 'auth'
+         ) x WHERE owner <> 'token_janitor_owner' ORDER BY 1",
+    )
+    .await
+}
+
+/// The grants on schema auth, one per entry.
+async fn schema_grants(client: &tokio_postgres::Client) -> Vec<String> {
+    column(
+        client,
+        "SELECT a::text FROM pg_namespace n, unnest(n.nspacl) a WHERE n.nspname = 'auth' ORDER BY 1",
+    )
+    .await
+}
+
+/// Invariant 9: in a database whose schema auth belongs to another role and
+/// holds that role's auth.uid() and auth.role() (Supabase's, PostgREST's
+/// examples), a table, grants, comments, a policy that calls auth.uid(), and
+/// a function of the database's superuser, migrate installs beside them, and
+/// they survive it, and a second one, untouched.
+#[tokio::test]
+async fn foreign_objects_in_auth_survive_every_migrate() {
+    let mut db = TestDb::empty().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (admin, anon) = (format!("tj_admin_{suffix}"), format!("tj_anon_{suffix}"));
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {admin} NOLOGIN; CREATE ROLE {anon} NOLOGIN;
+             CREATE SCHEMA auth AUTHORIZATION {admin};
+             GRANT USAGE ON SCHEMA auth TO {anon};
+             COMMENT ON SCHEMA auth IS 'their auth schema';
+             SET ROLE {admin};
+             CREATE TABLE auth.users (id uuid PRIMARY KEY, email text);
+             CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE
+                 AS $$ SELECT nullif(current_setting('request.jwt.claim.sub', true), '')::uuid $$;
+             CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE
+                 AS $$ SELECT nullif(current_setting('request.jwt.claim.role', true), '')::text $$;
+             GRANT SELECT ON auth.users TO {anon};
+             GRANT EXECUTE ON FUNCTION auth.uid(), auth.role() TO {anon};
+             COMMENT ON FUNCTION auth.uid() IS 'the user id of the request';
+             COMMENT ON TABLE auth.users IS 'their users';
+             RESET ROLE;
+             CREATE FUNCTION auth.email() RETURNS text LANGUAGE sql STABLE
+                 AS $$ SELECT current_setting('request.jwt.claim.email', true) $$;
+             COMMENT ON FUNCTION auth.email() IS 'the superuser''s own';
+             CREATE TABLE public.notes (author uuid, body text);
+             ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY notes_by_author ON public.notes USING (author = auth.uid());"
+        ))
+        .await
+        .unwrap();
+    let before = foreign_fingerprint(&db.client).await;
+    let grants = schema_grants(&db.client).await;
+    assert_eq!(before.len(), 7, "{before:#?}");
+
+    for _ in 0..2 {
+        migrate(&mut db.client, &no_schedule()).await.unwrap();
+        assert_eq!(foreign_fingerprint(&db.client).await, before);
+        let now = schema_grants(&db.client).await;
+        assert!(
+            grants.iter().all(|g| now.contains(g)),
+            "{grants:?} in {now:?}"
+        );
+    }
+    let s = issue(&db.client, "u", "g0", DAY, at(0)).await;
+    assert_eq!(
+        rotate(&db.client, s, 0, "g0", "g1", DAY, at(60)).await,
+        "rotated"
+    );
+    let usable: Vec<bool> = column(
+        &db.client,
+        "SELECT has_schema_privilege(r, 'auth', 'USAGE') FROM unnest(ARRAY[
+             'token_janitor_owner', 'token_janitor_app', 'token_janitor_monitor']) r",
+    )
+    .await;
+    assert_eq!(usable, vec![true; 3]);
+    drop(db);
+    drop_roles(&[&admin, &anon]).await;
+}
+
+/// Invariant 9: a table token-janitor needs that exists with another shape
+/// (Supabase's auth.sessions and auth.refresh_tokens), or a routine of one
+/// of its names (even a superuser's), is refused before anything changes,
+/// naming it and what to do.
+#[tokio::test]
+async fn a_table_in_the_way_is_refused_before_anything_changes() {
+    let mut db = TestDb::empty().await;
+    db.client
+        .batch_execute(
+            "CREATE SCHEMA auth;
+             CREATE TABLE auth.sessions (id uuid PRIMARY KEY, user_id uuid NOT NULL,
+                 created_at timestamptz, updated_at timestamptz, factor_id uuid, aal text, not_after timestamptz);
+             CREATE TABLE auth.refresh_tokens (id bigserial PRIMARY KEY, token varchar(255), user_id varchar(255),
+                 revoked boolean, created_at timestamptz, updated_at timestamptz, parent varchar(255),
+                 session_id uuid REFERENCES auth.sessions (id) ON DELETE CASCADE);
+             CREATE FUNCTION auth.list_sessions(p_user_id uuid) RETURNS SETOF auth.sessions
+                 LANGUAGE sql AS $$ SELECT * FROM auth.sessions WHERE user_id = p_user_id $$;",
+        )
+        .await
+        .unwrap();
+    let before = schema_fingerprint(&db.client).await;
+    let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Conflict(_)), "{message}");
+    for says in [
+        "migrate changed nothing",
+        "auth.sessions already exists but token-janitor did not create it",
+        "auth.refresh_tokens already exists",
+        "routine auth.list_sessions(uuid) belongs to role postgres",
+        "install token-janitor in another database",
+    ] {
+        assert!(message.contains(says), "{says}: {message}");
+    }
+    assert_eq!(schema_fingerprint(&db.client).await, before);
+    let history: Vec<bool> = column(
+        &db.client,
+        "SELECT to_regclass('public.refinery_schema_history') IS NOT NULL",
+    )
+    .await;
+    assert_eq!(history, vec![false]);
+
+    let out = run_cli(&["migrate", "--no-schedule"], &cli_url(&db.url, "postgres")).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.sessions already exists"));
+}
+
+/// Once installed, a token-janitor table given to another role, or a routine
+/// of one of its names that someone (even a superuser) added, is refused
+/// before anything changes.
+#[tokio::test]
+async fn a_table_or_routine_of_another_owner_is_refused_before_anything_changes() {
+    let mut db = TestDb::migrated().await;
+    let other = format!("tj_other_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {other} NOLOGIN; GRANT CREATE ON SCHEMA auth TO {other};
+             ALTER TABLE auth.cleanup_runs OWNER TO {other};
+             CREATE FUNCTION auth.list_sessions(p_user_id uuid) RETURNS bigint
+                 LANGUAGE sql AS $$ SELECT 0::bigint $$;"
+        ))
+        .await
+        .unwrap();
+    let before = schema_fingerprint(&db.client).await;
+    let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
+    let message = err.to_string();
+    for says in [
+        format!(
+            "table auth.cleanup_runs belongs to role {other}, not to the owner role token_janitor_owner"
+        ),
+        "routine auth.list_sessions(uuid) belongs to role postgres".to_string(),
+    ] {
+        assert!(message.contains(&says), "{says}: {message}");
+    }
+    assert_eq!(schema_fingerprint(&db.client).await, before);
+    drop(db);
+    drop_roles(&[&other]).await;
+}
+
+/// The owner role is configurable and must not be a superuser; a superuser
+/// is refused before anything changes.
+#[tokio::test]
+async fn the_owner_role_is_configurable_and_never_a_superuser() {
+    let mut db = TestDb::empty().await;
+    let options = MigrateOptions {
+        owner_role: Some("postgres".into()),
+        ..no_schedule()
+    };
+    let err = migrate(&mut db.client, &options).await.unwrap_err();
+    assert!(
+        err.to_string().contains("role postgres is a superuser"),
+        "{err}"
+    );
+    let schemas: Vec<i64> = column(
+        &db.client,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert_eq!(schemas, vec![0]);
+
+    let owner = format!("tj_owner_{}", uuid::Uuid::new_v4().simple());
+    let options = MigrateOptions {
+        owner_role: Some(owner.clone()),
+        ..no_schedule()
+    };
+    migrate(&mut db.client, &options).await.unwrap();
+    let owners = owners_in_auth(&db.client).await;
+    assert_eq!(owners, vec![owner.clone()]);
+    let login: Vec<bool> = column(
+        &db.client,
+        &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{owner}'"),
+    )
+    .await;
+    assert_eq!(login, vec![false], "NOLOGIN when no job runs as it");
+    drop(db);
+    drop_roles(&[&owner]).await;
+}
+
+/// The upgrade from a release without the owner role: everything belonged to
+/// the superuser that ran migrate, the job ran as it and the monitor could
+/// read the sessions. migrate gives it all to the owner role, moves the job
+/// to it and takes the monitor's reads back.
+#[tokio::test]
+async fn an_install_from_before_the_owner_role_passes_to_it() {
+    let mut cron = CronDb::fresh().await;
+    migrate(&mut cron.client, &MigrateOptions::default())
+        .await
+        .unwrap();
+    cron.client
+        .batch_execute(
+            "REASSIGN OWNED BY token_janitor_owner TO postgres;
+             UPDATE cron.job SET username = 'postgres' WHERE jobname = 'refresh-token-cleanup';
+             GRANT SELECT ON auth.sessions TO token_janitor_monitor;",
+        )
+        .await
+        .unwrap();
+    migrate(&mut cron.client, &MigrateOptions::default())
+        .await
+        .unwrap();
+    let owners = owners_in_auth(&cron.client).await;
+    assert_eq!(owners, vec!["token_janitor_owner"]);
+    let jobs: Vec<String> = column(
+        &cron.client,
+        "SELECT username FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    )
+    .await;
+    assert_eq!(jobs, vec!["token_janitor_owner"]);
+    let reads: Vec<bool> = column(
+        &cron.client,
+        "SELECT has_table_privilege('token_janitor_monitor', 'auth.sessions', 'SELECT')",
+    )
+    .await;
+    assert_eq!(reads, vec![false]);
+}
+
+/// A managed service: the deploying role is no superuser (the provider's
+/// admin created pg_cron and lets it use schema cron). It owns everything
+/// migrate creates and schedules the job as itself.
+#[tokio::test]
+async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
+    let cron = CronDb::fresh().await;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (deployer, app, monitor) = (
+        format!("tj_deployer_{suffix}"),
+        format!("tj_app_{suffix}"),
+        format!("tj_monitor_{suffix}"),
+    );
+    cron.client
+        .batch_execute(&format!(
+            "CREATE EXTENSION pg_cron;
+             CREATE ROLE {deployer} LOGIN; CREATE ROLE {app} NOLOGIN; CREATE ROLE {monitor} NOLOGIN;
+             GRANT CREATE ON DATABASE {} TO {deployer};
+             GRANT CREATE ON SCHEMA public TO {deployer};
+             GRANT USAGE ON SCHEMA cron TO {deployer};",
+            cron.url.dbname()
+        ))
+        .await
+        .unwrap();
+    let url = cli_url(&cron.url, &deployer);
+    let out = run_cli_ok(
+        &[
+            "migrate",
+            "--app-role",
+            &app,
+            "--monitor-role",
+            &monitor,
+            "--schedule",
+            "17 3 * * *",
+        ],
+        &url,
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "runs `CALL auth.run_token_cleanup()` on '17 3 * * *' (UTC) as role {deployer}"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(owners_in_auth(&cron.client).await, vec![deployer.clone()]);
+    let jobs: Vec<String> = column(
+        &cron.client,
+        "SELECT username || ' ' || schedule FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    )
+    .await;
+    assert_eq!(jobs, vec![format!("{deployer} 17 3 * * *")]);
+
+    let out = run_cli(&["migrate", "--owner-role", "token_janitor_owner"], &url).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "role {deployer} is not a superuser, so it can deploy only as the owner role itself"
+        )),
+        "{stderr}"
+    );
+
+    cron.client
+        .batch_execute(&format!(
+            "SELECT cron.unschedule(jobid) FROM cron.job;
+             DROP OWNED BY {deployer}, {app}, {monitor}; DROP ROLE {deployer}, {app}, {monitor}"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A schema auth an administrator (a superuser) made before the first
+/// install is theirs: it keeps its owner through every migrate, and
+/// token-janitor's objects in it are the owner role's.
+#[tokio::test]
+async fn a_schema_auth_made_before_the_install_keeps_its_owner() {
+    let mut db = TestDb::empty().await;
+    db.client.batch_execute("CREATE SCHEMA auth").await.unwrap();
+    for _ in 0..2 {
+        migrate(&mut db.client, &no_schedule()).await.unwrap();
+    }
+    let schema_owner: Vec<String> = column(
+        &db.client,
+        "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = 'auth'",
+    )
+    .await;
+    assert_eq!(schema_owner, vec!["postgres"]);
+    let owners = owners_in_auth(&db.client).await;
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    assert!(owners.contains(&"token_janitor_owner".to_string()));
 }

@@ -1,4 +1,5 @@
-//! End to end: pg_cron itself runs the cleanup job on a one-minute schedule.
+//! End to end: pg_cron itself runs the cleanup job on a one-minute schedule,
+//! as the owner role.
 
 mod common;
 
@@ -43,8 +44,9 @@ async fn pg_cron_runs_the_cleanup_on_schedule() {
     // A job_run_details row older than history_retention, to be pruned.
     c.execute(
         "INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status, start_time, end_time)
-         VALUES ($1, 424242, 0, current_database(), current_user, 'CALL auth.run_token_cleanup()', 'succeeded',
-                 now() - interval '20 days', now() - interval '20 days')",
+         SELECT jobid, 424242, 0, database, username, command, 'succeeded',
+                now() - interval '20 days', now() - interval '20 days'
+         FROM cron.job WHERE jobid = $1",
         &[&job_id],
     )
     .await
@@ -62,6 +64,18 @@ async fn pg_cron_runs_the_cleanup_on_schedule() {
     })
     .await;
     assert_eq!(status, "succeeded");
+    let runner: Vec<String> = column(
+        c,
+        &format!(
+            "SELECT d.username || ' superuser=' || r.rolsuper FROM cron.job_run_details d
+             JOIN pg_roles r ON r.rolname = d.username WHERE d.jobid = {job_id} AND d.runid <> 424242"
+        ),
+    )
+    .await;
+    assert_eq!(
+        runner[0], "token_janitor_owner superuser=false",
+        "the job runs as the owner role, not as the superuser that ran migrate"
+    );
 
     let run = c
         .query_one(

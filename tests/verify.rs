@@ -79,7 +79,10 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
 }
 
 #[rstest::rstest]
-#[case::unscheduled("SELECT cron.unschedule('refresh-token-cleanup')", "job")]
+#[case::unscheduled(
+    "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    "job"
+)]
 #[case::inactive(
     "SELECT cron.alter_job(jobid, active => false) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
     "job"
@@ -92,7 +95,7 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
 // schedule fires during the test (runid from its sequence for the same reason).
 #[case::last_run_failed(
     "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
-     SELECT jobid, 0, current_database(), current_user, command, 'failed', 'ERROR: boom',
+     SELECT jobid, 0, current_database(), username, command, 'failed', 'ERROR: boom',
             now() + interval '1 hour', now() + interval '1 hour'
      FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
     "last-job-run"
@@ -120,6 +123,7 @@ async fn schedule_breakage_fails_its_check(#[case] sabotage: &str, #[case] check
     "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_idx'::regclass",
     &["indexes", "plans"]
 )]
+#[case::superuser_definer("ALTER FUNCTION auth.self_test() OWNER TO postgres", &["owner"])]
 #[case::divergent_migration("UPDATE refinery_schema_history SET checksum = '42' WHERE version = 2", &["migrations"])]
 #[case::failed_run(
     "INSERT INTO auth.cleanup_runs (started_at, finished_at, status, error)

@@ -24,6 +24,17 @@ pub async fn run_cli(args: &[&str], url: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the binary like [`run_cli`] and asserts that it succeeded.
+pub async fn run_cli_ok(args: &[&str], url: &str) -> std::process::Output {
+    let out = run_cli(args, url).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A URL string for the CLI that reaches `db` as `user`.
 pub fn cli_url(db: &DatabaseUrl, user: &str) -> String {
     format!("postgres://{user}@{}/{}", db.target(), db.dbname())
@@ -171,6 +182,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops cluster-wide roles a test created, once the databases that held
+/// their objects are gone.
+pub async fn drop_roles(roles: &[&str]) {
+    server()
+        .with_dbname("postgres")
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!("DROP ROLE {}", roles.join(", ")))
+        .await
+        .unwrap();
+}
+
 /// Exclusive use of cron.database_name (the DATABASE_URL database), reset to
 /// an empty state: no auth schema, no migration history, no pg_cron. The
 /// turn-taking lock lives in the `postgres` database so that waiting for it
@@ -271,6 +295,19 @@ where
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// The roles that own schema auth and the relations and routines in it.
+pub async fn owners_in_auth(client: &Client) -> Vec<String> {
+    column(
+        client,
+        "SELECT DISTINCT pg_get_userbyid(o)::text FROM (
+             SELECT nspowner FROM pg_namespace WHERE nspname = 'auth'
+             UNION ALL SELECT relowner FROM pg_class WHERE relnamespace = 'auth'::regnamespace
+             UNION ALL SELECT proowner FROM pg_proc WHERE pronamespace = 'auth'::regnamespace
+         ) x(o)",
+    )
+    .await
 }
 
 /// Row counts of the two token tables.
