@@ -571,7 +571,8 @@ $$;
 -- auth.cleanup_backlog: token rows due now, per kind: exact counts (an index
 -- scan over the due rows) with p_exact = true, the planner's estimates (free
 -- on any table size) with false, and by default exact counts while the table
--- holds under 100,000 rows, estimates above. SECURITY DEFINER so monitoring
+-- holds under 100,000 rows, estimates above (exact counts on a larger table
+-- run one at a time: auth._one_full_count). SECURITY DEFINER so monitoring
 -- sees counts without reading the rows.
 CREATE OR REPLACE FUNCTION auth.cleanup_backlog(
     p_now   timestamptz DEFAULT now(),
@@ -590,6 +591,9 @@ BEGIN
     SELECT * INTO v_policy FROM auth.cleanup_policy;
     exact := coalesce(p_exact, (SELECT c.reltuples < 100000 FROM pg_class c
                                 WHERE c.oid = 'auth.refresh_tokens'::regclass));
+    IF exact THEN
+        PERFORM auth._one_full_count('backlog counts');
+    END IF;
     FOREACH kind IN ARRAY ARRAY['expired', 'revoked', 'rotated'] LOOP
         v_cutoff := auth.purge_cutoff(v_policy, kind, coalesce(p_now, now()));
         IF exact THEN

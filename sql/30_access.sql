@@ -29,13 +29,35 @@ BEGIN
 END
 $$;
 
+-- auth._one_full_count: full-table counts (status --exact, exact backlogs on
+-- a table of 100,000 rows or more) run one at a time in the database, so a
+-- monitor calling them in a loop keeps one backend busy, not all of them:
+-- another caller is refused at once. Small tables are counted freely.
+-- Lock: transaction advisory lock 1953132386 ('tjob'), until the caller's
+-- transaction ends.
+CREATE OR REPLACE FUNCTION auth._one_full_count(p_what text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT c.reltuples >= 100000 FROM pg_class c WHERE c.oid = 'auth.refresh_tokens'::regclass)
+       AND NOT pg_try_advisory_xact_lock(1953132386) THEN
+        RAISE EXCEPTION 'exact % refused: another exact count is running', p_what
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'try again when it ends, or use the estimates (status without --exact)';
+    END IF;
+END
+$$;
+
 -- auth.token_counts: token rows by state (live, expired, revoked, rotated)
 -- and the number of sessions: exact counts with p_exact (a scan of the
--- tables), the planner's estimates without (free on any table size). SECURITY
--- DEFINER so monitoring sees how many rows there are without reading one.
+-- tables; one at a time on a large table, auth._one_full_count), the
+-- planner's estimates without (free on any table size). SECURITY DEFINER so
+-- monitoring sees how many rows there are without reading one.
 CREATE OR REPLACE FUNCTION auth.token_counts(p_exact boolean)
 RETURNS TABLE (state text, rows bigint, exact boolean)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -43,6 +65,9 @@ DECLARE
     v_plan  json;
 BEGIN
     exact := coalesce(p_exact, false);
+    IF exact THEN
+        PERFORM auth._one_full_count('token counts');
+    END IF;
     FOR state, v_query IN VALUES
         ('live',     'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at >= now()'),
         ('expired',  'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at < now()'),

@@ -242,3 +242,48 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
     drop(db);
     drop_roles(&[&dbo]).await;
 }
+
+/// A monitor looping over full-table counts keeps one backend busy, not all
+/// of them: on a large table exact counts run one at a time and another
+/// caller is refused at once; estimates and small tables are free.
+#[tokio::test]
+async fn exact_counts_on_a_large_table_run_one_at_a_time() {
+    let db = TestDb::migrated().await;
+    seed_families(&db.client, 10_001, 10).await;
+    let (role, _url, monitor) = member_of(&db, "token_janitor_monitor").await;
+    let holder = db.connect().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .batch_execute("SELECT * FROM auth.token_counts(p_exact => true)")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT * FROM auth.token_counts(p_exact => true)",
+        "SELECT * FROM auth.cleanup_backlog(p_exact => true)",
+    ] {
+        let err = monitor.batch_execute(sql).await.expect_err(sql);
+        let db_err = err.as_db_error().unwrap();
+        assert_eq!(
+            db_err.code(),
+            &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+        );
+        assert!(
+            db_err.message().contains("another exact count is running"),
+            "{}",
+            db_err.message()
+        );
+    }
+    monitor
+        .batch_execute("SELECT * FROM auth.token_counts(p_exact => false)")
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let rows: Vec<i64> = column(
+        &monitor,
+        "SELECT rows FROM auth.token_counts(p_exact => true) WHERE state = 'live'",
+    )
+    .await;
+    assert_eq!(rows, vec![10_001]);
+    drop(holder);
+    drop_member(&db, &role, monitor).await;
+}
