@@ -69,6 +69,8 @@ install_packages() {
     local missing=()
     [ -x "$PGBIN/postgres" ] || missing+=("postgresql-$PGVERSION")
     [ -f "/usr/lib/postgresql/$PGVERSION/lib/pg_cron.so" ] || missing+=("postgresql-$PGVERSION-cron")
+    # Static checks of the PL/pgSQL routines (tests/plpgsql_check.rs).
+    [ -f "/usr/lib/postgresql/$PGVERSION/lib/plpgsql_check.so" ] || missing+=("postgresql-$PGVERSION-plpgsql-check")
     command -v psql >/dev/null || missing+=("postgresql-client-$PGVERSION")
     [ "$MANAGED" -eq 0 ] || command -v openssl >/dev/null || missing+=("openssl")
     [ ${#missing[@]} -eq 0 ] && return 0
