@@ -142,6 +142,18 @@ pub enum Error {
         database: String,
     },
 
+    /// The pg_cron extension is missing where it must be installed (what
+    /// verify finds; migrate creates it, or says why it may not).
+    #[error(
+        "pg_cron is not installed in database '{database}': run token-janitor migrate as a \
+         superuser (it creates the extension), or have it created there once (see the README's \
+         'Deploying on managed PostgreSQL'), or pass --no-schedule"
+    )]
+    PgCronNotInstalled {
+        /// pg_cron's database (cron.database_name).
+        database: String,
+    },
+
     /// This role may not schedule a job that runs in another database.
     #[error(
         "role '{role}' may not schedule jobs with pg_cron in database '{database}' ({missing}): \

@@ -218,7 +218,7 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         Some(_) => {
             let cron_db =
                 schedule::connect_cron_database(client, options.cron_database.as_ref()).await?;
-            schedule::check_pg_cron(client, cron_db.as_ref()).await?;
+            schedule::check_pg_cron(client, cron_db.as_ref(), schedule::CronUse::Schedule).await?;
             cron_db
         }
         None => None,

@@ -159,21 +159,57 @@ pub async fn connect_cron_database(
     }))
 }
 
-/// Checks, before anything changes, that the cleanup job can be scheduled:
-/// in the application's database (`cron` is `None`: the extension exists and
-/// this role may use schema cron, or it may create the extension), or from
-/// pg_cron's database into the application's (also: pg_cron 1.4+, EXECUTE on
-/// cron.schedule_in_database, and no job of this name and role that runs in
-/// a third database).
+/// What token-janitor needs of pg_cron.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CronUse {
+    /// migrate: that it may create the extension when it is missing and
+    /// schedule the job. pg_cron's scheduler need not run yet: the job runs
+    /// once it does.
+    Schedule,
+    /// verify, perhaps as the monitoring role: that the extension is
+    /// installed and pg_cron's scheduler runs for its database. Nothing only
+    /// scheduling needs (creating the extension, USAGE on schema cron,
+    /// EXECUTE on cron.schedule_in_database) is asked of the role.
+    Read,
+}
+
+/// pg_cron as [`check_pg_cron`] found it.
+#[derive(Debug, Clone)]
+pub struct PgCron {
+    /// The extension's version; `None` when it is missing and this role, a
+    /// superuser, may create it ([`CronUse::Schedule`] only).
+    pub version: Option<String>,
+    /// pg_cron's database.
+    pub database: String,
+}
+
+/// Diagnoses pg_cron for `need`, before anything changes: the one place that
+/// says what is wrong with it and what to do, for migrate and verify alike.
+/// In the application's database (`cron` is `None`) or pg_cron's.
+///
+/// [`CronUse::Schedule`]: the extension exists and this role may use schema
+/// cron, or it may create the extension; from pg_cron's database into the
+/// application's, also pg_cron 1.4+, EXECUTE on cron.schedule_in_database,
+/// and no job of this name and role that runs in a third database.
+///
+/// [`CronUse::Read`]: pg_cron's scheduler runs for this database and the
+/// extension is installed.
 ///
 /// # Errors
 /// [`Error::PgCronNotSuperuser`], [`Error::PgCronTooOld`],
-/// [`Error::PgCronNoPermission`] or [`Error::PgCronJobElsewhere`].
-pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Result<()> {
+/// [`Error::PgCronNoPermission`] or [`Error::PgCronJobElsewhere`] for
+/// scheduling; [`Error::PgCronWrongDatabase`], [`Error::PgCronNotInstalled`]
+/// or [`Error::PgCronNotPreloaded`] for reading; [`Error::Db`] when the
+/// catalogs cannot be read.
+pub async fn check_pg_cron(
+    app: &Client,
+    cron: Option<&CronConnection>,
+    need: CronUse,
+) -> Result<PgCron> {
     let client = cron.map_or(app, |c| &c.client);
     let row = client
         .query_one(
-            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
+            &format!("SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
                     coalesce((SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false),
                     current_user::text,
                     current_database()::text,
@@ -182,9 +218,10 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
                         'cron.schedule_in_database(text, text, text, text, text, boolean)') IS NOT NULL END,
                     CASE WHEN usage THEN pg_catalog.has_function_privilege(current_user,
                         pg_catalog.to_regprocedure('cron.schedule_in_database(text, text, text, text, text, boolean)'),
-                        'EXECUTE') END
+                        'EXECUTE') END,
+                    {LAUNCHER_DATABASE}
              FROM (SELECT pg_catalog.has_schema_privilege(current_user,
-                       (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'cron'), 'USAGE')) s(usage)",
+                       (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'cron'), 'USAGE')) s(usage)"),
             &[],
         )
         .await
@@ -193,9 +230,26 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
     let superuser: bool = row.get(1);
     let role: String = row.get(2);
     let database: String = row.get(3);
+    if need == CronUse::Read {
+        let launcher: Option<String> = row.get(7);
+        return match (version, launcher) {
+            (_, Some(served)) if served != database => Err(Error::PgCronWrongDatabase {
+                configured: served,
+                current: database,
+            }),
+            (None, _) => Err(Error::PgCronNotInstalled { database }),
+            (Some(_), None) => Err(Error::PgCronNotPreloaded {
+                evidence: "no pg_cron launcher is running".to_string(),
+            }),
+            (version, Some(_)) => Ok(PgCron { version, database }),
+        };
+    }
     let Some(version) = version else {
         return if superuser {
-            Ok(())
+            Ok(PgCron {
+                version: None,
+                database,
+            })
         } else {
             Err(Error::PgCronNotSuperuser { role, database })
         };
@@ -213,7 +267,10 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
         return Err(no_permission("no USAGE on schema cron"));
     }
     let Some(cron) = cron else {
-        return Ok(());
+        return Ok(PgCron {
+            version: Some(version),
+            database,
+        });
     };
     if in_database == Some(false) {
         return Err(Error::PgCronTooOld { version, database });
@@ -238,7 +295,10 @@ pub async fn check_pg_cron(app: &Client, cron: Option<&CronConnection>) -> Resul
             database: cron.app_database.clone(),
         });
     }
-    Ok(())
+    Ok(PgCron {
+        version: Some(version),
+        database,
+    })
 }
 
 /// Creates the pg_cron extension when missing and upserts the cleanup job,

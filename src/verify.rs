@@ -2,13 +2,15 @@
 //! scheduled and working, without changing any data. One [`Check`] per
 //! property, each with its evidence and, when it fails, the remedy.
 
+use std::borrow::Borrow;
+
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::db::DatabaseUrl;
 use crate::error::describe;
 use crate::migrate::{embedded_migrations, index_statements};
-use crate::schedule::{self, CronDatabase, JOB_COMMAND, JOB_NAME, JobInfo, LAUNCHER_DATABASE};
+use crate::schedule::{self, CronDatabase, CronUse, JOB_COMMAND, JOB_NAME, JobInfo, PgCron};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,43 +38,74 @@ pub struct Check {
     pub remedy: Option<String>,
 }
 
-impl Check {
-    fn pass(name: &'static str, evidence: impl Into<String>) -> Self {
+/// What a check that queries found, or the error that kept it from looking.
+type Found = Result<Verdict, tokio_postgres::Error>;
+
+/// What one check found, before [`run_checks`] names it.
+struct Verdict {
+    outcome: Outcome,
+    evidence: String,
+    remedy: Option<String>,
+}
+
+impl Verdict {
+    fn pass(evidence: impl Into<String>) -> Self {
         Self {
-            name,
             outcome: Outcome::Pass,
             evidence: evidence.into(),
             remedy: None,
         }
     }
 
-    fn warn(name: &'static str, evidence: impl Into<String>, remedy: impl Into<String>) -> Self {
+    fn warn(evidence: impl Into<String>, remedy: impl Into<String>) -> Self {
         Self {
-            name,
             outcome: Outcome::Warn,
             evidence: evidence.into(),
             remedy: Some(remedy.into()),
         }
     }
 
-    fn fail(name: &'static str, evidence: impl Into<String>, remedy: impl Into<String>) -> Self {
+    fn fail(evidence: impl Into<String>, remedy: impl Into<String>) -> Self {
         Self {
-            name,
             outcome: Outcome::Fail,
             evidence: evidence.into(),
             remedy: Some(remedy.into()),
         }
     }
+}
 
-    /// A check that could not run because a query failed (privileges, a
-    /// missing object): a failure that says which query and why.
-    fn error(name: &'static str, err: &tokio_postgres::Error) -> Self {
-        Self::fail(
+impl Check {
+    fn new(name: &'static str, verdict: Verdict) -> Self {
+        let Verdict {
+            outcome,
+            evidence,
+            remedy,
+        } = verdict;
+        Self {
             name,
-            format!("query failed: {}", describe(err)),
-            "grant this role read access to schemas auth and cron (or run verify as the \
-             migrating role), and run token-janitor migrate if objects are missing",
-        )
+            outcome,
+            evidence,
+            remedy,
+        }
+    }
+
+    /// Names what a check found; when its query failed, the check fails
+    /// saying which query and why (privileges, a missing object).
+    fn named(
+        name: &'static str,
+        found: Result<Verdict, impl Borrow<tokio_postgres::Error>>,
+    ) -> Self {
+        match found {
+            Ok(verdict) => Self::new(name, verdict),
+            Err(err) => Self::new(
+                name,
+                Verdict::fail(
+                    format!("query failed: {}", describe(err.borrow())),
+                    "grant this role read access to schemas auth and cron (or run verify as the \
+                     migrating role), and run token-janitor migrate if objects are missing",
+                ),
+            ),
+        }
     }
 }
 
@@ -148,13 +181,16 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
     let mut checks = Vec::new();
     match url.connect().await {
         Ok(client) => {
-            checks.push(Check::pass("connection", format!("connected to {url}")));
+            let connected = Verdict::pass(format!("connected to {url}"));
+            checks.push(Check::new("connection", connected));
             run_checks(&client, options, &mut checks).await;
         }
-        Err(err) => checks.push(Check::fail(
+        Err(err) => checks.push(Check::new(
             "connection",
-            err.to_string(),
-            "fix --database-url / DATABASE_URL or start the server",
+            Verdict::fail(
+                err.to_string(),
+                "fix --database-url / DATABASE_URL or start the server",
+            ),
         )),
     }
     let ok = checks.iter().all(|c| c.outcome != Outcome::Fail);
@@ -162,70 +198,67 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
 }
 
 async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<Check>) {
-    checks.push(server_version(client).await);
-    let schema = migrations(client).await;
+    checks.push(Check::named("server", server_version(client).await));
+    let schema = Check::named("migrations", migrations(client).await);
     let installed = schema.outcome != Outcome::Fail;
     checks.push(schema);
     if !installed {
         return;
     }
-    checks.push(owner(client).await);
-    checks.push(indexes(client).await);
-    checks.push(plans(client).await);
+    checks.push(Check::named("owner", owner(client).await));
+    checks.push(Check::named("indexes", indexes(client).await));
+    checks.push(Check::named("plans", plans(client).await));
     match &options.schedule {
         Some(schedule) => {
             match schedule::connect_cron_database(client, options.cron_database.as_ref()).await {
                 Ok(cron_db) => {
-                    checks.push(pg_cron(cron_db.as_ref().map_or(client, |c| &c.client)).await);
+                    let cron = schedule::check_pg_cron(client, cron_db.as_ref(), CronUse::Read);
+                    checks.push(Check::new("pg_cron", pg_cron(cron.await)));
                     let found = schedule::find_job(client, cron_db.as_ref()).await;
-                    checks.push(job(&found, schedule));
-                    checks.push(last_job_run(&found));
+                    let found = found.as_ref().map(Option::as_ref);
+                    checks.push(Check::named("job", found.map(|j| job(j, schedule))));
+                    checks.push(Check::named("last-job-run", found.map(last_job_run)));
                 }
-                Err(err) => checks.push(Check::fail(
-                    "pg_cron",
-                    err.to_string(),
-                    "do what the message says, or verify with --no-schedule",
-                )),
+                Err(err) => checks.push(Check::new("pg_cron", pg_cron(Err(err)))),
             }
         }
-        None => checks.push(Check::warn(
+        None => checks.push(Check::new(
             "schedule",
-            "not checked (--no-schedule)",
-            "make sure your own scheduler runs CALL auth.run_token_cleanup()",
+            Verdict::warn(
+                "not checked (--no-schedule)",
+                "make sure your own scheduler runs CALL auth.run_token_cleanup()",
+            ),
         )),
     }
-    checks.push(unfinished_runs(client).await);
-    checks.push(recent_run(client, options.schedule.as_deref()).await);
-    checks.push(backlog(client, options.backlog_warn).await);
-    checks.push(self_test(client).await);
+    checks.push(Check::named("unfinished", unfinished_runs(client).await));
+    let recent = recent_run(client, options.schedule.as_deref()).await;
+    checks.push(Check::named("recent-run", recent));
+    checks.push(Check::named(
+        "backlog",
+        backlog(client, options.backlog_warn).await,
+    ));
+    checks.push(Check::named("self-test", self_test(client).await));
 }
 
-async fn server_version(client: &Client) -> Check {
-    match client
+async fn server_version(client: &Client) -> Found {
+    let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
             &[],
         )
-        .await
-    {
-        Ok(row) => {
-            let (num, text): (i32, String) = (row.get(0), row.get(1));
-            if num >= 130_000 {
-                Check::pass("server", format!("PostgreSQL {text}"))
-            } else {
-                Check::fail(
-                    "server",
-                    format!("PostgreSQL {text}"),
-                    "token-janitor needs PostgreSQL 13 or later (tested on 15)",
-                )
-            }
-        }
-        Err(err) => Check::error("server", &err),
-    }
+        .await?;
+    let (num, text): (i32, String) = (row.get(0), row.get(1));
+    Ok(if num >= 130_000 {
+        Verdict::pass(format!("PostgreSQL {text}"))
+    } else {
+        Verdict::fail(
+            format!("PostgreSQL {text}"),
+            "token-janitor needs PostgreSQL 13 or later (tested on 15)",
+        )
+    })
 }
 
-async fn migrations(client: &Client) -> Check {
-    const NAME: &str = "migrations";
+async fn migrations(client: &Client) -> Found {
     let rows = match client
         .query(
             "SELECT version::bigint, name, checksum FROM refinery_schema_history ORDER BY version",
@@ -233,29 +266,25 @@ async fn migrations(client: &Client) -> Check {
         )
         .await
     {
-        Ok(rows) => rows,
         Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Check::fail(
-                NAME,
+            return Ok(Verdict::fail(
                 "no migration history (refinery_schema_history): the schema is not installed here",
                 "run token-janitor migrate against this database",
-            );
+            ));
         }
-        Err(err) => return Check::error(NAME, &err),
+        rows => rows?,
     };
     let embedded = embedded_migrations();
     for m in &embedded {
         match rows.iter().find(|r| r.get::<_, i64>(0) == m.version) {
             None => {
-                return Check::fail(
-                    NAME,
+                return Ok(Verdict::fail(
                     format!("V{}__{} is not applied", m.version, m.name),
                     "run token-janitor migrate",
-                );
+                ));
             }
             Some(row) if row.get::<_, String>(2) != m.checksum.to_string() => {
-                return Check::fail(
-                    NAME,
+                return Ok(Verdict::fail(
                     format!(
                         "applied migration V{}__{} differs from this binary's (checksum {} != {})",
                         m.version,
@@ -264,31 +293,32 @@ async fn migrations(client: &Client) -> Check {
                         m.checksum
                     ),
                     "someone changed a released migration: restore it, or deploy the binary that matches this database",
-                );
+                ));
             }
             Some(_) => {}
         }
     }
     let newest = embedded.last().map(|m| m.version).unwrap_or(0);
     if let Some(row) = rows.iter().find(|r| r.get::<_, i64>(0) > newest) {
-        return Check::warn(
-            NAME,
+        return Ok(Verdict::warn(
             format!(
                 "V{}__{} is applied but unknown to this binary",
                 row.get::<_, i64>(0),
                 row.get::<_, String>(1)
             ),
             "this binary is older than the database schema: upgrade token-janitor",
-        );
+        ));
     }
-    Check::pass(NAME, format!("{} applied, none divergent", embedded.len()))
+    Ok(Verdict::pass(format!(
+        "{} applied, none divergent",
+        embedded.len()
+    )))
 }
 
 /// DESIGN.md §6 invariant 7: token-janitor's objects belong to a role that
 /// is not a superuser, so no SECURITY DEFINER routine in auth runs as one.
-async fn owner(client: &Client) -> Check {
-    const NAME: &str = "owner";
-    let row = match client
+async fn owner(client: &Client) -> Found {
+    let row = client
         .query_one(
             "SELECT o.rolname::text, o.rolsuper,
                     (SELECT count(*) FROM pg_catalog.pg_proc p
@@ -300,42 +330,32 @@ async fn owner(client: &Client) -> Check {
              WHERE c.oid = 'auth.cleanup_runs'::regclass",
             &[],
         )
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let (owner, superuser, definers, superusers): (String, bool, i64, Option<String>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     let remedy = "run token-janitor migrate as a superuser: it gives schema auth's token-janitor \
                   objects to the owner role (--owner-role, never a superuser)";
     if superuser {
-        return Check::fail(
-            NAME,
+        return Ok(Verdict::fail(
             format!("the tables belong to role {owner}, a superuser"),
             remedy,
-        );
+        ));
     }
     if let Some(superusers) = superusers {
-        return Check::fail(
-            NAME,
+        return Ok(Verdict::fail(
             format!("SECURITY DEFINER routines owned by a superuser: {superusers}"),
             remedy,
-        );
+        ));
     }
-    Check::pass(
-        NAME,
-        format!(
-            "tables owned by role {owner} (no superuser); none of the {definers} SECURITY \
-             DEFINER routines in auth belongs to a superuser"
-        ),
-    )
+    Ok(Verdict::pass(format!(
+        "tables owned by role {owner} (no superuser); none of the {definers} SECURITY \
+         DEFINER routines in auth belongs to a superuser"
+    )))
 }
 
-async fn indexes(client: &Client) -> Check {
-    const NAME: &str = "indexes";
+async fn indexes(client: &Client) -> Found {
     let wanted: Vec<String> = index_statements().into_iter().map(|i| i.name).collect();
-    let rows = match client
+    let rows = client
         .query(
             "SELECT c.relname::text, i.indisvalid AND i.indisready
              FROM pg_catalog.pg_index i
@@ -343,11 +363,7 @@ async fn indexes(client: &Client) -> Check {
              WHERE c.relnamespace = 'auth'::regnamespace AND c.relname = ANY ($1)",
             &[&wanted],
         )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let missing: Vec<&String> = wanted
         .iter()
         .filter(|w| !rows.iter().any(|r| &r.get::<_, String>(0) == *w))
@@ -365,107 +381,59 @@ async fn indexes(client: &Client) -> Check {
         if !invalid.is_empty() {
             evidence.push(format!("INVALID (interrupted build): {invalid:?}"));
         }
-        return Check::fail(
-            NAME,
+        return Ok(Verdict::fail(
             evidence.join("; "),
             "run token-janitor migrate: it builds missing indexes and rebuilds INVALID ones concurrently",
-        );
+        ));
     }
-    Check::pass(
-        NAME,
-        format!("{} purge indexes present and valid", wanted.len()),
-    )
+    Ok(Verdict::pass(format!(
+        "{} purge indexes present and valid",
+        wanted.len()
+    )))
 }
 
-async fn plans(client: &Client) -> Check {
-    const NAME: &str = "plans";
-    let rows = match client
+async fn plans(client: &Client) -> Found {
+    let rows = client
         .query(
             "SELECT kind, step, seq_scan, plan FROM auth.explain_purge()",
             &[],
         )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let scanning: Vec<String> = rows
         .iter()
         .filter(|r| r.get::<_, bool>(2))
         .map(|r| format!("{}/{}", r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
-    if scanning.is_empty() {
-        Check::pass(
-            NAME,
-            format!("all {} purge queries are index scans", rows.len()),
-        )
+    Ok(if scanning.is_empty() {
+        Verdict::pass(format!("all {} purge queries are index scans", rows.len()))
     } else {
-        Check::fail(
-            NAME,
+        Verdict::fail(
             format!("sequential scan in {}", scanning.join(", ")),
             "an index is missing or unusable: run token-janitor migrate, then \
              SELECT plan FROM auth.explain_purge() to see the plan",
         )
-    }
+    })
 }
 
-async fn pg_cron(client: &Client) -> Check {
-    const NAME: &str = "pg_cron";
-    let row = match client
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
-                        (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'),
-                        {LAUNCHER_DATABASE},
-                        current_database()::text"
-            ),
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return Check::error(NAME, &err),
-    };
-    let (installed, version, launcher, current): (bool, Option<String>, Option<String>, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    match (installed, launcher) {
-        (true, Some(db)) if db == current => Check::pass(
-            NAME,
-            format!(
-                "extension {} installed in '{current}', scheduler running for it",
-                version.unwrap_or_default()
-            ),
-        ),
-        (_, Some(db)) if db != current => Check::fail(
-            NAME,
-            format!("pg_cron serves database '{db}' (cron.database_name), not '{current}'"),
-            format!(
-                "run migrate and verify against '{db}', or set cron.database_name = '{current}' and restart"
-            ),
-        ),
-        (true, _) => Check::fail(
-            NAME,
-            "extension installed but no pg_cron launcher is running",
-            "add pg_cron to shared_preload_libraries and restart PostgreSQL",
-        ),
-        (false, _) => Check::fail(
-            NAME,
-            "pg_cron is not installed in this database",
-            "run token-janitor migrate (as a superuser), or verify with --no-schedule",
+/// pg_cron as [`schedule::check_pg_cron`] diagnoses it for migrate, less what
+/// only scheduling needs.
+fn pg_cron(found: crate::Result<PgCron>) -> Verdict {
+    match found {
+        Ok(PgCron { version, database }) => Verdict::pass(format!(
+            "extension {} installed in '{database}', scheduler running for it",
+            version.unwrap_or_default()
+        )),
+        Err(err) => Verdict::fail(
+            err.to_string(),
+            "do what the message says, or verify with --no-schedule",
         ),
     }
 }
 
-fn job(found: &Result<Option<JobInfo>, tokio_postgres::Error>, schedule: &str) -> Check {
-    const NAME: &str = "job";
-    let found = match found {
-        Ok(found) => found,
-        Err(err) => return Check::error(NAME, err),
-    };
+fn job(found: Option<&JobInfo>, schedule: &str) -> Verdict {
     let remedy = "run token-janitor migrate (with the --schedule you want) to re-install the job";
     let Some(job) = found else {
-        return Check::fail(
-            NAME,
+        return Verdict::fail(
             format!(
                 "no pg_cron job named {JOB_NAME} (in pg_cron's database a role sees only its own \
                  jobs: verify as the role that ran migrate)"
@@ -474,8 +442,7 @@ fn job(found: &Result<Option<JobInfo>, tokio_postgres::Error>, schedule: &str) -
         );
     };
     if job.command != JOB_COMMAND {
-        return Check::fail(
-            NAME,
+        return Verdict::fail(
             format!(
                 "job runs {:?}, expected exactly {JOB_COMMAND:?}",
                 job.command
@@ -484,8 +451,7 @@ fn job(found: &Result<Option<JobInfo>, tokio_postgres::Error>, schedule: &str) -
         );
     }
     if !job.active {
-        return Check::fail(
-            NAME,
+        return Verdict::fail(
             "job is inactive (cron.job.active = false)",
             format!(
                 "SELECT cron.alter_job({}, active => true) in pg_cron's database, or {remedy}",
@@ -494,36 +460,27 @@ fn job(found: &Result<Option<JobInfo>, tokio_postgres::Error>, schedule: &str) -
         );
     }
     if job.schedule != schedule {
-        return Check::fail(
-            NAME,
+        return Verdict::fail(
             format!("job runs on '{}', expected '{schedule}'", job.schedule),
             "pass verify the --schedule that migrate installed, or re-run migrate with it",
         );
     }
-    Check::pass(
-        NAME,
-        format!("{JOB_NAME} active on '{schedule}' (UTC) running `{JOB_COMMAND}`"),
-    )
+    Verdict::pass(format!(
+        "{JOB_NAME} active on '{schedule}' (UTC) running `{JOB_COMMAND}`"
+    ))
 }
 
-fn last_job_run(found: &Result<Option<JobInfo>, tokio_postgres::Error>) -> Check {
-    const NAME: &str = "last-job-run";
-    let job = match found {
-        Ok(job) => job.as_ref(),
-        Err(err) => return Check::error(NAME, err),
-    };
+fn last_job_run(job: Option<&JobInfo>) -> Verdict {
     match job.and_then(|j| Some((j.last_status.as_deref()?, j))) {
-        None => Check::warn(
-            NAME,
+        None => Verdict::warn(
             "pg_cron has not run the job yet",
             "expected on a fresh install; check again after the first scheduled time",
         ),
-        Some(("succeeded", job)) => Check::pass(
-            NAME,
-            format!("succeeded at {}", job.last_start.as_deref().unwrap_or("?")),
-        ),
-        Some((_, job)) => Check::fail(
-            NAME,
+        Some(("succeeded", job)) => Verdict::pass(format!(
+            "succeeded at {}",
+            job.last_start.as_deref().unwrap_or("?")
+        )),
+        Some((_, job)) => Verdict::fail(
             format!(
                 "failed at {}: {}",
                 job.last_start.as_deref().unwrap_or("?"),
@@ -534,33 +491,27 @@ fn last_job_run(found: &Result<Option<JobInfo>, tokio_postgres::Error>) -> Check
     }
 }
 
-async fn unfinished_runs(client: &Client) -> Check {
-    const NAME: &str = "unfinished";
-    let row = match client
+async fn unfinished_runs(client: &Client) -> Found {
+    let row = client
         .query_one(
             "SELECT count(*), min(r.started_at)::text
              FROM auth.cleanup_runs r, auth.cleanup_policy p
              WHERE r.status = 'running' AND r.started_at < now() - p.max_runtime - interval '1 minute'",
             &[],
         )
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let stuck: i64 = row.get(0);
-    if stuck == 0 {
-        Check::pass(NAME, "no run left unfinished past max_runtime")
+    Ok(if stuck == 0 {
+        Verdict::pass("no run left unfinished past max_runtime")
     } else {
-        Check::fail(
-            NAME,
+        Verdict::fail(
             format!(
                 "{stuck} run(s) still 'running' past max_runtime, the oldest from {}",
                 row.get::<_, Option<&str>>(1).unwrap_or("?")
             ),
             "a run was killed or is stuck on a lock: look for it in pg_stat_activity; the next run marks killed runs failed",
         )
-    }
+    })
 }
 
 /// Minutes between runs for the common cron shapes; a week otherwise.
@@ -580,10 +531,9 @@ fn schedule_minutes(schedule: &str) -> i64 {
     }
 }
 
-async fn recent_run(client: &Client, schedule: Option<&str>) -> Check {
-    const NAME: &str = "recent-run";
+async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
     let every = schedule.map_or(24 * 60, schedule_minutes);
-    let row = match client
+    let row = client
         .query_opt(
             "SELECT r.status, r.error, r.started_at::text,
                     r.started_at > now() - make_interval(mins => $1::int * 2) - p.max_runtime
@@ -592,52 +542,42 @@ async fn recent_run(client: &Client, schedule: Option<&str>) -> Check {
              ORDER BY r.started_at DESC LIMIT 1",
             &[&(every as i32)],
         )
-        .await
-    {
-        Ok(row) => row,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let Some(row) = row else {
-        return Check::warn(
-            NAME,
+        return Ok(Verdict::warn(
             "no cleanup run recorded yet",
             "expected on a fresh install; CALL auth.run_token_cleanup() to run one now",
-        );
+        ));
     };
     let (status, error, started, fresh): (&str, Option<&str>, &str, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     if status == "failed" {
-        return Check::fail(
-            NAME,
+        return Ok(Verdict::fail(
             format!(
                 "the last run (started {started}) failed: {}",
                 error.unwrap_or("?")
             ),
             "fix the error, then CALL auth.run_token_cleanup() to confirm",
-        );
+        ));
     }
     if !fresh {
-        return Check::fail(
-            NAME,
+        return Ok(Verdict::fail(
             format!("the last run started {started}, more than twice the schedule's interval ago"),
             "the job is not running: check cron.job_run_details and the pg_cron launcher",
-        );
+        ));
     }
-    Check::pass(NAME, format!("last run {status}, started {started}"))
+    Ok(Verdict::pass(format!(
+        "last run {status}, started {started}"
+    )))
 }
 
-async fn backlog(client: &Client, warn_above: i64) -> Check {
-    const NAME: &str = "backlog";
-    let rows = match client
+async fn backlog(client: &Client, warn_above: i64) -> Found {
+    let rows = client
         .query(
             "SELECT kind, due_rows, exact FROM auth.cleanup_backlog()",
             &[],
         )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let total: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
     let about = if rows.iter().all(|r| r.get::<_, bool>(2)) {
         ""
@@ -651,31 +591,25 @@ async fn backlog(client: &Client, warn_above: i64) -> Check {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if total > warn_above {
-        Check::warn(
-            NAME,
+    Ok(if total > warn_above {
+        Verdict::warn(
             evidence,
             format!(
                 "over {warn_above}: runs are not keeping up; raise max_runtime or run more often, and check for 'partial' runs"
             ),
         )
     } else {
-        Check::pass(NAME, evidence)
-    }
+        Verdict::pass(evidence)
+    })
 }
 
-async fn self_test(client: &Client) -> Check {
-    const NAME: &str = "self-test";
-    let rows = match client
+async fn self_test(client: &Client) -> Found {
+    let rows = client
         .query(
             "SELECT check_name, passed, expected, actual FROM auth.self_test()",
             &[],
         )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(err) => return Check::error(NAME, &err),
-    };
+        .await?;
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| !r.get::<_, bool>(1))
@@ -688,21 +622,17 @@ async fn self_test(client: &Client) -> Check {
             )
         })
         .collect();
-    if failed.is_empty() {
-        Check::pass(
-            NAME,
-            format!(
-                "purge of seeded tokens in every state at a fixed clock: {} assertions held, rolled back",
-                rows.len()
-            ),
-        )
+    Ok(if failed.is_empty() {
+        Verdict::pass(format!(
+            "purge of seeded tokens in every state at a fixed clock: {} assertions held, rolled back",
+            rows.len()
+        ))
     } else {
-        Check::fail(
-            NAME,
+        Verdict::fail(
             failed.join("; "),
             "the purge is broken: re-run token-janitor migrate to restore auth.purge_refresh_tokens, and stop the job until verify passes",
         )
-    }
+    })
 }
 
 #[cfg(test)]

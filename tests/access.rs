@@ -99,6 +99,35 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
     drop_member(&db, &role, client).await;
 }
 
+/// The monitoring role has none of migrate's pg_cron privileges (no USAGE on
+/// schema cron, may not create the extension), and verify's pg_cron check
+/// asks for none of them.
+#[tokio::test]
+async fn the_monitoring_role_verifies_the_schedule_without_migrates_pg_cron_privileges() {
+    let mut cron = CronDb::fresh().await;
+    migrate(&mut cron.client, &token_janitor::MigrateOptions::default())
+        .await
+        .unwrap();
+    let role = format!("tj_login_{}", uuid::Uuid::new_v4().simple());
+    cron.client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN IN ROLE token_janitor_monitor"
+        ))
+        .await
+        .unwrap();
+    let url = token_janitor::DatabaseUrl::parse(&cli_url(&cron.url, &role)).unwrap();
+    let report = verify(&url, &VerifyOptions::default()).await;
+    assert!(report.ok, "{report}");
+    for check in ["pg_cron", "job"] {
+        let found = report.checks.iter().find(|c| c.name == check).unwrap();
+        assert_eq!(found.outcome, Outcome::Pass, "{report}");
+    }
+    cron.client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
 /// Invariant 7: schema auth, its tables and its routines belong to the owner
 /// role, which is no superuser, so no SECURITY DEFINER routine runs as one.
 #[tokio::test]

@@ -117,6 +117,28 @@ async fn schedule_breakage_fails_its_check(#[case] sabotage: &str, #[case] check
     );
 }
 
+/// verify says what migrate would about pg_cron (schedule::check_pg_cron), in
+/// the same words.
+#[tokio::test]
+async fn without_the_pg_cron_extension_verify_fails_naming_it() {
+    let mut cron = CronDb::fresh().await;
+    let unscheduled = MigrateOptions {
+        schedule: None,
+        ..MigrateOptions::default()
+    };
+    migrate(&mut cron.client, &unscheduled).await.unwrap();
+    let report = verify(&cron.url, &VerifyOptions::default()).await;
+    assert_fails(&report, &["pg_cron", "job"]);
+    let pg_cron = report.checks.iter().find(|c| c.name == "pg_cron").unwrap();
+    assert!(
+        pg_cron.evidence.starts_with(&format!(
+            "pg_cron is not installed in database '{}'",
+            cron.url.dbname()
+        )),
+        "{report}"
+    );
+}
+
 #[rstest::rstest]
 #[case::dropped_index("DROP INDEX auth.refresh_tokens_rotated_idx", &["indexes", "plans"])]
 #[case::invalid_index(
