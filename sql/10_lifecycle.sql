@@ -54,21 +54,20 @@ END
 $$;
 
 -- auth.check_ttl: a token lifetime must be positive and at most the policy's
--- max_ttl (which also keeps every expiry finite).
-CREATE OR REPLACE FUNCTION auth.check_ttl(p_ttl interval)
+-- max_ttl, p_max_ttl (which also keeps every expiry finite; NULL: the policy
+-- row is missing).
+CREATE OR REPLACE FUNCTION auth.check_ttl(p_ttl interval, p_max_ttl interval)
 RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_max interval := (SELECT p.max_ttl FROM auth.cleanup_policy p);
 BEGIN
-    IF v_max IS NULL THEN
+    IF p_max_ttl IS NULL THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
-    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > v_max THEN
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > p_max_ttl THEN
         RAISE EXCEPTION 'p_ttl must be a positive interval of at most max_ttl (%), got %',
-            v_max, coalesce(p_ttl::text, 'NULL')
+            p_max_ttl, coalesce(p_ttl::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'max_ttl is a setting of auth.cleanup_policy';
     END IF;
@@ -275,7 +274,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
-    PERFORM auth.check_ttl(p_ttl);
+    PERFORM auth.check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p));
     PERFORM auth.check_now(p_now);
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := p_now + p_ttl;
@@ -349,14 +348,16 @@ DECLARE
     v_session auth.sessions%ROWTYPE;
     v_token   auth.refresh_tokens%ROWTYPE;
     v_next    auth.refresh_tokens%ROWTYPE;
-    v_grace   interval := (SELECT p.reuse_grace FROM auth.cleanup_policy p);
+    v_grace   interval;
+    v_max_ttl interval;
     v_key     bytea;
     v_seal    bytea;
     v_expires timestamptz;
 BEGIN
+    SELECT p.reuse_grace, p.max_ttl INTO v_grace, v_max_ttl FROM auth.cleanup_policy p;
     PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth.check_token_hash('p_new_token_hash', p_new_token_hash);
-    PERFORM auth.check_ttl(p_ttl);
+    PERFORM auth.check_ttl(p_ttl, v_max_ttl);
     PERFORM auth.check_now(p_now);
     PERFORM auth.check_optional_length('p_authenticator', p_authenticator, 16);
     PERFORM auth.check_optional_length('p_successor_seal', p_successor_seal, 32);
