@@ -97,17 +97,14 @@ LANGUAGE plpgsql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_inner bytea := decode(repeat('36', 64), 'hex');
-    v_outer bytea := decode(repeat('5c', 64), 'hex');
+    v_block bytea;
 BEGIN
     IF octet_length(p_key) > 64 THEN
         RAISE EXCEPTION 'an HMAC-SHA256 key longer than 64 bytes must be hashed first';
     END IF;
-    FOR i IN 0 .. octet_length(p_key) - 1 LOOP
-        v_inner := set_byte(v_inner, i, get_byte(p_key, i) # 54);
-        v_outer := set_byte(v_outer, i, get_byte(p_key, i) # 92);
-    END LOOP;
-    RETURN v_inner || v_outer;
+    v_block := p_key || decode(repeat('00', 64 - octet_length(p_key)), 'hex');
+    RETURN auth._xor(v_block, decode(repeat('36', 64), 'hex'))
+        || auth._xor(v_block, decode(repeat('5c', 64), 'hex'));
 END
 $$;
 

@@ -240,3 +240,31 @@ async fn a_leaked_backup_with_an_old_token_mints_nothing_once_the_grace_is_over(
     let from_first = candidates(&db.client, &stored, &oldest).await;
     assert_eq!(minted(&db.client, &live, &from_first).await, 0);
 }
+
+/// The database's MAC is HMAC-SHA256 (RFC 2104), checked against the hmac
+/// crate for keys of every length up to a block and a few messages.
+#[tokio::test]
+async fn the_authenticator_is_hmac_sha256() {
+    let db = TestDb::migrated().await;
+    for key_len in [0usize, 1, 16, 32, 63, 64] {
+        for message in [&b""[..], b"abc", &[7u8; 200]] {
+            let key = random(key_len);
+            let ours: Vec<u8> = db
+                .client
+                .query_one(
+                    "SELECT auth._mac(auth._mac_pads($1), $2)",
+                    &[&key, &message],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+            mac.update(message);
+            assert_eq!(
+                ours,
+                mac.finalize().into_bytes().to_vec(),
+                "key {key_len} bytes"
+            );
+        }
+    }
+}
