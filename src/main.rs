@@ -204,10 +204,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = migrate::migrate(&mut client, &options).await?;
             println!(
-                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt",
+                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt, {} replaced index(es) dropped",
                 report.applied.len(),
                 report.indexes_built.len(),
-                report.indexes_rebuilt.len()
+                report.indexes_rebuilt.len(),
+                report.indexes_retired.len()
             );
             match (report.job_id, &options.schedule) {
                 (Some(id), Some(cron)) => println!(

@@ -115,9 +115,9 @@ async fn schedule_breakage_fails_its_check(#[case] sabotage: &str, #[case] check
 }
 
 #[rstest::rstest]
-#[case::dropped_index("DROP INDEX auth.refresh_tokens_rotated_idx", &["indexes", "plans"])]
+#[case::dropped_index("DROP INDEX auth.refresh_tokens_rotated_purge_idx", &["indexes", "plans"])]
 #[case::invalid_index(
-    "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_idx'::regclass",
+    "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_purge_idx'::regclass",
     &["indexes", "plans"]
 )]
 #[case::divergent_migration("UPDATE refinery_schema_history SET checksum = '42' WHERE version = 2", &["migrations"])]
@@ -223,7 +223,7 @@ async fn verify_json_and_exit_codes() {
     );
 
     db.client
-        .batch_execute("DROP INDEX auth.refresh_tokens_expires_at_idx")
+        .batch_execute("DROP INDEX auth.refresh_tokens_expired_purge_idx")
         .await
         .unwrap();
     let out = run_cli(&["verify", "--no-schedule"], &url).await;

@@ -1,0 +1,14 @@
+-- V7 purge_position
+-- auth.purge_position: where a purge batch of one kind ends and the next
+-- starts, as the full key of its purge index (sql/indexes.sql): the kind's
+-- timestamp, then the primary key. With the primary key in the position,
+-- rows that share one timestamp (a mass revocation, revoke_user_sessions in
+-- one transaction, a bulk import) split between batches inside one index
+-- range scan, where a timestamp alone made the purge delete them one
+-- primary-key lookup at a time (measured: 0.07x the speed of one DELETE on a
+-- table whose 900k due rows share nine timestamps).
+CREATE TYPE auth.purge_position AS (
+    key        timestamptz,
+    session_id uuid,
+    generation integer
+);
