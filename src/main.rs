@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use token_janitor::bench::{self, BenchOptions};
+use token_janitor::bench::{self, BenchOptions, Layout};
 use token_janitor::migrate::{self, MigrateOptions};
 use token_janitor::verify::{VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, schedule, status};
@@ -142,6 +142,14 @@ struct BenchArgs {
     #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
     scaling_live: i64,
 
+    /// Heap layout to measure, repeatable: time (rows in issue order),
+    /// session (a session's rows together), interleaved (live rows between
+    /// the due ones), ties (a mass revocation: a generation's due rows share
+    /// one revoke time), or all. Every strategy runs on the first;
+    /// single-delete and token-janitor on each.
+    #[arg(long = "layout", value_name = "NAME", default_value = "time", value_parser = layout)]
+    layouts: Vec<Vec<Layout>>,
+
     /// Write the report as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<std::path::PathBuf>,
@@ -153,6 +161,16 @@ struct BenchArgs {
     /// Draw the chart into this PNG.
     #[arg(long, value_name = "PATH")]
     png: Option<std::path::PathBuf>,
+}
+
+fn layout(text: &str) -> Result<Vec<Layout>, String> {
+    if text == "all" {
+        return Ok(Layout::ALL.to_vec());
+    }
+    Layout::named(text).map(|l| vec![l]).ok_or_else(|| {
+        let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+        format!("expected all or one of {}", names.join(", "))
+    })
 }
 
 fn share(text: &str) -> Result<f64, String> {
@@ -268,6 +286,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .scaling
                     .then_some((args.scaling_due, args.scaling_live)),
                 batch_size: args.batch_size,
+                layouts: args.layouts.concat().into_iter().fold(
+                    Vec::new(),
+                    |mut layouts, layout| {
+                        if !layouts.contains(&layout) {
+                            layouts.push(layout);
+                        }
+                        layouts
+                    },
+                ),
             };
             let report = bench::run(&url, &options).await?;
             let markdown = report.markdown();
