@@ -12,3 +12,11 @@ CREATE TYPE auth.purge_position AS (
     session_id uuid,
     generation integer
 );
+
+-- auth.cleanup_policy.pace: whether a run paces itself to the token traffic
+-- it sees between batches (auth.run_pace). Off by default: on 2 cores it
+-- brought the p99 of an independent client's rotations during a 2.7M-row
+-- purge from 86.8 ms to 35.7 ms at 300 calls/s, and it makes the purge
+-- slower by as much while that traffic runs (6.3 s against 3.8 s).
+ALTER TABLE auth.cleanup_policy
+    ADD COLUMN pace boolean NOT NULL DEFAULT false;

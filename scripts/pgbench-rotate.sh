@@ -16,6 +16,7 @@
 #     --limit-ms MS     pgbench --latency-limit: a call still waiting this
 #                       long past its scheduled start is skipped and counted
 #                       as failed                                       (100)
+#     --pace            the run with auth.cleanup_policy.pace on (off)
 #
 # Latency is counted from each call's scheduled start (pgbench's latency plus
 # its schedule lag). The purge window's p99 covers the calls scheduled while
@@ -29,7 +30,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
-ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 LIMIT_MS=100
+ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 LIMIT_MS=100 PACE=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) ROWS="$2"; shift 2 ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
         --clients) CLIENTS="$2"; shift 2 ;;
         --idle-seconds) IDLE_S="$2"; shift 2 ;;
         --limit-ms) LIMIT_MS="$2"; shift 2 ;;
+        --pace) PACE=true; shift ;;
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -83,6 +85,7 @@ SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' 
        CASE WHEN g < 9 THEN $REVOKED END, CASE WHEN g < 9 THEN 'rotated' END
 FROM generate_series(0, $SESSIONS - 1) s, generate_series(0, 9) g
 ORDER BY $ORDER;
+UPDATE auth.cleanup_policy SET pace = $PACE;
 VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
 CHECKPOINT;
 SQL
@@ -158,7 +161,7 @@ run=$(sql "${PREFIX}_purge" "SELECT status || ' ' || rotated_deleted || ' ' || b
 aborted=$(cat "$WORK/idle.out" "$WORK/purge.out" | grep -c "aborted" || true)
 
 cat <<REPORT
-rows $ROWS, due $DUE, layout $LAYOUT, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
+rows $ROWS, due $DUE, layout $LAYOUT, pace $PACE, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
 idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped
 purge: p50 $purge_p50 ms, p99 $purge_p99 ms over $purge_n calls, $purge_skipped skipped; run $(awk '{ printf "%s, %s rows in %s batches", $1, $2, $3 }' <<<"$run"), $(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.2f s", (b - a) / 1e6 }')
 p99 purge / idle: $(awk -v a="$purge_p99" -v b="$idle_p99" 'BEGIN { printf "%.2fx", a / b }')

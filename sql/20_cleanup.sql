@@ -477,6 +477,33 @@ BEGIN
 END
 $$;
 
+-- auth.run_pace: called between a run's batches when the policy's `pace`
+-- is on; the run's share of the machine adapts to the token traffic it sees. It counts the other backends
+-- that are inside a transaction on auth.refresh_tokens at this moment
+-- (pg_locks, which every role may read, unlike other roles' rows of
+-- pg_stat_activity) and waits as long as the last batch took (since
+-- p_batch_started) for each, up to four batch lengths: with nothing else
+-- running it returns at once. Locks: none (reading pg_locks takes the lock
+-- manager's partition locks for a moment).
+CREATE OR REPLACE FUNCTION auth.run_pace(p_batch_started timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_busy bigint;
+BEGIN
+    SELECT count(DISTINCT l.pid) INTO v_busy
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.pid <> pg_backend_pid();
+    IF v_busy > 0 THEN
+        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started) * least(v_busy, 4));
+    END IF;
+END
+$$;
+
 -- auth.finish_run: records how run p_run ended and prunes the history past
 -- history_retention (a failure to prune is a warning, not a failed run).
 CREATE OR REPLACE FUNCTION auth.finish_run(
@@ -523,8 +550,10 @@ DECLARE
     c_lock    constant bigint := 1953129324;
     v_started timestamptz := pg_catalog.clock_timestamp();
     v_limit   bigint;
+    v_pace    boolean;
     v_run     bigint;
     v_batch   record;
+    v_batch_started timestamptz;
     v_from    auth.purge_position[];
     v_status  text;
     v_state   text;
@@ -542,10 +571,11 @@ BEGIN
         RETURN;
     END IF;
     v_run := auth.start_run(v_started);
-    SELECT p.batch_size INTO v_limit FROM auth.cleanup_policy p;
+    SELECT p.batch_size, p.pace INTO v_limit, v_pace FROM auth.cleanup_policy p;
     COMMIT;
 
     LOOP
+        v_batch_started := pg_catalog.clock_timestamp();
         BEGIN
             SELECT * INTO v_batch FROM auth.run_batch(v_run, v_started, v_limit, v_from);
         EXCEPTION
@@ -568,6 +598,9 @@ BEGIN
             v_status := 'partial';
         END IF;
         EXIT WHEN v_status IS NOT NULL;
+        IF v_pace THEN
+            PERFORM auth.run_pace(v_batch_started);
+        END IF;
     END LOOP;
 
     PERFORM auth.finish_run(v_run, v_status, v_state, v_error);

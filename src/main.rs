@@ -138,6 +138,12 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
     batch_size: Option<i32>,
 
+    /// Measure the token-janitor runs with auth.cleanup_policy.pace on:
+    /// between batches the run waits while other transactions use the
+    /// token table (default: the policy's default, off).
+    #[arg(long)]
+    pace: bool,
+
     /// Live rows of the smaller scaling table.
     #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
     scaling_live: i64,
@@ -286,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .scaling
                     .then_some((args.scaling_due, args.scaling_live)),
                 batch_size: args.batch_size,
+                pace: args.pace,
                 layouts: args.layouts.concat().into_iter().fold(
                     Vec::new(),
                     |mut layouts, layout| {

@@ -45,6 +45,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "ties",
             "--layout",
             "all",
+            "--pace",
             "--scaling",
             "--scaling-due",
             "2000",
@@ -69,6 +70,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"], 5000);
     assert_eq!(report["batch_size"], 700);
+    assert_eq!(report["pace"], true);
     assert!(report["idle_rotate_p99_ms"].as_f64().unwrap() > 0.0);
     assert!(report["machine"]["cores"].as_u64().unwrap() > 0);
     let layouts = report["layouts"].as_array().unwrap();

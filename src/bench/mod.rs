@@ -43,6 +43,9 @@ pub struct BenchOptions {
     /// The heap layouts to measure, in order; every strategy runs on the
     /// first, single-delete and token-janitor on each. Default: time.
     pub layouts: Vec<Layout>,
+    /// auth.cleanup_policy.pace for the token-janitor runs. Default: false
+    /// (the policy's default).
+    pub pace: bool,
 }
 
 /// A heap layout of the seeded table (DESIGN.md §10).
@@ -118,6 +121,7 @@ impl Default for BenchOptions {
             scaling: None,
             batch_size: None,
             layouts: vec![Layout::Time],
+            pace: false,
         }
     }
 }
@@ -213,6 +217,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             &template,
             layout.shape(options.rows, options.due_share),
             options.batch_size,
+            options.pace,
         )
         .await?;
         batch_size = policy_batch_size;
@@ -288,6 +293,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         rows: options.rows,
         rotate_rate: options.rotate_rate,
         batch_size,
+        pace: options.pace,
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
         idle_rotate_failures: idle.failures,
@@ -297,12 +303,14 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
     })
 }
 
-/// Migrates, seeds and checkpoints a template, with `batch_size` in its
-/// policy when given; returns its due row count and the policy's batch size.
+/// Migrates, seeds and checkpoints a template, with `batch_size` (when
+/// given) and `pace` in its policy; returns its due row count and the
+/// policy's batch size.
 async fn prepare(
     url: &DatabaseUrl,
     shape: seed::Shape,
     batch_size: Option<i32>,
+    pace: bool,
 ) -> Result<(i64, i32)> {
     let mut client = url.connect().await?;
     migrate(
@@ -316,9 +324,9 @@ async fn prepare(
     let due = seed::seed(&client, shape, 1).await?;
     let batch_size: i32 = client
         .query_one(
-            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size)
+            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size), pace = $2
              RETURNING batch_size",
-            &[&batch_size],
+            &[&batch_size, &pace],
         )
         .await
         .map_err(db("setting the policy's batch size"))?
@@ -517,7 +525,7 @@ async fn scale(
             order: seed::Order::Time,
             ties: false,
         };
-        prepare(&url, shape, batch_size).await?;
+        prepare(&url, shape, batch_size, false).await?;
         let run = measure(&url, None, |client| async move {
             purge(&client, "token-janitor", Duration::ZERO).await
         })

@@ -145,6 +145,8 @@ pub struct Report {
     pub rotate_rate: f64,
     /// auth.cleanup_policy.batch_size of the token-janitor runs.
     pub batch_size: i32,
+    /// auth.cleanup_policy.pace of the token-janitor runs.
+    pub pace: bool,
     /// Rotation latency with no purge running.
     pub idle_rotate_p50_ms: f64,
     /// 99th percentile of the same.
@@ -166,10 +168,11 @@ impl Report {
     /// scaling.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
+            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}, pace {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
             self.rows,
             self.rotate_rate,
             self.batch_size,
+            if self.pace { "on" } else { "off" },
             self.idle_rotate_p50_ms,
             self.idle_rotate_p99_ms
         );
