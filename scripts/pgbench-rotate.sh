@@ -16,7 +16,8 @@
 #     --limit-ms MS     pgbench --latency-limit: a call still waiting this
 #                       long past its scheduled start is skipped and counted
 #                       as failed                                       (100)
-#     --pace            the run with auth.cleanup_policy.pace on (off)
+#     --pace            also a purge with auth.cleanup_policy.pace on, on a
+#                       third copy, after the one with pace off
 #
 # Latency is counted from each call's scheduled start (pgbench's latency plus
 # its schedule lag). The purge window's p99 covers the calls scheduled while
@@ -55,7 +56,7 @@ PREFIX="tj_pgbench_$$"
 WORK="$(mktemp -d)"
 SESSIONS=$((ROWS / 10))
 cleanup() {
-    for db in idle purge template; do
+    for db in idle purge paced template; do
         psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${PREFIX}_$db WITH (FORCE)" >/dev/null 2>&1 || true
     done
     rm -rf "$WORK"
@@ -85,7 +86,6 @@ SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' 
        CASE WHEN g < 9 THEN $REVOKED END, CASE WHEN g < 9 THEN 'rotated' END
 FROM generate_series(0, $SESSIONS - 1) s, generate_series(0, 9) g
 ORDER BY $ORDER;
-UPDATE auth.cleanup_policy SET pace = $PACE;
 VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
 CHECKPOINT;
 SQL
@@ -143,29 +143,43 @@ from=$(now_us)
 load idle "$IDLE_S"
 read -r idle_p50 idle_p99 idle_n idle_skipped <<<"$(p99 idle "$((from + 1000000))" "$(now_us)")"
 
-echo "purge: CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
-prepare_copy purge
-load purge "$IDLE_S" &
-loader=$!
-sleep 3
-started=$(now_us)
-sql "${PREFIX}_purge" "CALL auth.run_token_cleanup()"
-finished=$(now_us)
-wait "$loader" || true
-if [ "$(now_us)" -le "$finished" ] || [ $(( (finished - started) / 1000000 + 3 )) -ge "$IDLE_S" ]; then
-    echo "pgbench-rotate.sh: the purge outlasted the load; raise --idle-seconds" >&2
-    exit 1
+# A purge on copy $1 with auth.cleanup_policy.pace = $2 under the same load;
+# prints its report line and leaves its skipped count in $WORK/$1.skipped.
+purge() {
+    echo "purge (pace $2): CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
+    prepare_copy "$1"
+    sql "${PREFIX}_$1" "UPDATE auth.cleanup_policy SET pace = $2" >/dev/null
+    load "$1" "$IDLE_S" &
+    local loader=$! started finished p50 p99 n skipped run
+    sleep 3
+    started=$(now_us)
+    sql "${PREFIX}_$1" "CALL auth.run_token_cleanup()"
+    finished=$(now_us)
+    wait "$loader" || true
+    if [ $(( (finished - started) / 1000000 + 3 )) -ge "$IDLE_S" ]; then
+        echo "pgbench-rotate.sh: the purge outlasted the load; raise --idle-seconds" >&2
+        exit 1
+    fi
+    read -r p50 p99 n skipped <<<"$(p99 "$1" "$started" "$finished")"
+    run=$(sql "${PREFIX}_$1" "SELECT status || ' ' || rotated_deleted || ' ' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1")
+    printf 'purge, pace %-5s p50 %s ms, p99 %s ms (%.2fx idle) over %s calls, %s skipped; run %s, %.2f s\n' \
+        "$2:" "$p50" "$p99" "$(awk -v a="$p99" -v b="$idle_p99" 'BEGIN { print a / b }')" "$n" "$skipped" \
+        "$(awk '{ printf "%s, %s rows in %s batches", $1, $2, $3 }' <<<"$run")" \
+        "$(awk -v a="$started" -v b="$finished" 'BEGIN { print (b - a) / 1e6 }')"
+}
+
+lines=$(purge purge false)
+if [ "$PACE" = true ]; then
+    lines="$lines"$'\n'"$(purge paced true)"
 fi
-read -r purge_p50 purge_p99 purge_n purge_skipped <<<"$(p99 purge "$started" "$finished")"
-run=$(sql "${PREFIX}_purge" "SELECT status || ' ' || rotated_deleted || ' ' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1")
-aborted=$(cat "$WORK/idle.out" "$WORK/purge.out" | grep -c "aborted" || true)
+aborted=$(cat "$WORK"/*.out | grep -c "aborted" || true)
+skipped=$(awk '{ s += $2 } END { print s + 0 }' "$WORK"/*.skipped)
 
 cat <<REPORT
-rows $ROWS, due $DUE, layout $LAYOUT, pace $PACE, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
+rows $ROWS, due $DUE, layout $LAYOUT, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
 idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped
-purge: p50 $purge_p50 ms, p99 $purge_p99 ms over $purge_n calls, $purge_skipped skipped; run $(awk '{ printf "%s, %s rows in %s batches", $1, $2, $3 }' <<<"$run"), $(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.2f s", (b - a) / 1e6 }')
-p99 purge / idle: $(awk -v a="$purge_p99" -v b="$idle_p99" 'BEGIN { printf "%.2fx", a / b }')
+$lines
 pgbench clients aborted (a rotation that did not return 'rotated'): $aborted
 load average: $(cut -d' ' -f1-3 /proc/loadavg)
 REPORT
-[ "$aborted" -eq 0 ] && [ "$idle_skipped" -eq 0 ] && [ "$purge_skipped" -eq 0 ]
+[ "$aborted" -eq 0 ] && [ "$skipped" -eq 0 ]
