@@ -13,6 +13,8 @@
 #     --rate R          rotations per second, all clients together      (300)
 #     --clients C       pgbench connections                             (2)
 #     --idle-seconds S  length of the baseline                          (20)
+#     --purge-seconds S length of the load around each purge, which starts
+#                       3 s in and must end before the load does       (45)
 #     --limit-ms MS     pgbench --latency-limit: a call still waiting this
 #                       long past its scheduled start is skipped and counted
 #                       as failed                                       (100)
@@ -31,7 +33,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
-ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 LIMIT_MS=100 PACE=false
+ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 PACE=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) ROWS="$2"; shift 2 ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
         --rate) RATE="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
         --idle-seconds) IDLE_S="$2"; shift 2 ;;
+        --purge-seconds) PURGE_S="$2"; shift 2 ;;
         --limit-ms) LIMIT_MS="$2"; shift 2 ;;
         --pace) PACE=true; shift ;;
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
@@ -149,15 +152,15 @@ purge() {
     echo "purge (pace $2): CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
     prepare_copy "$1"
     sql "${PREFIX}_$1" "UPDATE auth.cleanup_policy SET pace = $2" >/dev/null
-    load "$1" "$IDLE_S" &
+    load "$1" "$PURGE_S" &
     local loader=$! started finished p50 p99 n skipped run
     sleep 3
     started=$(now_us)
     sql "${PREFIX}_$1" "CALL auth.run_token_cleanup()"
     finished=$(now_us)
     wait "$loader" || true
-    if [ $(( (finished - started) / 1000000 + 3 )) -ge "$IDLE_S" ]; then
-        echo "pgbench-rotate.sh: the purge outlasted the load; raise --idle-seconds" >&2
+    if [ $(( (finished - started) / 1000000 + 3 )) -ge "$PURGE_S" ]; then
+        echo "pgbench-rotate.sh: the purge outlasted the load; raise --purge-seconds" >&2
         exit 1
     fi
     read -r p50 p99 n skipped <<<"$(p99 "$1" "$started" "$finished")"

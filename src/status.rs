@@ -218,7 +218,7 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
         .query_one(
             "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
                     batch_size::text, max_runtime::text, history_retention::text,
-                    reuse_grace::text, max_ttl::text, audit_retention::text
+                    reuse_grace::text, max_ttl::text, audit_retention::text, pace::text
              FROM auth.cleanup_policy",
             &[],
         )
@@ -234,6 +234,7 @@ pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
         "reuse_grace",
         "max_ttl",
         "audit_retention",
+        "pace",
     ]
     .iter()
     .enumerate()
