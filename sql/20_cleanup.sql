@@ -550,10 +550,10 @@ DECLARE
     c_lock    constant bigint := 1953129324;
     v_started timestamptz := pg_catalog.clock_timestamp();
     v_limit   bigint;
-    v_pace    boolean;
+    v_pace    pg_catalog.bool;
     v_run     bigint;
     v_batch   record;
-    v_batch_started timestamptz;
+    v_batch_started pg_catalog.timestamptz;
     v_from    auth.purge_position[];
     v_status  text;
     v_state   text;
