@@ -14,9 +14,11 @@ CREATE TYPE auth.purge_position AS (
 );
 
 -- auth.cleanup_policy.pace: whether a run paces itself to the token traffic
--- it sees between batches (auth.run_pace). Off by default: on 2 cores it
--- brought the p99 of an independent client's rotations during a 2.7M-row
--- purge from 86.8 ms to 35.7 ms at 300 calls/s, and it makes the purge
--- slower by as much while that traffic runs (6.3 s against 3.8 s).
+-- it sees between batches (auth.run_pace). Off by default. Measured with
+-- scripts/pgbench-rotate.sh (2.7M due rows, 300 rotations/s, 2 cores): on a
+-- machine busy with other work the rotations' p99 during the purge was
+-- 35.7 ms paced against 86.8 ms unpaced; on a quiet one pacing bought nothing
+-- (2.17x and 1.97x idle against 1.68x and 2.02x) and the purge took 1.5-2.4x
+-- as long while the traffic ran.
 ALTER TABLE auth.cleanup_policy
     ADD COLUMN pace boolean NOT NULL DEFAULT false;
