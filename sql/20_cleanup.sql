@@ -5,28 +5,40 @@
 -- sequential scans, hash joins and merge joins off for themselves: a batch
 -- must stay a bounded index range (and per-session index probes) whatever the
 -- statistics say, since right after a large delete they are stale and would
--- otherwise turn the next batch into a pass over the whole table.
+-- otherwise turn the next batch into a pass over the whole table. They turn
+-- JIT off as well: a disabled plan type adds 10^10 to the cost of any node
+-- that has no alternative (the seq scan of the one-row policy table), which
+-- crosses jit_above_cost, and every batch then compiled its queries (measured:
+-- 120-130 ms a batch against 10-40 ms for its deletes, half of a run's time).
 
 -- auth.purge_statement: the text of every query the purge runs, so that the
 -- purge and its plan check (auth.explain_purge) cannot drift apart.
--- Every statement takes the same five parameters, used or not:
---   $1 timestamptz  the kind's cutoff (sessions: the expired cutoff)
---   $2 timestamptz  a key value (sessions: the revoked cutoff)
---   $3 bigint       a row count
---   $4 uuid[]       session ids
---   $5 timestamptz  where the kind's key range starts ('-infinity': anywhere)
+-- Every statement takes the same six parameters, used or not:
+--   $1 timestamptz          the kind's cutoff (sessions: the expired cutoff)
+--   $2 auth.purge_position  where a batch's range ends (excluded)
+--   $3 bigint               a row count
+--   $4 uuid[]               session ids
+--   $5 auth.purge_position  where the kind's range starts (included)
+--   $6 timestamptz          sessions: the revoked cutoff
+-- A position is a full key of the kind's purge index (sql/indexes.sql): its
+-- timestamp, then the primary key, so every row has its own place in the
+-- order and a range never needs a lookup per row, however many rows share a
+-- timestamp.
 -- Token kinds: expired (expires_at < $1, whatever the revoke state), revoked
 -- (revoked for any reason but 'rotated', revoked_at < $1) and rotated
--- (revoked 'rotated', revoked_at < $1), with steps 'due' (its due rows, for
--- counting), 'bound' (the ($3 + 1)-th due key from $5), 'below' (delete the
--- due rows from $5 to under key $2), 'all' (delete every due row from $5) and
--- 'ties' (delete $3 due rows at key $2). Starting at $5 lets a run skip the
--- index entries of rows its earlier batches deleted, which stay in the index
--- until vacuum. Deletes of the expired and revoked kinds return the distinct
--- session ids, since they are how a session loses its last token; a rotated
--- row never is (its session still holds a newer token), so that kind, the
--- bulk of the purge, is a plain DELETE, which costs half as much as one that
--- returns its rows.
+-- (revoked 'rotated', revoked_at < $1), with steps 'due' (its due rows from
+-- $5, for counting), 'bound' (the position of the ($3 + 1)-th due row from
+-- $5), 'range' (delete the due rows from $5 to before $2), 'within' (the
+-- same when $5 and $2 share their timestamp: written on the primary key
+-- under that timestamp, since btree stops a row comparison's range scan on
+-- its first column only, and 'range' would read the rest of the timestamp's
+-- rows every batch) and 'all' (delete every due row from $5). Starting at
+-- $5 lets a run skip the index entries of rows its earlier batches deleted,
+-- which stay in the index until vacuum. Deletes of the expired and revoked
+-- kinds return the distinct session ids, since they are how a session loses
+-- its last token; a rotated row never is (its session still holds a newer
+-- token), so that kind, the bulk of the purge, is a plain DELETE, which costs
+-- half as much as one that returns its rows.
 -- Kind 'sessions', steps 'touched' (sessions in $4) and 'sweep' (all): delete
 -- dead sessions that have no token rows.
 CREATE OR REPLACE FUNCTION auth.purge_statement(p_kind text, p_step text)
@@ -39,8 +51,9 @@ DECLARE
     v_due   text;
     v_head  text := 'WITH d AS (DELETE';
     v_tail  text := ' RETURNING session_id) SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
+    v_from  text;
     v_dead  constant text :=
-        'DELETE FROM auth.sessions s WHERE (s.refresh_expires_at < $1 OR s.revoked_at < $2)'
+        'DELETE FROM auth.sessions s WHERE (s.refresh_expires_at < $1 OR s.revoked_at < $6)'
         ' AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = s.id)';
 BEGIN
     CASE p_kind
@@ -64,26 +77,39 @@ BEGIN
         ELSE
             NULL;
     END CASE;
+    v_from := format('(%I, session_id, generation) >= (($5).key, ($5).session_id, ($5).generation)', v_key);
     CASE p_step
         WHEN 'due' THEN
-            RETURN format('SELECT 1 FROM auth.refresh_tokens WHERE %s AND %I >= $5', v_due, v_key);
+            RETURN format('SELECT 1 FROM auth.refresh_tokens WHERE %s AND %s', v_due, v_from);
         WHEN 'bound' THEN
-            RETURN format('SELECT %1$I FROM auth.refresh_tokens WHERE %2$s AND %1$I >= $5'
-                          ' ORDER BY %1$I OFFSET $3 LIMIT 1', v_key, v_due);
-        WHEN 'below' THEN
-            RETURN format('%s FROM auth.refresh_tokens WHERE %s AND %I >= $5 AND %3$I < $2%s',
+            RETURN format('SELECT %1$I, session_id, generation FROM auth.refresh_tokens WHERE %2$s AND %3$s'
+                          ' ORDER BY %1$I, session_id, generation OFFSET $3 LIMIT 1', v_key, v_due, v_from);
+        WHEN 'range' THEN
+            RETURN format('%s FROM auth.refresh_tokens WHERE %s AND %s'
+                          ' AND (%I, session_id, generation) < (($2).key, ($2).session_id, ($2).generation)%s',
+                          v_head, v_due, v_from, v_key, v_tail);
+        WHEN 'within' THEN
+            RETURN format('%s FROM auth.refresh_tokens WHERE %s AND %I = ($2).key'
+                          ' AND (session_id, generation) >= (($5).session_id, ($5).generation)'
+                          ' AND (session_id, generation) < (($2).session_id, ($2).generation)%s',
                           v_head, v_due, v_key, v_tail);
         WHEN 'all' THEN
-            RETURN format('%s FROM auth.refresh_tokens WHERE %s AND %I >= $5%s', v_head, v_due, v_key, v_tail);
-        WHEN 'ties' THEN
-            RETURN format('%s FROM auth.refresh_tokens t WHERE (t.session_id, t.generation) IN ('
-                          'SELECT session_id, generation FROM auth.refresh_tokens WHERE %s AND %I = $2 LIMIT $3)%s',
-                          v_head, v_due, v_key, replace(v_tail, 'RETURNING session_id', 'RETURNING t.session_id'));
+            RETURN format('%s FROM auth.refresh_tokens WHERE %s AND %s%s', v_head, v_due, v_from, v_tail);
         ELSE
             NULL;
     END CASE;
     RAISE EXCEPTION 'no purge statement % for kind %', quote_literal(p_step), quote_literal(p_kind);
 END
+$$;
+
+-- auth.purge_start: the position before every row, where a kind's first
+-- batch starts.
+CREATE OR REPLACE FUNCTION auth.purge_start()
+RETURNS auth.purge_position
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW('-infinity', '00000000-0000-0000-0000-000000000000', -2147483648)::auth.purge_position
 $$;
 
 -- auth.purge_cutoff: rows of p_kind are due when their key is before this
@@ -111,15 +137,14 @@ CREATE OR REPLACE FUNCTION auth.purge_delete(
     p_kind   text,
     p_step   text,
     p_cutoff timestamptz,
-    p_key    timestamptz,
-    p_count  bigint,
-    p_from   timestamptz,
+    p_bound  auth.purge_position,
+    p_from   auth.purge_position,
     OUT deleted bigint,
     OUT touched uuid[]
 )
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 SET enable_indexscan = off
 AS $$
 -- @plpgsql_check_options: security_warnings = false, performance_warnings = false
@@ -129,65 +154,70 @@ AS $$
 BEGIN
     touched := '{}';
     IF p_kind = 'rotated' THEN
-        EXECUTE auth.purge_statement(p_kind, p_step) USING p_cutoff, p_key, p_count, NULL::uuid[], p_from;
+        EXECUTE auth.purge_statement(p_kind, p_step)
+            USING p_cutoff, p_bound, NULL::bigint, NULL::uuid[], p_from, NULL::timestamptz;
         GET DIAGNOSTICS deleted = ROW_COUNT;
     ELSE
         EXECUTE auth.purge_statement(p_kind, p_step) INTO deleted, touched
-            USING p_cutoff, p_key, p_count, NULL::uuid[], p_from;
+            USING p_cutoff, p_bound, NULL::bigint, NULL::uuid[], p_from, NULL::timestamptz;
     END IF;
 END
 $$;
 
--- auth.purge_kind: deletes up to p_limit due token rows of one kind with
--- keys from p_from on, oldest first; returns how many, from which sessions,
--- whether it saw the end of the kind's due rows, and where the next call may
--- start (every due row below `resume` is gone). Row locks: the deleted rows,
--- until the caller's transaction ends. Each step deletes the key range below
--- the (n + 1)-th due key (n: what is left of p_limit), one index range scan
--- with no per-row lookups; rows sharing the bounding key wait for the next
--- step, and when the first n + 1 due rows all share one key, n of them go by
--- primary key.
+-- auth.purge_kind: deletes up to p_limit due token rows of one kind from
+-- position p_from on (NULL: from the start), in index order; returns how
+-- many, from which sessions, whether it saw the end of the kind's due rows,
+-- and where the next call may start (every due row before `resume` is gone).
+-- Row locks: the deleted rows, until the caller's transaction ends. Each step
+-- deletes the range up to the position of the (n + 1)-th due row (n: what is
+-- left of p_limit), one index range scan with no per-row lookups, whether or
+-- not those rows share a timestamp. A step deletes fewer than n rows only
+-- when some of them went meanwhile; the loop then takes the next range.
 CREATE OR REPLACE FUNCTION auth.purge_kind(
     p_kind    text,
     p_cutoff  timestamptz,
     p_limit   bigint,
-    p_from    timestamptz,
+    p_from    auth.purge_position,
     OUT deleted bigint,
     OUT touched uuid[],
     OUT drained boolean,
-    OUT resume timestamptz
+    OUT resume auth.purge_position
 )
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
--- @plpgsql_check_options: security_warnings = false
+-- @plpgsql_check_options: security_warnings = false, other_warnings = false, extra_warnings = false
 -- (plpgsql_check: every EXECUTEd text is built by auth.purge_statement from
--- constants; no caller's value reaches it except through USING.)
+-- constants, no caller's value reaches it except through USING; it cannot
+-- see the row type a dynamic statement returns into v_bound, nor that the
+-- composite OUT value resume is assigned whole.)
 DECLARE
-    v_bound   timestamptz;
+    v_bound   auth.purge_position;
+    v_found   bigint;
     v_step    bigint;
     v_touched uuid[];
 BEGIN
     deleted := 0;
     touched := '{}';
     drained := false;
-    resume := coalesce(p_from, '-infinity');
+    resume := coalesce(p_from, auth.purge_start());
     WHILE deleted < p_limit LOOP
         EXECUTE auth.purge_statement(p_kind, 'bound') INTO v_bound
-            USING p_cutoff, NULL::timestamptz, p_limit - deleted, NULL::uuid[], resume;
-        drained := v_bound IS NULL;
+            USING p_cutoff, NULL::auth.purge_position, p_limit - deleted, NULL::uuid[], resume, NULL::timestamptz;
+        -- EXECUTE leaves FOUND alone; its row count says whether there was a bound.
+        GET DIAGNOSTICS v_found = ROW_COUNT;
+        drained := v_found = 0;
         SELECT * INTO v_step, v_touched
-        FROM auth.purge_delete(p_kind, CASE WHEN drained THEN 'all' ELSE 'below' END,
-                               p_cutoff, v_bound, p_limit - deleted, resume);
-        IF v_step = 0 AND NOT drained THEN
-            SELECT * INTO v_step, v_touched
-            FROM auth.purge_delete(p_kind, 'ties', p_cutoff, v_bound, p_limit - deleted, resume);
-        END IF;
+        FROM auth.purge_delete(p_kind,
+                               CASE WHEN drained THEN 'all'
+                                    WHEN (v_bound).key = (resume).key THEN 'within'
+                                    ELSE 'range' END,
+                               p_cutoff, v_bound, resume);
         deleted := deleted + v_step;
         touched := touched || v_touched;
-        resume := coalesce(v_bound, resume);
         EXIT WHEN drained;
+        resume := v_bound;
     END LOOP;
 END
 $$;
@@ -208,18 +238,20 @@ CREATE OR REPLACE FUNCTION auth.purge_sessions(
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 DECLARE
     v_touched bigint;
     v_swept   bigint := 0::bigint;
 BEGIN
     EXECUTE auth.purge_statement('sessions', 'touched')
-        USING p_expired_cutoff, p_revoked_cutoff, NULL::bigint, p_touched, NULL::timestamptz;
+        USING p_expired_cutoff, NULL::auth.purge_position, NULL::bigint, p_touched,
+              NULL::auth.purge_position, p_revoked_cutoff;
     GET DIAGNOSTICS v_touched = ROW_COUNT;
     IF p_sweep THEN
         EXECUTE auth.purge_statement('sessions', 'sweep')
-            USING p_expired_cutoff, p_revoked_cutoff, NULL::bigint, p_touched, NULL::timestamptz;
+            USING p_expired_cutoff, NULL::auth.purge_position, NULL::bigint, p_touched,
+                  NULL::auth.purge_position, p_revoked_cutoff;
         GET DIAGNOSTICS v_swept = ROW_COUNT;
     END IF;
     RETURN v_touched + v_swept;
@@ -235,7 +267,7 @@ CREATE OR REPLACE FUNCTION auth.explain_purge(p_now timestamptz DEFAULT now())
 RETURNS TABLE (kind text, step text, seq_scan boolean, plan text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 -- @plpgsql_check_options: security_warnings = false
 -- (plpgsql_check: every EXECUTEd text is built by auth.purge_statement from
@@ -243,26 +275,27 @@ AS $$
 DECLARE
     v_policy auth.cleanup_policy%ROWTYPE;
     v_cutoff timestamptz;
-    v_key    timestamptz;
+    v_from   auth.purge_position;
+    v_bound  auth.purge_position;
     v_line   text;
 BEGIN
     SELECT * INTO v_policy FROM auth.cleanup_policy;
     FOR kind, step IN
         SELECT k, s FROM unnest(ARRAY['expired', 'revoked', 'rotated']) k,
-                         unnest(ARRAY['bound', 'below', 'all', 'ties']) s
+                         unnest(ARRAY['bound', 'range', 'within', 'all']) s
         UNION ALL
         SELECT 'sessions', s FROM unnest(ARRAY['touched', 'sweep']) s
     LOOP
         v_cutoff := auth.purge_cutoff(v_policy, kind, p_now);
-        -- A batch's key range ends within the due rows, below the cutoff.
-        v_key := CASE kind WHEN 'sessions' THEN auth.purge_cutoff(v_policy, 'revoked', p_now)
-                           ELSE v_cutoff - interval '1 minute' END;
+        -- A batch's range lies within the due rows, below the cutoff.
+        v_from := ROW(v_cutoff - interval '1 hour', gen_random_uuid(), 0);
+        v_bound := ROW(v_cutoff - interval '1 minute', gen_random_uuid(), 0);
         -- As auth.purge_delete plans the deletes (bitmap scans only).
         PERFORM set_config('enable_indexscan', (step IN ('bound', 'touched', 'sweep'))::text, true);
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth.purge_statement(kind, step)
-            USING v_cutoff, v_key, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
-                  v_cutoff - interval '1 hour'
+            USING v_cutoff, v_bound, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
+                  v_from, auth.purge_cutoff(v_policy, 'revoked', p_now)
         LOOP
             plan := plan || v_line || E'\n';
         END LOOP;
@@ -277,7 +310,7 @@ $$;
 -- where each kind's next batch may start (p_from: the previous batch's
 -- `resume`, NULL for anywhere). A row due under several rules is counted
 -- once, under the first of expired, revoked, rotated.
--- A kind the batch drains gets resume 'infinity', and the run's later batches
+-- A kind the batch drains gets a resume at 'infinity', and the run's later batches
 -- skip it: their cutoffs are the same, so nothing more becomes due for it,
 -- and its queries cost even when they find nothing. Planning `expires_at <
 -- cutoff` with the cutoff below every expiry reads the index's lowest entries
@@ -294,10 +327,10 @@ $$;
 CREATE OR REPLACE FUNCTION auth.purge_batch(
     p_now   timestamptz,
     p_limit bigint,
-    p_from  timestamptz[] DEFAULT NULL
+    p_from  auth.purge_position[] DEFAULT NULL
 )
 RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint,
-               drained boolean, resume timestamptz[])
+               drained boolean, resume auth.purge_position[])
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -324,7 +357,7 @@ BEGIN
     resume := '{}';
 
     FOR i IN 1 .. 3 LOOP
-        IF p_from[i] = 'infinity' THEN
+        IF (p_from[i]).key = 'infinity' THEN
             v_counts := v_counts || 0::bigint;
             resume := resume || p_from[i];
             CONTINUE;
@@ -336,7 +369,8 @@ BEGIN
         v_left := v_left - v_kind.deleted;
         v_touched := v_touched || v_kind.touched;
         drained := drained AND v_kind.drained;
-        resume := resume || CASE WHEN v_kind.drained THEN 'infinity' ELSE v_kind.resume END;
+        resume := resume || CASE WHEN v_kind.drained THEN ROW('infinity', NULL, NULL)::auth.purge_position
+                                 ELSE v_kind.resume END;
     END LOOP;
     expired := v_counts[1];
     revoked := v_counts[2];
@@ -403,7 +437,7 @@ CREATE OR REPLACE FUNCTION auth._purge_security_events(p_now timestamptz, p_limi
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off
+SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     v_deleted bigint;
@@ -427,10 +461,10 @@ CREATE OR REPLACE FUNCTION auth.run_batch(
     p_run     bigint,
     p_started timestamptz,
     p_limit   bigint,
-    p_from    timestamptz[]
+    p_from    auth.purge_position[]
 )
 RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint,
-               drained boolean, resume timestamptz[], out_of_time boolean)
+               drained boolean, resume auth.purge_position[], out_of_time boolean)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -452,6 +486,33 @@ BEGIN
     RETURN QUERY SELECT v_batch.expired, v_batch.revoked, v_batch.rotated, v_batch.sessions,
                         v_batch.drained AND v_events < p_limit, v_batch.resume,
                         clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
+END
+$$;
+
+-- auth.run_pace: called between a run's batches when the policy's `pace`
+-- is on; the run's share of the machine adapts to the token traffic it sees. It counts the other backends
+-- that are inside a transaction on auth.refresh_tokens at this moment
+-- (pg_locks, which every role may read, unlike other roles' rows of
+-- pg_stat_activity) and waits as long as the last batch took (since
+-- p_batch_started) for each, up to four batch lengths: with nothing else
+-- running it returns at once. Locks: none (reading pg_locks takes the lock
+-- manager's partition locks for a moment).
+CREATE OR REPLACE FUNCTION auth.run_pace(p_batch_started timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_busy bigint;
+BEGIN
+    SELECT count(DISTINCT l.pid) INTO v_busy
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.pid <> pg_backend_pid();
+    IF v_busy > 0 THEN
+        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started) * least(v_busy, 4));
+    END IF;
 END
 $$;
 
@@ -505,9 +566,11 @@ DECLARE
     c_lock    constant pg_catalog.int8 := 1953129324::pg_catalog.int8;
     v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
     v_limit   pg_catalog.int4;
+    v_pace    pg_catalog.bool;
     v_run     pg_catalog.int8;
     v_batch   pg_catalog.record;
-    v_from    pg_catalog.timestamptz[];
+    v_batch_started pg_catalog.timestamptz;
+    v_from    auth.purge_position[];
     v_status  pg_catalog.text;
     v_state   pg_catalog.text;
     v_error   pg_catalog.text;
@@ -524,10 +587,11 @@ BEGIN
         RETURN;
     END IF;
     v_run := auth.start_run(v_started);
-    SELECT p.batch_size INTO v_limit FROM auth.cleanup_policy p;
+    SELECT p.batch_size, p.pace INTO v_limit, v_pace FROM auth.cleanup_policy p;
     COMMIT;
 
     LOOP
+        v_batch_started := pg_catalog.clock_timestamp();
         BEGIN
             SELECT * INTO v_batch FROM auth.run_batch(v_run, v_started, v_limit, v_from);
         EXCEPTION
@@ -550,6 +614,9 @@ BEGIN
             v_status := 'partial';
         END IF;
         EXIT WHEN v_status IS NOT NULL;
+        IF v_pace THEN
+            PERFORM auth.run_pace(v_batch_started);
+        END IF;
     END LOOP;
 
     PERFORM auth.finish_run(v_run, v_status, v_state, v_error);
@@ -594,7 +661,7 @@ CREATE OR REPLACE FUNCTION auth.cleanup_backlog(
 RETURNS TABLE (kind text, due_rows bigint, exact boolean)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 DECLARE
     v_policy auth.cleanup_policy%ROWTYPE;
@@ -611,10 +678,12 @@ BEGIN
         v_cutoff := auth.purge_cutoff(v_policy, kind, coalesce(p_now, now()));
         IF exact THEN
             EXECUTE 'SELECT count(*) FROM (' || auth.purge_statement(kind, 'due') || ') d'
-                INTO due_rows USING v_cutoff, NULL::timestamptz, NULL::bigint, NULL::uuid[], '-infinity'::timestamptz;
+                INTO due_rows USING v_cutoff, NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
+                                    auth.purge_start(), NULL::timestamptz;
         ELSE
             EXECUTE 'EXPLAIN (FORMAT JSON) ' || auth.purge_statement(kind, 'due')
-                INTO v_plan USING v_cutoff, NULL::timestamptz, NULL::bigint, NULL::uuid[], '-infinity'::timestamptz;
+                INTO v_plan USING v_cutoff, NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
+                                  auth.purge_start(), NULL::timestamptz;
             due_rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
         END IF;
         RETURN NEXT;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use token_janitor::bench::{self, BenchOptions};
+use token_janitor::bench::{self, BenchOptions, Layout};
 use token_janitor::migrate::{self, MigrateOptions};
 use token_janitor::schedule::CronDatabase;
 use token_janitor::verify::{VerifyOptions, verify};
@@ -153,9 +153,23 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
     batch_size: Option<i32>,
 
+    /// Measure the token-janitor runs with auth.cleanup_policy.pace on:
+    /// between batches the run waits while other transactions use the
+    /// token table (default: the policy's default, off).
+    #[arg(long)]
+    pace: bool,
+
     /// Live rows of the smaller scaling table.
     #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
     scaling_live: i64,
+
+    /// Heap layout to measure, repeatable: time (rows in issue order),
+    /// session (a session's rows together), interleaved (live rows between
+    /// the due ones), ties (a mass revocation: a generation's due rows share
+    /// one revoke time), or all. Every strategy runs on the first;
+    /// single-delete and token-janitor on each.
+    #[arg(long = "layout", value_name = "NAME", default_value = "time", value_parser = layout)]
+    layouts: Vec<Vec<Layout>>,
 
     /// Write the report as JSON here.
     #[arg(long, value_name = "PATH")]
@@ -168,6 +182,16 @@ struct BenchArgs {
     /// Draw the chart into this PNG.
     #[arg(long, value_name = "PATH")]
     png: Option<std::path::PathBuf>,
+}
+
+fn layout(text: &str) -> Result<Vec<Layout>, String> {
+    if text == "all" {
+        return Ok(Layout::ALL.to_vec());
+    }
+    Layout::named(text).map(|l| vec![l]).ok_or_else(|| {
+        let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
+        format!("expected all or one of {}", names.join(", "))
+    })
 }
 
 fn share(text: &str) -> Result<f64, String> {
@@ -232,11 +256,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = migrate::migrate(&mut client, &options).await?;
             println!(
-                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt; \
-                 owned by role {}",
+                "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt, \
+                 {} replaced index(es) dropped; owned by role {}",
                 report.applied.len(),
                 report.indexes_built.len(),
                 report.indexes_rebuilt.len(),
+                report.indexes_retired.len(),
                 report.owner
             );
             match (report.job_id, &options.schedule) {
@@ -305,6 +330,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .scaling
                     .then_some((args.scaling_due, args.scaling_live)),
                 batch_size: args.batch_size,
+                pace: args.pace,
+                layouts: args.layouts.concat().into_iter().fold(
+                    Vec::new(),
+                    |mut layouts, layout| {
+                        if !layouts.contains(&layout) {
+                            layouts.push(layout);
+                        }
+                        layouts
+                    },
+                ),
             };
             let report = bench::run(&url, &options).await?;
             let markdown = report.markdown();

@@ -80,6 +80,15 @@ pub const DEFAULT_MONITOR_ROLE: &str = "token_janitor_monitor";
 /// The purge's indexes, one `CREATE INDEX CONCURRENTLY` statement each.
 const INDEXES: &str = include_str!("../sql/indexes.sql");
 
+/// Indexes of earlier releases that `sql/indexes.sql` replaced, dropped
+/// CONCURRENTLY once their replacements are built: the token kinds' indexes
+/// on the timestamp alone, before the primary key joined their keys.
+const RETIRED_INDEXES: &[&str] = &[
+    "refresh_tokens_expires_at_idx",
+    "refresh_tokens_rotated_idx",
+    "refresh_tokens_revoked_idx",
+];
+
 /// What `migrate` should do beyond the schema.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
@@ -130,6 +139,8 @@ pub struct MigrateReport {
     pub indexes_built: Vec<String>,
     /// INVALID leftovers of interrupted builds that this run dropped and rebuilt.
     pub indexes_rebuilt: Vec<String>,
+    /// Indexes of an earlier release that this run dropped (replaced).
+    pub indexes_retired: Vec<String>,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
     /// The owner role: it owns schema auth's token-janitor objects and the
@@ -260,6 +271,9 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
 
     for index in index_statements() {
         build_index(client, &index, &mut report).await?;
+    }
+    for name in RETIRED_INDEXES {
+        retire_index(client, name, &mut report).await?;
     }
 
     if let Some(cron) = &options.schedule {
@@ -434,5 +448,32 @@ async fn build_index(
         .batch_execute(&index.statement)
         .await
         .map_err(db(context()))?;
+    Ok(())
+}
+
+/// Drops index `name` of an earlier release CONCURRENTLY (its own statement,
+/// outside any transaction) when it exists, so token traffic never waits.
+async fn retire_index(client: &Client, name: &str, report: &mut MigrateReport) -> Result<()> {
+    let context = || format!("dropping the replaced index auth.{name}");
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'auth' AND c.relname = $1 AND c.relkind = 'i'",
+            &[&name],
+        )
+        .await
+        .map_err(db(context()))?
+        .is_some();
+    if exists {
+        tracing::info!(index = %name, "dropping replaced index concurrently");
+        client
+            .batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS auth.\"{name}\""
+            ))
+            .await
+            .map_err(db(context()))?;
+        report.indexes_retired.push(name.to_string());
+    }
     Ok(())
 }

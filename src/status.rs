@@ -215,7 +215,7 @@ pub async fn status_with_cron(
         .query_one(
             "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
                     batch_size::text, max_runtime::text, history_retention::text,
-                    reuse_grace::text, max_ttl::text, audit_retention::text
+                    reuse_grace::text, max_ttl::text, audit_retention::text, pace::text
              FROM auth.cleanup_policy",
             &[],
         )
@@ -231,6 +231,7 @@ pub async fn status_with_cron(
         "reuse_grace",
         "max_ttl",
         "audit_retention",
+        "pace",
     ]
     .iter()
     .enumerate()

@@ -1,6 +1,7 @@
 //! `bench` end to end at a toy size: every strategy deletes the same due
-//! rows, the report carries the documented fields, and no scratch database
-//! is left behind. (The numbers themselves come from `make bench`.)
+//! rows, every layout asked for is measured, the report carries the
+//! documented fields, and no scratch database is left behind. (The numbers
+//! themselves come from `make bench`.)
 
 mod common;
 
@@ -40,6 +41,11 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "20",
             "--batch-size",
             "700",
+            "--layout",
+            "ties",
+            "--layout",
+            "all",
+            "--pace",
             "--scaling",
             "--scaling-due",
             "2000",
@@ -58,11 +64,38 @@ async fn bench_reports_every_strategy_and_cleans_up() {
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"], 5000);
-    assert_eq!(report["due"], 4500);
     assert_eq!(report["batch_size"], 700);
+    assert_eq!(report["pace"], true);
     assert!(report["idle_rotate_p99_ms"].as_f64().unwrap() > 0.0);
     assert!(report["machine"]["cores"].as_u64().unwrap() > 0);
-    let strategies = report["strategies"].as_array().unwrap();
+    let layouts = report["layouts"].as_array().unwrap();
+    let measured: Vec<(&str, i64)> = layouts
+        .iter()
+        .map(|l| (l["layout"].as_str().unwrap(), l["due"].as_i64().unwrap()))
+        .collect();
+    // The first named comes first; a repeat is measured once.
+    assert_eq!(
+        measured,
+        [
+            ("ties", 4500),
+            ("time", 4500),
+            ("session", 4500),
+            ("interleaved", 2250)
+        ]
+    );
+    for layout in &layouts[1..] {
+        let strategies = layout["strategies"].as_array().unwrap();
+        let names: Vec<&str> = strategies
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["single-delete", "token-janitor"], "{layout}");
+        for s in strategies {
+            assert_eq!(s["rows_deleted"], layout["due"], "{s}");
+            assert!(s["ratio_to_single_delete"].as_f64().unwrap() > 0.0, "{s}");
+        }
+    }
+    let strategies = layouts[0]["strategies"].as_array().unwrap();
     let names: Vec<&str> = strategies
         .iter()
         .map(|s| s["name"].as_str().unwrap())
@@ -101,6 +134,9 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         table.contains("| token-janitor |") && table.contains("| hydra-shape |"),
         "{table}"
     );
+    for layout in ["time", "session", "interleaved", "ties"] {
+        assert!(table.contains(&format!("| {layout} | ")), "{table}");
+    }
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     assert_eq!(
         scratch_databases().await,
@@ -117,6 +153,7 @@ async fn bench_refuses_bad_flags() {
         ["bench", "--rotate-rate", "0"],
         ["bench", "--rows", "10"],
         ["bench", "--batch-size", "0"],
+        ["bench", "--layout", "sideways"],
     ] {
         let out = run_cli(&args, "postgres://postgres@127.0.0.1:1/x").await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -99,6 +99,32 @@ async fn a_run_deletes_in_committed_batches_and_records_itself() {
     assert!(finished);
 }
 
+/// With `pace` on, a run that sees another transaction on the token table
+/// between its batches waits a little and still finishes every batch.
+#[tokio::test]
+async fn a_paced_run_waits_on_traffic_and_still_finishes() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_rotated(c, 250).await;
+    set(c, "batch_size = 100, pace = true").await;
+    let mut other = db.connect().await;
+    let traffic = other.transaction().await.unwrap();
+    traffic
+        .execute("SELECT 1 FROM auth.refresh_tokens LIMIT 1", &[])
+        .await
+        .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    traffic.rollback().await.unwrap();
+    let run = &runs(c).await[0];
+    assert_eq!(
+        (run.status.as_str(), run.rotated, run.batches),
+        ("ok", 250, 3)
+    );
+    assert_eq!(live_tokens(c).await, 250);
+}
+
 /// Invariant 4: while one run holds the lock, another returns at once, 'skipped'.
 #[tokio::test]
 async fn an_overlapping_run_is_skipped_at_once() {

@@ -369,6 +369,114 @@ async fn ties_on_the_timestamp_still_make_full_batches() {
     assert_eq!(counts(c).await, (0, 0));
 }
 
+/// A mass revocation at scale: 3,000 families whose three rotated
+/// generations were all revoked at one instant, 1,000 sessions revoked
+/// 'admin' at that instant and 1,000 whose only token expired at one
+/// instant: 11,000 due rows on two timestamps, 3,000 live tokens (which
+/// expire years from now).
+async fn seed_mass_revocation(c: &tokio_postgres::Client) {
+    c.execute(
+        "WITH p (t0, revoked, far) AS (SELECT $1::timestamptz, $2::timestamptz, $3::timestamptz),
+         s AS (
+             INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
+             SELECT 'mass-' || i, p.t0, CASE WHEN i <= 3000 THEN 3 ELSE 0 END,
+                    CASE WHEN i > 4000 THEN p.t0 ELSE p.far END,
+                    CASE WHEN i BETWEEN 3001 AND 4000 THEN p.revoked END,
+                    CASE WHEN i BETWEEN 3001 AND 4000 THEN 'admin' END
+             FROM p, generate_series(1, 5000) i
+             RETURNING id, split_part(user_id, '-', 2)::int AS i)
+         INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+         SELECT s.id, g, sha256(convert_to(s.id::text || g, 'UTF8')), p.t0,
+                CASE WHEN s.i > 4000 THEN p.t0 ELSE p.far END,
+                CASE WHEN s.i BETWEEN 3001 AND 4000 OR s.i <= 3000 AND g < 3 THEN p.revoked END,
+                CASE WHEN s.i BETWEEN 3001 AND 4000 THEN 'admin' WHEN s.i <= 3000 AND g < 3 THEN 'rotated' END
+         FROM p, s, generate_series(0, 3) g
+         WHERE g = 0 OR s.i <= 3000",
+        &[&at(0), &at(MINUTE), &at(3650 * DAY)],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("ANALYZE auth.sessions, auth.refresh_tokens")
+        .await
+        .unwrap();
+}
+
+/// The live tokens: (sessions, rows, rows that are generation 3).
+async fn live_tokens(c: &tokio_postgres::Client) -> (i64, i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT count(DISTINCT session_id), count(*), count(*) FILTER (WHERE generation = 3)
+             FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at > now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Thousands of due rows on one timestamp split between batches at exactly
+/// p_limit rows each, kind after kind, and no live row goes.
+#[tokio::test]
+async fn thousands_of_rows_on_one_timestamp_purge_in_exact_batches() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_mass_revocation(c).await;
+    assert_eq!(counts(c).await, (5000, 14_000));
+    let now = at(8 * DAY);
+    let mut totals = (0, 0, 0, 0);
+    let mut batches = Vec::new();
+    loop {
+        let (e, r, t, s) = purge(c, now, Some(700)).await;
+        if e + r + t == 0 {
+            break;
+        }
+        batches.push(e + r + t);
+        totals = (totals.0 + e, totals.1 + r, totals.2 + t, totals.3 + s);
+        assert_eq!(live_tokens(c).await, (3000, 3000, 3000));
+    }
+    assert_eq!(totals, (1000, 1000, 9000, 2000));
+    let mut expected = vec![700; 15];
+    expected.push(500);
+    assert_eq!(batches, expected);
+    assert_eq!(counts(c).await, (3000, 3000));
+}
+
+/// The same in a scheduled run, whose batches resume where the last one
+/// ended: every count recorded exactly, nothing due left, every live token
+/// still there.
+#[tokio::test]
+async fn a_run_purges_thousands_of_rows_on_one_timestamp_across_batches() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    seed_mass_revocation(c).await;
+    c.batch_execute("UPDATE auth.cleanup_policy SET batch_size = 100")
+        .await
+        .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let run = c
+        .query_one(
+            "SELECT status, batches, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted
+             FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: (&str, i32, i64, i64, i64, i64) = (
+        run.get(0),
+        run.get(1),
+        run.get(2),
+        run.get(3),
+        run.get(4),
+        run.get(5),
+    );
+    // 110 batches of exactly 100 rows: one row more a batch would make 109.
+    assert_eq!(recorded, ("ok", 110, 1000, 1000, 9000, 2000));
+    assert_eq!(live_tokens(c).await, (3000, 3000, 3000));
+    assert_eq!(counts(c).await, (3000, 3000));
+}
+
 #[tokio::test]
 async fn a_negative_limit_is_refused() {
     let db = TestDb::migrated().await;

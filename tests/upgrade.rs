@@ -2,7 +2,8 @@
 //! live rt1_ tokens: they keep rotating (into rt2_ tokens), a genuine replay
 //! still reads reuse_detected while its row exists, and once the row is
 //! purged neither the genuine rt1_ token nor a forged one can revoke the
-//! family.
+//! family. The purge indexes on a timestamp alone give way to the ones
+//! that end with the primary key.
 
 mod common;
 
@@ -32,10 +33,47 @@ async fn legacy_session(client: &tokio_postgres::Client, user: &str) -> String {
 async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
     let mut db = TestDb::empty().await;
     migrate_to(&mut db.client, 3).await;
+    // The previous release's purge indexes: on the timestamp alone.
+    db.client
+        .batch_execute(
+            "CREATE INDEX refresh_tokens_expires_at_idx ON auth.refresh_tokens (expires_at);
+             CREATE INDEX refresh_tokens_rotated_idx ON auth.refresh_tokens (revoked_at)
+                 WHERE revoke_reason = 'rotated';
+             CREATE INDEX refresh_tokens_revoked_idx ON auth.refresh_tokens (revoked_at)
+                 WHERE revoke_reason <> 'rotated';",
+        )
+        .await
+        .unwrap();
     let kept = legacy_session(&db.client, "kept").await;
     let purged = legacy_session(&db.client, "purged").await;
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(report.applied, vec!["V4__trustworthy_tokens"]);
+    assert_eq!(
+        report.applied,
+        vec!["V4__trustworthy_tokens", "V5__purge_position"]
+    );
+    assert_eq!(
+        report.indexes_retired,
+        vec![
+            "refresh_tokens_expires_at_idx",
+            "refresh_tokens_rotated_idx",
+            "refresh_tokens_revoked_idx"
+        ]
+    );
+    let indexes: Vec<String> = column(
+        &db.client,
+        "SELECT indexrelid::regclass::text FROM pg_index
+         WHERE indrelid = 'auth.refresh_tokens'::regclass ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        indexes,
+        [
+            "auth.refresh_tokens_expired_purge_idx",
+            "auth.refresh_tokens_pkey",
+            "auth.refresh_tokens_revoked_purge_idx",
+            "auth.refresh_tokens_rotated_purge_idx"
+        ]
+    );
     db.client
         .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
         .await

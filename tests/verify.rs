@@ -140,9 +140,9 @@ async fn without_the_pg_cron_extension_verify_fails_naming_it() {
 }
 
 #[rstest::rstest]
-#[case::dropped_index("DROP INDEX auth.refresh_tokens_rotated_idx", &["indexes", "plans"])]
+#[case::dropped_index("DROP INDEX auth.refresh_tokens_rotated_purge_idx", &["indexes", "plans"])]
 #[case::invalid_index(
-    "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_idx'::regclass",
+    "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'auth.refresh_tokens_revoked_purge_idx'::regclass",
     &["indexes", "plans"]
 )]
 #[case::superuser_definer("ALTER FUNCTION auth.self_test() OWNER TO postgres", &["owner"])]
@@ -249,7 +249,7 @@ async fn verify_json_and_exit_codes() {
     );
 
     db.client
-        .batch_execute("DROP INDEX auth.refresh_tokens_expires_at_idx")
+        .batch_execute("DROP INDEX auth.refresh_tokens_expired_purge_idx")
         .await
         .unwrap();
     let out = run_cli(&["verify", "--no-schedule"], &url).await;

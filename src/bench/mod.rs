@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-pub use report::{Machine, Report, Scaling, StrategyResult};
-pub use seed::Layout;
+pub use report::{LayoutResult, Machine, Report, Scaling, StrategyResult};
+pub use seed::IdleRows;
 
 use crate::db::DatabaseUrl;
 use crate::error::{Error, Result, db};
@@ -40,6 +40,74 @@ pub struct BenchOptions {
     /// auth.cleanup_policy.batch_size for the token-janitor runs. Default:
     /// the policy's default.
     pub batch_size: Option<i32>,
+    /// The heap layouts to measure, in order; every strategy runs on the
+    /// first, single-delete and token-janitor on each. Default: time.
+    pub layouts: Vec<Layout>,
+    /// auth.cleanup_policy.pace for the token-janitor runs. Default: false
+    /// (the policy's default).
+    pub pace: bool,
+}
+
+/// A heap layout of the seeded table (DESIGN.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Rows in the order they were issued, as a table fills.
+    Time,
+    /// A session's rows together (heap order = primary key order, as after
+    /// a restore or a CLUSTER), sessions in login order.
+    Session,
+    /// Half the rows are single live tokens issued over the same week as
+    /// the due rows, between them in the heap (sessions idle for days).
+    Interleaved,
+    /// As `session`, with every due row of a generation revoked at one
+    /// instant: a mass revocation (one UPDATE over every session).
+    Ties,
+}
+
+impl Layout {
+    /// Every layout, in the order `--layout all` measures them.
+    pub const ALL: [Layout; 4] = [
+        Layout::Time,
+        Layout::Session,
+        Layout::Interleaved,
+        Layout::Ties,
+    ];
+
+    /// The name `--layout` takes and the report shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Time => "time",
+            Layout::Session => "session",
+            Layout::Interleaved => "interleaved",
+            Layout::Ties => "ties",
+        }
+    }
+
+    /// The layout called `name`, if any.
+    pub fn named(name: &str) -> Option<Layout> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// What to seed for `rows` token rows with `due_share` of the families'
+    /// rows due.
+    fn shape(self, rows: i64, due_share: f64) -> seed::Shape {
+        let (family_rows, idle_rows) = match self {
+            Layout::Interleaved => (rows / 2, rows - rows / 2),
+            _ => (rows, 0),
+        };
+        seed::Shape {
+            family_rows,
+            due: (family_rows as f64 * due_share.clamp(0.0, 0.9)) as i64,
+            idle_rows,
+            idle_layout: IdleRows::Interleaved,
+            order: match self {
+                Layout::Session | Layout::Ties => seed::Order::Session,
+                Layout::Time | Layout::Interleaved => seed::Order::Time,
+            },
+            ties: self == Layout::Ties,
+        }
+    }
 }
 
 impl Default for BenchOptions {
@@ -52,6 +120,8 @@ impl Default for BenchOptions {
             peer_cap: Duration::from_secs(60),
             scaling: None,
             batch_size: None,
+            layouts: vec![Layout::Time],
+            pace: false,
         }
     }
 }
@@ -136,81 +206,108 @@ pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report>
 }
 
 async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report> {
-    let due_rows = (options.rows as f64 * options.due_share.clamp(0.0, 0.9)) as i64;
-    let template = scratch.create("template", None).await?;
-    let shape = seed::Shape {
-        family_rows: options.rows,
-        due: due_rows,
-        idle_rows: 0,
-        idle_layout: Layout::Recent,
-    };
-    let (due, batch_size) = prepare(&template, shape, options.batch_size).await?;
-    let targets = live_tokens(&template).await?;
-
-    eprintln!(
-        "idle baseline: {} rotations/s for {}s",
-        options.rotate_rate, options.idle_seconds
-    );
-    let idle_db = scratch.create("idle", Some("template")).await?;
-    let traffic = Some((&targets, options.rotate_rate));
-    let idle = measure(&idle_db, traffic, |_| async {
-        tokio::time::sleep(Duration::from_secs_f64(options.idle_seconds)).await;
-        Ok(0)
-    })
-    .await?;
-    scratch.drop("idle").await;
-
-    let mut strategies = Vec::new();
-    for name in STRATEGIES {
-        eprintln!(
-            "{name}: deleting {due} due rows under {} rotations/s",
-            options.rotate_rate
-        );
-        let suffix = name.replace('-', "_");
-        let copy = scratch.create(&suffix, Some("template")).await?;
-        let cap = options.peer_cap;
-        let run = measure(&copy, traffic, |client| async move {
-            purge(&client, name, cap).await
-        })
+    let mut idle = None;
+    let mut batch_size = 0;
+    let mut layouts = Vec::new();
+    for (n, layout) in options.layouts.iter().copied().enumerate() {
+        let template_suffix = format!("{}_template", layout.name());
+        let template = scratch.create(&template_suffix, None).await?;
+        eprintln!("layout {}: seeding {} rows", layout.name(), options.rows);
+        let (due, policy_batch_size) = prepare(
+            &template,
+            layout.shape(options.rows, options.due_share),
+            options.batch_size,
+            options.pace,
+        )
         .await?;
-        scratch.drop(&suffix).await;
-        strategies.push(StrategyResult::new(name, run, due));
-    }
-    let single = strategies[0].rows_per_s;
-    for s in &mut strategies {
-        s.ratio_to_single_delete = if single > 0.0 {
-            s.rows_per_s / single
+        batch_size = policy_batch_size;
+        let targets = live_tokens(&template).await?;
+        let traffic = Some((&targets, options.rotate_rate));
+
+        if idle.is_none() {
+            eprintln!(
+                "idle baseline: {} rotations/s for {}s",
+                options.rotate_rate, options.idle_seconds
+            );
+            let idle_db = scratch.create("idle", Some(&template_suffix)).await?;
+            idle = Some(
+                measure(&idle_db, traffic, |_| async {
+                    tokio::time::sleep(Duration::from_secs_f64(options.idle_seconds)).await;
+                    Ok(0)
+                })
+                .await?,
+            );
+            scratch.drop("idle").await;
+        }
+
+        // Peers take minutes: they run on the first layout only.
+        let names = if n == 0 {
+            &STRATEGIES[..]
         } else {
-            0.0
+            &STRATEGIES[..2]
         };
+        let mut strategies = Vec::new();
+        for name in names {
+            eprintln!(
+                "{} / {name}: deleting {due} due rows under {} rotations/s",
+                layout.name(),
+                options.rotate_rate
+            );
+            let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
+            let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
+            let cap = options.peer_cap;
+            let run = measure(&copy, traffic, |client| async move {
+                purge(&client, name, cap).await
+            })
+            .await?;
+            scratch.drop(&suffix).await;
+            strategies.push(StrategyResult::new(name, run, due));
+        }
+        scratch.drop(&template_suffix).await;
+        let single = strategies[0].rows_per_s;
+        for s in &mut strategies {
+            s.ratio_to_single_delete = if single > 0.0 {
+                s.rows_per_s / single
+            } else {
+                0.0
+            };
+        }
+        layouts.push(LayoutResult {
+            layout,
+            due,
+            strategies,
+        });
     }
+    let idle = idle.ok_or_else(|| Error::Bench("no layout to measure".into()))?;
 
     let mut scaling = Vec::new();
     if let Some((due, live)) = options.scaling {
-        for layout in [Layout::Recent, Layout::Interleaved] {
-            scaling.push(scale(scratch, due, live, layout, options.batch_size).await?);
+        for placement in [IdleRows::Recent, IdleRows::Interleaved] {
+            scaling.push(scale(scratch, due, live, placement, options.batch_size).await?);
         }
     }
     Ok(Report {
         rows: options.rows,
-        due,
         rotate_rate: options.rotate_rate,
         batch_size,
+        pace: options.pace,
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
         idle_rotate_failures: idle.failures,
         machine: Machine::detect(&scratch.admin).await,
-        strategies,
+        layouts,
         scaling,
     })
 }
 
-/// Migrates, seeds and checkpoints a template, with `batch_size` in its
-/// policy when given; returns its due row count and the policy's batch size.
+/// Migrates, seeds and checkpoints a template, with `batch_size` (when
+/// given) and `pace` in its policy; returns its due row count and the
+/// policy's batch size.
 async fn prepare(
     url: &DatabaseUrl,
     shape: seed::Shape,
     batch_size: Option<i32>,
+    pace: bool,
 ) -> Result<(i64, i32)> {
     let mut client = url.connect().await?;
     migrate(
@@ -224,9 +321,9 @@ async fn prepare(
     let due = seed::seed(&client, shape, 1).await?;
     let batch_size: i32 = client
         .query_one(
-            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size)
+            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size), pace = $2
              RETURNING batch_size",
-            &[&batch_size],
+            &[&batch_size, &pace],
         )
         .await
         .map_err(db("setting the policy's batch size"))?
@@ -404,25 +501,27 @@ async fn scale(
     scratch: &mut Scratch,
     due: i64,
     live: i64,
-    layout: Layout,
+    placement: IdleRows,
     batch_size: Option<i32>,
 ) -> Result<Scaling> {
     let mut seconds = Vec::new();
     for factor in [1, 5] {
         let family_rows = (due as f64 / 0.9).ceil() as i64;
         eprintln!(
-            "scaling: {due} due rows with {} live rows ({layout:?})",
+            "scaling: {due} due rows with {} live rows ({placement:?})",
             live * factor
         );
-        let suffix = format!("scale_{layout:?}_{factor}").to_lowercase();
+        let suffix = format!("scale_{placement:?}_{factor}").to_lowercase();
         let url = scratch.create(&suffix, None).await?;
         let shape = seed::Shape {
             family_rows,
             due,
             idle_rows: live * factor,
-            idle_layout: layout,
+            idle_layout: placement,
+            order: seed::Order::Time,
+            ties: false,
         };
-        prepare(&url, shape, batch_size).await?;
+        prepare(&url, shape, batch_size, false).await?;
         let run = measure(&url, None, |client| async move {
             purge(&client, "token-janitor", Duration::ZERO).await
         })
@@ -431,7 +530,7 @@ async fn scale(
         seconds.push((live * factor, run.seconds));
     }
     Ok(Scaling {
-        layout,
+        layout: placement,
         due,
         live_rows: seconds.iter().map(|s| s.0).collect(),
         seconds: seconds.iter().map(|s| s.1).collect(),

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -101,11 +102,30 @@ impl StrategyResult {
     }
 }
 
+/// The strategies' numbers on one heap layout.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayoutResult {
+    /// The layout.
+    pub layout: super::Layout,
+    /// Due rows in its table (every strategy deletes these).
+    pub due: i64,
+    /// single-delete first; every strategy on the first layout measured,
+    /// single-delete and token-janitor on the others.
+    pub strategies: Vec<StrategyResult>,
+}
+
+impl LayoutResult {
+    /// token-janitor's numbers on this layout, if it ran.
+    pub fn token_janitor(&self) -> Option<&StrategyResult> {
+        self.strategies.iter().find(|s| s.name == "token-janitor")
+    }
+}
+
 /// Purge time for a fixed number of due rows as the rest of the table grows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scaling {
     /// Where the live rows sit relative to the due rows.
-    pub layout: super::Layout,
+    pub layout: super::IdleRows,
     /// Due rows in each table.
     pub due: i64,
     /// Other (live) rows in each table.
@@ -119,14 +139,14 @@ pub struct Scaling {
 /// Everything one bench run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Token rows seeded.
+    /// Token rows seeded for each layout.
     pub rows: i64,
-    /// Of which due.
-    pub due: i64,
     /// Rotations per second during every phase.
     pub rotate_rate: f64,
     /// auth.cleanup_policy.batch_size of the token-janitor runs.
     pub batch_size: i32,
+    /// auth.cleanup_policy.pace of the token-janitor runs.
+    pub pace: bool,
     /// Rotation latency with no purge running.
     pub idle_rotate_p50_ms: f64,
     /// 99th percentile of the same.
@@ -135,48 +155,75 @@ pub struct Report {
     pub idle_rotate_failures: usize,
     /// Where it ran.
     pub machine: Machine,
-    /// One entry per strategy, single-delete first.
-    pub strategies: Vec<StrategyResult>,
+    /// One entry per layout measured, in the order measured.
+    pub layouts: Vec<LayoutResult>,
     /// The scaling measurements, one per layout, when asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scaling: Vec<Scaling>,
 }
 
 impl Report {
-    /// A Markdown table of the strategies, with the idle baseline and scaling.
+    /// Markdown tables: token-janitor against single-delete on every
+    /// layout, then every strategy on the first, with the idle baseline and
+    /// scaling.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{} token rows, {} due; rotate_token at {}/s throughout; token-janitor batch_size {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
+            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}, pace {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
             self.rows,
-            self.due,
             self.rotate_rate,
             self.batch_size,
+            if self.pace { "on" } else { "off" },
             self.idle_rotate_p50_ms,
             self.idle_rotate_p99_ms
         );
         out.push_str(
-            "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| layout | due rows | single-delete s | token-janitor s | token-janitor vs single-delete | rotate p99 ms single-delete / token-janitor | token-janitor p99 vs idle | failed rotations |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for s in &self.strategies {
+        for layout in &self.layouts {
+            let single = &layout.strategies[0];
+            let Some(janitor) = layout.token_janitor() else {
+                continue;
+            };
             out.push_str(&format!(
-                "| {}{} | {} | {:.2} | {:.0} | {:.2}x | {:.1} | {:.2} | {:.2} | {:.2}x | {} |\n",
-                s.name,
-                if s.complete { "" } else { " (capped)" },
-                s.rows_deleted,
-                s.seconds,
-                s.rows_per_s,
-                s.ratio_to_single_delete,
-                s.wal_bytes as f64 / 1_048_576.0,
-                s.rotate_p50_ms,
-                s.rotate_p99_ms,
-                if self.idle_rotate_p99_ms > 0.0 {
-                    s.rotate_p99_ms / self.idle_rotate_p99_ms
-                } else {
-                    0.0
-                },
-                s.rotate_failures
+                "| {} | {} | {:.2} | {:.2} | {:.2}x | {:.2} / {:.2} | {:.2}x | {} |\n",
+                layout.layout.name(),
+                layout.due,
+                single.seconds,
+                janitor.seconds,
+                janitor.ratio_to_single_delete,
+                single.rotate_p99_ms,
+                janitor.rotate_p99_ms,
+                self.vs_idle(janitor.rotate_p99_ms),
+                single.rotate_failures + janitor.rotate_failures
             ));
+        }
+        if let Some(first) = self.layouts.first() {
+            out.push_str(&format!(
+                "\nEvery strategy on layout {} ({} due rows):\n\n",
+                first.layout.name(),
+                first.due
+            ));
+            out.push_str(
+                "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
+            for s in &first.strategies {
+                out.push_str(&format!(
+                    "| {}{} | {} | {:.2} | {:.0} | {:.2}x | {:.1} | {:.2} | {:.2} | {:.2}x | {} |\n",
+                    s.name,
+                    if s.complete { "" } else { " (capped)" },
+                    s.rows_deleted,
+                    s.seconds,
+                    s.rows_per_s,
+                    s.ratio_to_single_delete,
+                    s.wal_bytes as f64 / 1_048_576.0,
+                    s.rotate_p50_ms,
+                    s.rotate_p99_ms,
+                    self.vs_idle(s.rotate_p99_ms),
+                    s.rotate_failures
+                ));
+            }
         }
         for scaling in &self.scaling {
             out.push_str(&format!(
@@ -198,8 +245,19 @@ impl Report {
         out
     }
 
-    /// Draws rows/s per strategy and rotation p99 (idle and during each
-    /// purge) side by side into a PNG.
+    /// `p99_ms` over the idle baseline's p99; 0 without a baseline.
+    fn vs_idle(&self, p99_ms: f64) -> f64 {
+        if self.idle_rotate_p99_ms > 0.0 {
+            p99_ms / self.idle_rotate_p99_ms
+        } else {
+            0.0
+        }
+    }
+
+    /// Draws three panels into a PNG: rows/s per strategy on the first
+    /// layout (log scale: peers run 100x slower), rotation p99 idle and
+    /// during each strategy, and token-janitor's speed over single-delete's
+    /// on every layout; each bar carries its value.
     ///
     /// # Errors
     /// When no TrueType font can be read or the file cannot be written.
@@ -219,36 +277,69 @@ impl Report {
     }
 
     fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+        let root = BitMapBackend::new(path, (1800, 520)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (left, right) = root.split_horizontally(600);
-        let names: Vec<&str> = self.strategies.iter().map(|s| s.name.as_str()).collect();
+        let panels = root.split_evenly((1, 3));
+        let strategies = self
+            .layouts
+            .first()
+            .map_or(&[][..], |l| l.strategies.as_slice());
+        let names: Vec<&str> = strategies.iter().map(|s| s.name.as_str()).collect();
+        let rates: Vec<f64> = strategies.iter().map(|s| s.rows_per_s).collect();
         bars(
-            &left,
-            "rows deleted per second",
+            &panels[0],
+            "rows deleted per second (log scale)",
             &names,
-            &self
-                .strategies
-                .iter()
-                .map(|s| s.rows_per_s)
-                .collect::<Vec<_>>(),
-            None,
-            0,
+            &rates,
+            &Scale::Log,
         )?;
         let mut latency_names = vec!["idle"];
         latency_names.extend(&names);
         let mut latencies = vec![self.idle_rotate_p99_ms];
-        latencies.extend(self.strategies.iter().map(|s| s.rotate_p99_ms));
+        latencies.extend(strategies.iter().map(|s| s.rotate_p99_ms));
         bars(
-            &right,
+            &panels[1],
             "rotate_token p99 ms (line: 2x idle)",
             &latency_names,
             &latencies,
-            Some(2.0 * self.idle_rotate_p99_ms),
-            1,
+            &Scale::Linear {
+                line: Some(2.0 * self.idle_rotate_p99_ms),
+            },
+        )?;
+        let layout_names: Vec<&str> = self.layouts.iter().map(|l| l.layout.name()).collect();
+        let ratios: Vec<f64> = self
+            .layouts
+            .iter()
+            .map(|l| l.token_janitor().map_or(0.0, |t| t.ratio_to_single_delete))
+            .collect();
+        bars(
+            &panels[2],
+            "token-janitor / single DELETE by layout (line: 0.6x)",
+            &layout_names,
+            &ratios,
+            &Scale::Linear { line: Some(0.6) },
         )?;
         root.present()?;
         Ok(())
+    }
+}
+
+/// A bar panel's value axis.
+enum Scale {
+    /// From zero, with an optional red reference line.
+    Linear { line: Option<f64> },
+    /// Powers of ten, for values that differ by orders of magnitude.
+    Log,
+}
+
+/// A bar's label: three significant digits, thousands without decimals.
+fn label(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
     }
 }
 
@@ -257,22 +348,34 @@ fn bars(
     title: &str,
     names: &[&str],
     values: &[f64],
-    line: Option<f64>,
-    decimals: usize,
+    scale: &Scale,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let top = values
-        .iter()
-        .copied()
-        .chain(line)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
+    // A log axis is drawn as log10 of each value, labelled with the powers.
+    let (heights, line, bottom, top): (Vec<f64>, Option<f64>, f64, f64) = match scale {
+        Scale::Linear { line } => {
+            let top = values
+                .iter()
+                .copied()
+                .chain(*line)
+                .fold(0.0, f64::max)
+                .max(1e-9)
+                * 1.15;
+            (values.to_vec(), *line, 0.0, top)
+        }
+        Scale::Log => {
+            let logs: Vec<f64> = values.iter().map(|v| v.max(1.0).log10()).collect();
+            let top = logs.iter().copied().fold(0.0, f64::max).ceil() + 0.3;
+            let bottom = logs.iter().copied().fold(top, f64::min).floor().max(0.0);
+            (logs, None, bottom, top)
+        }
+    };
+    let log = matches!(scale, Scale::Log);
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(0.0..names.len() as f64, 0.0..top)?;
+        .build_cartesian_2d(0.0..names.len() as f64, bottom..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -287,15 +390,31 @@ fn bars(
                 String::new()
             }
         })
-        .y_label_formatter(&|y| format!("{y:.decimals$}"))
+        .y_labels(if log { (top - bottom) as usize + 1 } else { 10 })
+        .y_label_formatter(&|y| {
+            if log {
+                label(10f64.powf(*y))
+            } else {
+                label(*y)
+            }
+        })
         .label_style(("sans-serif", 14))
         .draw()?;
-    chart.draw_series(values.iter().enumerate().map(|(i, v)| {
+    chart.draw_series(heights.iter().enumerate().map(|(i, h)| {
         Rectangle::new(
-            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+            [(i as f64 + 0.15, bottom), (i as f64 + 0.85, *h)],
             BLUE.mix(0.7).filled(),
         )
     }))?;
+    let on_top =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    chart.draw_series(
+        values
+            .iter()
+            .zip(&heights)
+            .enumerate()
+            .map(|(i, (v, h))| Text::new(label(*v), (i as f64 + 0.5, *h), on_top.clone())),
+    )?;
     if let Some(y) = line {
         chart.draw_series(LineSeries::new(
             [(0.0, y), (names.len() as f64, y)],

@@ -1,6 +1,8 @@
-//! Seeding a realistic token table with COPY: families of ten tokens issued
-//! in time order (so the heap is in time order, as in production), the older
-//! generations rotated, the newest live.
+//! Seeding a realistic token table with COPY: families of ten tokens, the
+//! older generations rotated, the newest live, laid out in the heap in time
+//! order (as a table fills in production) or a session's rows together (as
+//! after a restore or a CLUSTER), with distinct revoke times or a mass
+//! revocation's shared ones.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,13 +31,28 @@ pub struct Shape {
     /// Extra live rows: families of one token.
     pub idle_rows: i64,
     /// Where the extra live rows sit in time (and so in the heap).
-    pub idle_layout: Layout,
+    pub idle_layout: IdleRows,
+    /// The heap order of the families' rows.
+    pub order: Order,
+    /// Every due row of a generation revoked at one instant (a mass
+    /// revocation), instead of each at its own time.
+    pub ties: bool,
+}
+
+/// The heap order of the families' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// In the order they were issued, as a table fills.
+    Time,
+    /// By primary key: a session's rows together, sessions in the order
+    /// they logged in.
+    Session,
 }
 
 /// Where extra live rows sit relative to the due rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Layout {
+pub enum IdleRows {
     /// Issued in the last 50 minutes, after every due row: sessions that
     /// refresh often, the common case.
     Recent,
@@ -100,7 +117,12 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
     // Revoke time of the i-th rotated row in time order: due ones spread over a
     // week ending two hours ago, the rest over the last 50 minutes.
     let revoke_at = |i: i64| -> SystemTime {
-        if i < due {
+        if i < due && shape.ties {
+            // One instant per generation: (GENERATIONS - generation) hours
+            // before the two-hour mark.
+            let generation = i / families.max(1) as i64;
+            now - Duration::from_secs(7200 + 3600 * (GENERATIONS - generation) as u64)
+        } else if i < due {
             now - Duration::from_secs(7200) - Duration::from_secs_f64((due - i) as f64 * due_step)
         } else {
             now - Duration::from_secs(3000)
@@ -131,11 +153,11 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
         }
     }
     let (idle_from, idle_span) = match shape.idle_layout {
-        Layout::Recent => (
+        IdleRows::Recent => (
             now - Duration::from_secs(3000),
             Duration::from_secs(45 * 60),
         ),
-        Layout::Interleaved => (now - 7 * DAY - Duration::from_secs(7200), 7 * DAY),
+        IdleRows::Interleaved => (now - 7 * DAY - Duration::from_secs(7200), 7 * DAY),
     };
     let idle_step = idle_span.as_secs_f64() / idle.max(1) as f64;
     for k in 0..idle {
@@ -147,7 +169,10 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
             revoked: None,
         });
     }
-    tokens.sort_by_key(|t| t.issued);
+    match shape.order {
+        Order::Time => tokens.sort_by_key(|t| t.issued),
+        Order::Session => tokens.sort_by_key(|t| (t.session, t.generation)),
+    }
 
     let mut first_issued = vec![now; sessions.len()];
     let mut last_issued = vec![UNIX_EPOCH; sessions.len()];

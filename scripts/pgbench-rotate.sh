@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# pgbench-rotate.sh — how a purge disturbs an independent client: pgbench
+# calls auth.rotate_token open loop (a fixed schedule, so a stall shows up as
+# schedule lag instead of fewer calls) while CALL auth.run_token_cleanup()
+# deletes the due rows of a seeded table, and the same load with no purge is
+# the baseline. Both run on copies of one seeded database, back to back.
+#
+#   DATABASE_URL=postgres://…/any scripts/pgbench-rotate.sh [options]
+#     --rows N          token rows to seed, ten per session, 90% due (3000000)
+#     --layout L        time (rows in issue order) or ties (a session's rows
+#                       together, each generation's due rows revoked at one
+#                       instant: a mass revocation)                     (time)
+#     --rate R          rotations per second, all clients together      (300)
+#     --clients C       pgbench connections                             (2)
+#     --idle-seconds S  length of the baseline                          (20)
+#     --purge-seconds S length of the load around each purge, which starts
+#                       3 s in and must end before the load does       (45)
+#     --limit-ms MS     pgbench --latency-limit: a call still waiting this
+#                       long past its scheduled start is skipped and counted
+#                       as failed                                       (100)
+#     --pace            also a purge with auth.cleanup_policy.pace on, on a
+#                       third copy, after the one with pace off
+#
+# Latency is counted from each call's scheduled start (pgbench's latency plus
+# its schedule lag). The purge window's p99 covers the calls scheduled while
+# the purge ran. A rotation that does not return 'rotated' aborts its client
+# (division by zero), which pgbench reports and this script fails on.
+#
+# It creates databases tj_pgbench_<pid>_* on the server and drops them at the
+# end, whatever happens. Needs psql and pgbench (postgresql-client 15) and
+# builds token-janitor (debug) when TJ is not set.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 PACE=false
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rows) ROWS="$2"; shift 2 ;;
+        --layout) LAYOUT="$2"; shift 2 ;;
+        --rate) RATE="$2"; shift 2 ;;
+        --clients) CLIENTS="$2"; shift 2 ;;
+        --idle-seconds) IDLE_S="$2"; shift 2 ;;
+        --purge-seconds) PURGE_S="$2"; shift 2 ;;
+        --limit-ms) LIMIT_MS="$2"; shift 2 ;;
+        --pace) PACE=true; shift ;;
+        *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+case "$LAYOUT" in time|ties) ;; *) echo "pgbench-rotate.sh: --layout is time or ties" >&2; exit 2 ;; esac
+: "${DATABASE_URL:?set DATABASE_URL to any database on the server (scripts/pg.sh start prints one)}"
+if [ -z "${TJ:-}" ]; then
+    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin token-janitor
+    TJ="$ROOT/target/debug/token-janitor"
+fi
+
+SERVER="${DATABASE_URL%/*}"
+PREFIX="tj_pgbench_$$"
+WORK="$(mktemp -d)"
+SESSIONS=$((ROWS / 10))
+cleanup() {
+    for db in idle purge paced template; do
+        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${PREFIX}_$db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+sql() { psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$1" -c "$2"; }
+
+# The template: migrated, then SESSIONS families of ten tokens, generations
+# 0-8 rotated between two days and two hours ago (all due under the default
+# one-hour rotated_retention), generation 9 live. Token hashes are
+# sha256('<session>/<generation>'), which the rotation script recomputes.
+echo "seeding $ROWS token rows ($LAYOUT layout)" >&2
+psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_template"
+DATABASE_URL="$SERVER/${PREFIX}_template" "$TJ" migrate --no-schedule >/dev/null
+if [ "$LAYOUT" = time ]; then
+    ORDER="g, s" REVOKED="now() - interval '2 days' + (g * $SESSIONS + s) * (interval '46 hours' / ($SESSIONS * 9))"
+else
+    ORDER="md5(s::text)::uuid, g" REVOKED="now() - interval '2 days' + g * interval '1 hour'"
+fi
+psql -qX -v ON_ERROR_STOP=1 "$SERVER/${PREFIX}_template" <<SQL
+INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at)
+SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days'
+FROM generate_series(0, $SESSIONS - 1) s;
+INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' || g, 'UTF8')),
+       now() - interval '3 days', now() + interval '30 days',
+       CASE WHEN g < 9 THEN $REVOKED END, CASE WHEN g < 9 THEN 'rotated' END
+FROM generate_series(0, $SESSIONS - 1) s, generate_series(0, 9) g
+ORDER BY $ORDER;
+VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
+CHECKPOINT;
+SQL
+DUE=$(sql "${PREFIX}_template" "SELECT count(*) FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'")
+
+# One rotation: each client takes sessions of its own (k ≡ client_id modulo
+# the client count), so two clients never present the same token.
+cat >"$WORK/rotate.sql" <<SQL
+\set k random(0, $SESSIONS / $CLIENTS - 1) * $CLIENTS + :client_id
+SELECT 1 / (r.outcome = 'rotated')::int
+FROM auth.sessions s,
+     auth.rotate_token(p_session_id => s.id, p_generation => s.generation,
+                       p_token_hash => sha256(convert_to(s.id::text || '/' || s.generation, 'UTF8')),
+                       p_new_token_hash => sha256(convert_to(s.id::text || '/' || (s.generation + 1), 'UTF8')),
+                       p_ttl => interval '30 days',
+                       p_successor_seal => sha256(convert_to(s.id::text || ':' || s.generation, 'UTF8'))) r
+WHERE s.id = md5(:k::text)::uuid;
+SQL
+
+prepare_copy() {
+    psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_$1 TEMPLATE ${PREFIX}_template STRATEGY = FILE_COPY"
+    psql -qX -v ON_ERROR_STOP=1 "$SERVER/${PREFIX}_$1" >/dev/null <<SQL
+CREATE EXTENSION IF NOT EXISTS pg_prewarm;
+SELECT pg_prewarm(c.oid) FROM pg_class c WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i');
+CHECKPOINT;
+SQL
+}
+
+# pgbench on database $1 for $2 seconds, per-call log under $WORK/$1.
+load() {
+    "$PGBIN/pgbench" -n -R "$RATE" -c "$CLIENTS" -j "$CLIENTS" -T "$2" \
+        --latency-limit="$LIMIT_MS" -f "$WORK/rotate.sql" \
+        -l --log-prefix="$WORK/log_$1" "$SERVER/${PREFIX}_$1" >"$WORK/$1.out" 2>&1
+}
+
+# "p50_ms p99_ms calls skipped" of the calls scheduled in [from_us, to_us] (epoch
+# microseconds) in the logs of $1. Log fields: client, transaction, latency
+# us (or 'skipped'), script, end epoch s, end us, schedule lag us.
+p99() {
+    cat "$WORK/log_$1".* | awk -v from="$2" -v to="$3" '
+        { end = $5 * 1000000 + $6
+          if ($3 == "skipped") { if (end >= from && end <= to) skipped++; next }
+          total = $3 + $7; start = end - total
+          if (start >= from && start <= to) print total / 1000.0 }
+        END { print "skipped", skipped + 0 > "/dev/stderr" }' 2>"$WORK/$1.skipped" |
+        sort -g | awk 'function rank(q) { r = int(NR * q); if (r < NR * q) r++; return r < 1 ? 1 : r }
+                       { v[NR] = $1 } END { printf "%.2f %.2f %d", v[rank(0.5)], v[rank(0.99)], NR }'
+    printf ' %s\n' "$(awk '{ print $2 }' "$WORK/$1.skipped")"
+}
+now_us() { date +%s%6N; }
+
+echo "idle baseline: $RATE rotations/s for ${IDLE_S}s" >&2
+prepare_copy idle
+from=$(now_us)
+load idle "$IDLE_S"
+read -r idle_p50 idle_p99 idle_n idle_skipped <<<"$(p99 idle "$((from + 1000000))" "$(now_us)")"
+
+# A purge on copy $1 with auth.cleanup_policy.pace = $2 under the same load;
+# prints its report line and leaves its skipped count in $WORK/$1.skipped.
+purge() {
+    echo "purge (pace $2): CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
+    prepare_copy "$1"
+    sql "${PREFIX}_$1" "UPDATE auth.cleanup_policy SET pace = $2" >/dev/null
+    load "$1" "$PURGE_S" &
+    local loader=$! started finished p50 p99 n skipped run
+    sleep 3
+    started=$(now_us)
+    sql "${PREFIX}_$1" "CALL auth.run_token_cleanup()"
+    finished=$(now_us)
+    wait "$loader" || true
+    if [ $(( (finished - started) / 1000000 + 3 )) -ge "$PURGE_S" ]; then
+        echo "pgbench-rotate.sh: the purge outlasted the load; raise --purge-seconds" >&2
+        exit 1
+    fi
+    read -r p50 p99 n skipped <<<"$(p99 "$1" "$started" "$finished")"
+    run=$(sql "${PREFIX}_$1" "SELECT status || ' ' || rotated_deleted || ' ' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1")
+    printf 'purge, pace %-5s p50 %s ms, p99 %s ms (%.2fx idle) over %s calls, %s skipped; run %s, %.2f s\n' \
+        "$2:" "$p50" "$p99" "$(awk -v a="$p99" -v b="$idle_p99" 'BEGIN { print a / b }')" "$n" "$skipped" \
+        "$(awk '{ printf "%s, %s rows in %s batches", $1, $2, $3 }' <<<"$run")" \
+        "$(awk -v a="$started" -v b="$finished" 'BEGIN { print (b - a) / 1e6 }')"
+}
+
+lines=$(purge purge false)
+if [ "$PACE" = true ]; then
+    lines="$lines"$'\n'"$(purge paced true)"
+fi
+aborted=$(cat "$WORK"/*.out | grep -c "aborted" || true)
+skipped=$(awk '{ s += $2 } END { print s + 0 }' "$WORK"/*.skipped)
+
+cat <<REPORT
+rows $ROWS, due $DUE, layout $LAYOUT, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
+idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped
+$lines
+pgbench clients aborted (a rotation that did not return 'rotated'): $aborted
+load average: $(cut -d' ' -f1-3 /proc/loadavg)
+REPORT
+[ "$aborted" -eq 0 ] && [ "$skipped" -eq 0 ]
