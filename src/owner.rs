@@ -20,6 +20,7 @@ enum Kind {
     Table,
     Index,
     Routine,
+    Type,
 }
 
 /// One object token-janitor's SQL creates: its kind, its name in `auth`, and
@@ -32,7 +33,7 @@ pub struct Declared {
 }
 
 /// The objects `sql` creates in schema `auth`: every `CREATE [OR REPLACE]
-/// TABLE | FUNCTION | PROCEDURE auth.name` and `CREATE [UNIQUE] INDEX
+/// TABLE | FUNCTION | PROCEDURE | TYPE auth.name` and `CREATE [UNIQUE] INDEX
 /// [CONCURRENTLY] [IF NOT EXISTS] name ON auth.table`, outside `--` comments.
 fn declarations(sql: &str, migration: Option<i64>) -> Vec<Declared> {
     let code: String = sql
@@ -69,6 +70,8 @@ fn declarations(sql: &str, migration: Option<i64>) -> Vec<Declared> {
             Kind::Index
         } else if word(j, "FUNCTION") || word(j, "PROCEDURE") {
             Kind::Routine
+        } else if word(j, "TYPE") {
+            Kind::Type
         } else {
             continue;
         };
@@ -87,7 +90,7 @@ fn declarations(sql: &str, migration: Option<i64>) -> Vec<Declared> {
             {
                 identifier(name)
             }
-            Kind::Table | Kind::Routine => match name.strip_prefix("auth.") {
+            Kind::Table | Kind::Routine | Kind::Type => match name.strip_prefix("auth.") {
                 Some(rest) => identifier(rest),
                 None => continue,
             },
@@ -111,6 +114,16 @@ pub fn record(migrations: &[(i64, String)], definitions: &[&str]) -> Vec<Declare
         .collect();
     all.extend(definitions.iter().flat_map(|sql| declarations(sql, None)));
     all
+}
+
+/// pg_class.relkind of a declared table or composite type.
+fn kind_relkind(kind: Kind) -> &'static str {
+    if kind == Kind::Type { "c" } else { "r" }
+}
+
+/// What a declared table or type is called in messages and in ALTER.
+fn kind_noun(kind: Kind) -> &'static str {
+    if kind == Kind::Type { "type" } else { "table" }
 }
 
 /// Quotes an identifier for SQL text (`"name"`, inner quotes doubled).
@@ -315,21 +328,28 @@ pub async fn preflight(
                     ));
                 }
             }
-            Class::Relation | Class::Type => match declared(Kind::Table, &f.name) {
+            Class::Relation | Class::Type => match declared(Kind::Table, &f.name)
+                .or_else(|| declared(Kind::Type, &f.name))
+            {
                 Some(Declared { migration: Some(v), .. }) if !applied.contains(v) => conflicts.push(format!(
                     "{} already exists but token-janitor did not create it (its migration V{v} has \
                      not run here): install token-janitor in another database, or rename or drop {}",
                     f.display, f.display
                 )),
-                Some(_) if f.relkind != "r" => conflicts.push(format!(
-                    "{} should be token-janitor's table but is not a table: install token-janitor \
+                Some(d) if f.relkind != kind_relkind(d.kind) => conflicts.push(format!(
+                    "{} should be token-janitor's {} but is not one: install token-janitor \
                      in another database",
-                    f.display
+                    f.display,
+                    kind_noun(d.kind)
                 )),
-                Some(_) if !adoptable(f) => conflicts.push(format!(
-                    "table {} belongs to role {}, not to the owner role {owner}: as a superuser, \
-                     ALTER TABLE {} OWNER TO {owner}, or run migrate as a superuser",
-                    f.display, f.owner, f.display
+                Some(d) if !adoptable(f) => conflicts.push(format!(
+                    "{} {} belongs to role {}, not to the owner role {owner}: as a superuser, \
+                     ALTER {} {} OWNER TO {owner}, or run migrate as a superuser",
+                    kind_noun(d.kind),
+                    f.display,
+                    f.owner,
+                    kind_noun(d.kind).to_uppercase(),
+                    f.display
                 )),
                 Some(_) => {}
                 None if declared(Kind::Index, &f.name).is_some() => conflicts.push(format!(
@@ -500,14 +520,13 @@ pub async fn hand_over(
     }
     let mut names: HashMap<&str, Vec<String>> = HashMap::new();
     for d in record {
-        let class = if d.kind == Kind::Table {
-            "TABLE"
-        } else {
-            "ROUTINE"
+        let class = match d.kind {
+            Kind::Table => "TABLE",
+            Kind::Type => "TYPE",
+            Kind::Routine => "ROUTINE",
+            Kind::Index => continue,
         };
-        if d.kind != Kind::Index {
-            names.entry(class).or_default().push(d.name.clone());
-        }
+        names.entry(class).or_default().push(d.name.clone());
     }
     let rows = client
         .query(
@@ -517,11 +536,16 @@ pub async fn hand_over(
              UNION ALL
              SELECT 'ROUTINE', p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_proc p
              WHERE p.pronamespace = 'auth'::pg_catalog.regnamespace
-               AND p.proname = ANY ($2) AND p.proowner <> $3::text::pg_catalog.regrole",
+               AND p.proname = ANY ($2) AND p.proowner <> $3::text::pg_catalog.regrole
+             UNION ALL
+             SELECT 'TYPE', t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
+             WHERE t.typnamespace = 'auth'::pg_catalog.regnamespace
+               AND t.typname = ANY ($4) AND t.typowner <> $3::text::pg_catalog.regrole",
             &[
                 &names.get("TABLE").cloned().unwrap_or_default(),
                 &names.get("ROUTINE").cloned().unwrap_or_default(),
                 &ident(&deployment.owner),
+                &names.get("TYPE").cloned().unwrap_or_default(),
             ],
         )
         .await
@@ -543,7 +567,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn declarations_are_the_tables_indexes_and_routines_created_in_auth() {
+    fn declarations_are_the_tables_indexes_routines_and_types_created_in_auth() {
         let sql = "-- CREATE TABLE auth.in_a_comment (x int);
             CREATE SCHEMA IF NOT EXISTS auth;
             CREATE TABLE auth.sessions (id uuid); -- CREATE TABLE auth.after_code (x int)
@@ -552,6 +576,8 @@ mod tests {
                 ON auth.refresh_tokens (revoked_at) WHERE revoke_reason = 'rotated';
             CREATE OR REPLACE FUNCTION auth.issue_token(p_user_id text)
             CREATE PROCEDURE auth.run_token_cleanup()
+            CREATE TYPE auth.purge_position AS (key timestamptz);
+            CREATE TYPE public.elsewhere_type AS (x int);
             CREATE TABLE public.elsewhere (x int);
             CREATE INDEX elsewhere_idx ON public.elsewhere (x);
             CREATE ROLE someone;";
@@ -571,6 +597,7 @@ mod tests {
                 ),
                 (Kind::Routine, "issue_token".to_string(), Some(7)),
                 (Kind::Routine, "run_token_cleanup".to_string(), Some(7)),
+                (Kind::Type, "purge_position".to_string(), Some(7)),
             ]
         );
     }
