@@ -102,6 +102,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A seeded session's MAC key (128 bytes, as `auth.issue_token` stores one),
+/// so that the bench's rotations do what rotations of sessions issued by
+/// this release do; derived from the id, since nothing seeded is secret.
+fn mac_key(session: Uuid) -> String {
+    let key: Vec<u8> = (0..4)
+        .flat_map(|k| Sha256::digest(format!("{session}/mac/{k}")).to_vec())
+        .collect();
+    hex(&key)
+}
+
 /// Seeds `shape` into a migrated, empty database and ANALYZEs it. Returns
 /// the due row count.
 ///
@@ -190,17 +200,20 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
             .expect("a valid progress template"),
     );
     let sink = client
-        .copy_in("COPY auth.sessions (id, user_id, created_at, generation, refresh_expires_at) FROM STDIN")
+        .copy_in(
+            "COPY auth.sessions (id, user_id, created_at, generation, refresh_expires_at, mac_key) FROM STDIN",
+        )
         .await
         .map_err(db("seeding sessions"))?;
     let mut sink = Box::pin(sink);
     let mut buffer = String::new();
     for (s, id) in sessions.iter().enumerate() {
         buffer.push_str(&format!(
-            "{id}\tuser-{s}\t{}\t{}\t{}\n",
+            "{id}\tuser-{s}\t{}\t{}\t{}\t\\\\x{}\n",
             timestamp(first_issued[s]),
             newest[s],
-            timestamp(last_issued[s] + TTL)
+            timestamp(last_issued[s] + TTL),
+            mac_key(*id)
         ));
         if buffer.len() > 1 << 20 {
             sink.send(Bytes::from(std::mem::take(&mut buffer)))
