@@ -165,7 +165,10 @@ $$;
 -- auth._prune_grace_keys: deletes the grace keys no seal can need any more
 -- at p_now: a key's slice ends a quarter of reuse_grace after it starts, and
 -- a seal made in it is within its grace for reuse_grace after that.
--- Row locks: the deleted keys. Returns how many it deleted.
+-- Row locks: the deleted keys, skipping any another transaction holds (the
+-- next prune takes them): prunes by rotations at different clocks and by a
+-- cleanup run, planned in different orders, could otherwise deadlock (seen
+-- in make demo). Returns how many it deleted.
 CREATE OR REPLACE FUNCTION auth._prune_grace_keys(p_now timestamptz, p_grace interval)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -174,7 +177,10 @@ AS $$
 DECLARE
     v_deleted bigint;
 BEGIN
-    DELETE FROM auth.grace_keys k WHERE k.starts_at <= p_now - p_grace * 1.25;
+    DELETE FROM auth.grace_keys k
+    WHERE k.id IN (SELECT g.id FROM auth.grace_keys g
+                   WHERE g.starts_at <= p_now - p_grace * 1.25
+                   FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
     RETURN v_deleted;
 END

@@ -200,3 +200,39 @@ async fn grace_keys_do_not_outlive_the_grace() {
         .unwrap();
     assert_eq!(keys().await[0], 0);
 }
+
+/// Pruning grace keys never waits: a key another transaction holds is left
+/// for the next prune (prunes at different clocks, planned in different
+/// orders, deadlocked before).
+#[tokio::test]
+async fn pruning_grace_keys_skips_what_another_transaction_holds() {
+    let db = TestDb::migrated().await;
+    db.client
+        .batch_execute(
+            "INSERT INTO auth.grace_keys (starts_at, mac_key)
+             SELECT timestamptz '2026-01-01' + i * interval '1 minute', auth._new_mac_key()
+             FROM generate_series(0, 2) i",
+        )
+        .await
+        .unwrap();
+    let holder = db.connect().await;
+    holder
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM auth.grace_keys WHERE starts_at = '2026-01-01 00:01:00+00' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    db.client
+        .batch_execute("SET lock_timeout = '2s'")
+        .await
+        .unwrap();
+    let deleted: Vec<i64> = column(
+        &db.client,
+        "SELECT auth._prune_grace_keys(timestamptz '2026-01-02', interval '10 seconds')",
+    )
+    .await;
+    assert_eq!(deleted, vec![2]);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let left: Vec<i64> = column(&db.client, "SELECT count(*) FROM auth.grace_keys").await;
+    assert_eq!(left, vec![1]);
+}
