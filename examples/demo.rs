@@ -67,6 +67,27 @@ async fn table_line(client: &Client, now: SystemTime) -> anyhow::Result<String> 
     ))
 }
 
+/// Sets the cleanup job's `active` flag when pg_cron and the job exist;
+/// returns whether it changed (so a paused job is resumed, and one that was
+/// inactive before stays so).
+async fn set_job_active(client: &Client, active: bool) -> anyhow::Result<bool> {
+    if client
+        .query_one("SELECT to_regclass('cron.job') IS NULL", &[])
+        .await?
+        .get(0)
+    {
+        return Ok(false);
+    }
+    let changed = client
+        .query(
+            "SELECT cron.alter_job(job_id => jobid, active => $1) FROM cron.job
+             WHERE jobname = 'refresh-token-cleanup' AND active <> $1",
+            &[&active],
+        )
+        .await?;
+    Ok(!changed.is_empty())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let url = DatabaseUrl::parse(
@@ -90,96 +111,108 @@ async fn main() -> anyhow::Result<()> {
     let bar = ProgressBar::new(u64::from(steps)).with_style(
         ProgressStyle::with_template("  {bar:40} {msg}").expect("a valid progress template"),
     );
-    for step in 0..steps {
-        let now = start + STEP * step;
-        let events: Vec<Event> = (0..USERS)
-            .filter_map(|u| {
-                let h = habit(u);
-                let since_login = (step + 96 - h.login_step) % 96;
-                match (since_login, &current[u as usize]) {
-                    (0, _) => Some(Event::Login(u)),
-                    (s, Some(_)) if s == h.steps_active => Some(Event::Leave(u)),
-                    (s, Some(_)) if s < h.steps_active => Some(Event::Refresh(u)),
-                    _ => None,
-                }
-            })
-            .collect();
-        let results: Vec<anyhow::Result<(u64, Option<Issued>)>> = stream::iter(events)
-            .map(|event| {
-                let pool = pool.clone();
-                let token = match &event {
-                    Event::Refresh(u) | Event::Leave(u) => current[*u as usize].clone(),
-                    Event::Login(_) => None,
-                };
-                async move {
-                    let client = pool.get().await?;
-                    Ok(match event {
-                        Event::Login(u) => (
-                            u,
-                            Some(issue_at(&**client, &format!("{PREFIX}{u}"), TTL, now).await?),
-                        ),
-                        Event::Refresh(u) => {
-                            let token = token.expect("refreshing users hold a token");
-                            match rotate_at(&**client, token.token.expose(), TTL, now).await? {
-                                Rotation::Rotated(next) => (u, Some(next)),
-                                _ => (u, None),
+    // pg_cron's job runs at the real clock while the simulation drives one
+    // three days back: it would purge what the simulation still uses, and
+    // fight it for the same rows. It pauses for the simulation.
+    let paused = set_job_active(&client, false).await?;
+    let simulated: anyhow::Result<()> = async {
+        for step in 0..steps {
+            let now = start + STEP * step;
+            let events: Vec<Event> = (0..USERS)
+                .filter_map(|u| {
+                    let h = habit(u);
+                    let since_login = (step + 96 - h.login_step) % 96;
+                    match (since_login, &current[u as usize]) {
+                        (0, _) => Some(Event::Login(u)),
+                        (s, Some(_)) if s == h.steps_active => Some(Event::Leave(u)),
+                        (s, Some(_)) if s < h.steps_active => Some(Event::Refresh(u)),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let results: Vec<anyhow::Result<(u64, Option<Issued>)>> = stream::iter(events)
+                .map(|event| {
+                    let pool = pool.clone();
+                    let token = match &event {
+                        Event::Refresh(u) | Event::Leave(u) => current[*u as usize].clone(),
+                        Event::Login(_) => None,
+                    };
+                    async move {
+                        let client = pool.get().await?;
+                        Ok(match event {
+                            Event::Login(u) => (
+                                u,
+                                Some(issue_at(&**client, &format!("{PREFIX}{u}"), TTL, now).await?),
+                            ),
+                            Event::Refresh(u) => {
+                                let token = token.expect("refreshing users hold a token");
+                                match rotate_at(&**client, token.token.expose(), TTL, now).await? {
+                                    Rotation::Rotated(next) => (u, Some(next)),
+                                    _ => (u, None),
+                                }
                             }
-                        }
-                        Event::Leave(u) => {
-                            let token = token.expect("leaving users hold a token");
-                            if habit(u).logs_out {
-                                revoke_session_at(
-                                    &**client,
-                                    token.session_id,
-                                    RevokeReason::Logout,
-                                    now,
-                                )
-                                .await?;
+                            Event::Leave(u) => {
+                                let token = token.expect("leaving users hold a token");
+                                if habit(u).logs_out {
+                                    revoke_session_at(
+                                        &**client,
+                                        token.session_id,
+                                        RevokeReason::Logout,
+                                        now,
+                                    )
+                                    .await?;
+                                }
+                                (u, None)
                             }
-                            (u, None)
-                        }
-                    })
+                        })
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            for result in results {
+                let (user, token) = result?;
+                if let Some(token) = &token {
+                    rotations += u64::from(token.generation > 0);
+                    // The thief copies a first token issued 2 to 4 hours before
+                    // the end, of a user who will not log out: the token is
+                    // rotated (and due) long before the cleanup, its family alive.
+                    if stolen.is_none()
+                        && token.generation == 0
+                        && step + 16 >= steps
+                        && !habit(user).logs_out
+                    {
+                        stolen = Some((user, token.clone()));
+                    }
                 }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        for result in results {
-            let (user, token) = result?;
-            if let Some(token) = &token {
-                rotations += u64::from(token.generation > 0);
-                // The thief copies a first token issued 2 to 4 hours before
-                // the end, of a user who will not log out: the token is
-                // rotated (and due) long before the cleanup, its family alive.
-                if stolen.is_none()
-                    && token.generation == 0
-                    && step + 16 >= steps
-                    && !habit(user).logs_out
-                {
-                    stolen = Some((user, token.clone()));
-                }
+                current[user as usize] = token;
             }
-            current[user as usize] = token;
+            bar.set_message(format!(
+                "day {} {:02}:{:02}",
+                step / 96 + 1,
+                step % 96 / 4,
+                step % 4 * 15
+            ));
+            bar.inc(1);
+            if step % 24 == 23 {
+                let hours = (step + 1) / 4;
+                let line = format!(
+                    "  day {} {:02}:00  {}",
+                    hours / 24 + 1,
+                    hours % 24,
+                    table_line(&client, now + STEP).await?
+                );
+                bar.suspend(|| println!("{line}"));
+            }
         }
-        bar.set_message(format!(
-            "day {} {:02}:{:02}",
-            step / 96 + 1,
-            step % 96 / 4,
-            step % 4 * 15
-        ));
-        bar.inc(1);
-        if step % 24 == 23 {
-            let hours = (step + 1) / 4;
-            let line = format!(
-                "  day {} {:02}:00  {}",
-                hours / 24 + 1,
-                hours % 24,
-                table_line(&client, now + STEP).await?
-            );
-            bar.suspend(|| println!("{line}"));
-        }
+        bar.finish_and_clear();
+        Ok(())
     }
-    bar.finish_and_clear();
+    .await;
+    if paused {
+        set_job_active(&client, true).await?;
+    }
+    simulated?;
     let (victim, stolen) = stolen.context("the simulation issues tokens")?;
     println!(
         "{rotations} rotations. Three hours ago a thief copied the first token of \
