@@ -210,11 +210,14 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         .unwrap()
         .get(0);
     assert!(!session.is_nil(), "gen_random_uuid was not shadowed");
-    for (presented, expected) in [("wrong", "invalid"), ("g0", "rotated")] {
+    // The second "g0" is a retry within the reuse grace: the seal is
+    // wrapped, then unwrapped.
+    for (presented, expected) in [("wrong", "invalid"), ("g0", "rotated"), ("g0", "rotated")] {
         let outcome: String = c
             .query_one(
                 "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
-                     p_token_hash => sha256($2::bytea), p_new_token_hash => sha256('g1'), p_ttl => '1 hour')",
+                     p_token_hash => sha256($2::bytea), p_new_token_hash => sha256('g1'), p_ttl => '1 hour',
+                     p_successor_seal => sha256('sealed g1'))",
                 &[&session, &presented.as_bytes()],
             )
             .await
@@ -242,11 +245,28 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         ("ok", 1),
         "the run's own arithmetic was not shadowed"
     );
+    // The purged generation, proven by its authenticator, is a replay.
+    c.batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
+        .await
+        .unwrap();
+    let replay: String = c
+        .query_one(
+            "SELECT r.outcome FROM auth.sessions s, auth.rotate_token(p_session_id => s.id,
+                 p_generation => 0, p_token_hash => sha256('g0'), p_new_token_hash => sha256('x'),
+                 p_ttl => '1 hour', p_authenticator => auth._authenticator(s.mac_key, s.id, 0, sha256('g0'))) r",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replay, "reuse_detected");
     for sql in [
         "SELECT count(*) FROM auth.explain_purge()",
         "SELECT count(*) FROM auth.cleanup_backlog()",
         "SELECT count(*) FROM auth.self_test()",
         "SELECT count(*) FROM auth.cleanup_job()",
+        "SELECT count(*) FROM auth.security_event_summary()",
+        "SELECT count(*) FROM auth.token_counts(true)",
     ] {
         c.query_one(sql, &[]).await.unwrap();
     }
