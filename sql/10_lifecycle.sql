@@ -22,9 +22,9 @@
 -- of it can forge authenticators (and so read 'reuse_detected', a forged
 -- logout) but cannot mint a token, which needs a secret whose hash is stored.
 
--- auth.check_token_hash: raises a clear error for a hash argument that cannot
+-- auth._check_token_hash: raises a clear error for a hash argument that cannot
 -- be a SHA-256 digest (NULL, empty or oversized) before anything is written.
-CREATE OR REPLACE FUNCTION auth.check_token_hash(p_name text, p_hash bytea)
+CREATE OR REPLACE FUNCTION auth._check_token_hash(p_name text, p_hash bytea)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -38,9 +38,9 @@ BEGIN
 END
 $$;
 
--- auth.check_optional_length: raises a clear error for an optional argument
+-- auth._check_optional_length: raises a clear error for an optional argument
 -- (NULL allowed) that is not exactly p_length bytes.
-CREATE OR REPLACE FUNCTION auth.check_optional_length(p_name text, p_value bytea, p_length integer)
+CREATE OR REPLACE FUNCTION auth._check_optional_length(p_name text, p_value bytea, p_length integer)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -53,10 +53,10 @@ BEGIN
 END
 $$;
 
--- auth.check_ttl: a token lifetime must be positive and at most the policy's
+-- auth._check_ttl: a token lifetime must be positive and at most the policy's
 -- max_ttl, p_max_ttl (which also keeps every expiry finite; NULL: the policy
 -- row is missing).
-CREATE OR REPLACE FUNCTION auth.check_ttl(p_ttl interval, p_max_ttl interval)
+CREATE OR REPLACE FUNCTION auth._check_ttl(p_ttl interval, p_max_ttl interval)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -74,8 +74,8 @@ BEGIN
 END
 $$;
 
--- auth.check_now: a driven clock must be a finite time.
-CREATE OR REPLACE FUNCTION auth.check_now(p_now timestamptz)
+-- auth._check_now: a driven clock must be a finite time.
+CREATE OR REPLACE FUNCTION auth._check_now(p_now timestamptz)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -237,7 +237,8 @@ $$;
 -- issue_token takes it shared and revoke_user_sessions exclusive, both for
 -- the rest of the transaction, so a session issued concurrently with
 -- revoke_user_sessions is either seen and revoked by it or issued after it
--- commits. Lock: transaction advisory lock (1953133939 'tjus', hashtext(user)).
+-- commits. Lock: transaction advisory lock ('user' of sql/00_locks.sql,
+-- hashtext(user id)).
 CREATE OR REPLACE FUNCTION auth._lock_user(p_user_id text, p_exclusive boolean)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -245,9 +246,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_exclusive THEN
-        PERFORM pg_advisory_xact_lock(1953133939, hashtext(p_user_id));
+        PERFORM pg_advisory_xact_lock(auth._lock_key('user'), hashtext(p_user_id));
     ELSE
-        PERFORM pg_advisory_xact_lock_shared(1953133939, hashtext(p_user_id));
+        PERFORM pg_advisory_xact_lock_shared(auth._lock_key('user'), hashtext(p_user_id));
     END IF;
 END
 $$;
@@ -276,9 +277,9 @@ BEGIN
             coalesce(length(p_user_id)::text || ' characters', 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
-    PERFORM auth.check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p));
-    PERFORM auth.check_now(p_now);
+    PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
+    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p));
+    PERFORM auth._check_now(p_now);
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := p_now + p_ttl;
 
@@ -358,12 +359,12 @@ DECLARE
     v_expires timestamptz;
 BEGIN
     SELECT p.reuse_grace, p.max_ttl INTO v_grace, v_max_ttl FROM auth.cleanup_policy p;
-    PERFORM auth.check_token_hash('p_token_hash', p_token_hash);
-    PERFORM auth.check_token_hash('p_new_token_hash', p_new_token_hash);
-    PERFORM auth.check_ttl(p_ttl, v_max_ttl);
-    PERFORM auth.check_now(p_now);
-    PERFORM auth.check_optional_length('p_authenticator', p_authenticator, 16);
-    PERFORM auth.check_optional_length('p_successor_seal', p_successor_seal, 32);
+    PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
+    PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
+    PERFORM auth._check_ttl(p_ttl, v_max_ttl);
+    PERFORM auth._check_now(p_now);
+    PERFORM auth._check_optional_length('p_authenticator', p_authenticator, 16);
+    PERFORM auth._check_optional_length('p_successor_seal', p_successor_seal, 32);
 
     IF p_session_id IS NULL OR p_generation IS NULL OR p_generation < 0 THEN
         RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
@@ -472,8 +473,8 @@ BEGIN
 END
 $$;
 
--- auth.check_revoke_reason: the reasons a caller may give for a revocation.
-CREATE OR REPLACE FUNCTION auth.check_revoke_reason(p_reason text)
+-- auth._check_revoke_reason: the reasons a caller may give for a revocation.
+CREATE OR REPLACE FUNCTION auth._check_revoke_reason(p_reason text)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
@@ -503,8 +504,8 @@ AS $$
 DECLARE
     v_revoked integer;
 BEGIN
-    PERFORM auth.check_revoke_reason(p_reason);
-    PERFORM auth.check_now(p_now);
+    PERFORM auth._check_revoke_reason(p_reason);
+    PERFORM auth._check_now(p_now);
     UPDATE auth.sessions s SET revoked_at = p_now, revoke_reason = p_reason
     WHERE s.id = p_session_id AND s.revoked_at IS NULL;
     IF NOT FOUND THEN
@@ -549,8 +550,8 @@ AS $$
 DECLARE
     v_sessions uuid[];
 BEGIN
-    PERFORM auth.check_revoke_reason(p_reason);
-    PERFORM auth.check_now(p_now);
+    PERFORM auth._check_revoke_reason(p_reason);
+    PERFORM auth._check_now(p_now);
     PERFORM auth._lock_user(p_user_id, true);
     SELECT array_agg(id ORDER BY id) INTO v_sessions FROM (
         SELECT s.id FROM auth.sessions s

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, db};
+use crate::locks;
 use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule;
 
@@ -41,17 +42,55 @@ pub fn embedded_migrations() -> Vec<EmbeddedMigration> {
         .collect()
 }
 
-/// Advisory lock key that serialises concurrent deploys ("tjmg").
-pub const MIGRATE_LOCK_KEY: i64 = 0x746a_6d67;
-
-/// Definitions re-applied on every migrate, in order (`CREATE OR REPLACE`).
+/// Definitions re-applied on every migrate, in order (`CREATE OR REPLACE`):
+/// one file per concern (docs/design.md §4).
 const DEFINITIONS: &[(&str, &str)] = &[
+    ("sql/00_locks.sql", include_str!("../sql/00_locks.sql")),
+    (
+        "sql/05_purge_targets.sql",
+        include_str!("../sql/05_purge_targets.sql"),
+    ),
     (
         "sql/10_lifecycle.sql",
         include_str!("../sql/10_lifecycle.sql"),
     ),
-    ("sql/20_cleanup.sql", include_str!("../sql/20_cleanup.sql")),
-    ("sql/30_access.sql", include_str!("../sql/30_access.sql")),
+    ("sql/20_purge.sql", include_str!("../sql/20_purge.sql")),
+    (
+        "sql/30_cleanup_run.sql",
+        include_str!("../sql/30_cleanup_run.sql"),
+    ),
+    (
+        "sql/40_observability.sql",
+        include_str!("../sql/40_observability.sql"),
+    ),
+    ("sql/50_access.sql", include_str!("../sql/50_access.sql")),
+];
+
+/// Routines earlier releases defined in `sql/` under names this one no
+/// longer uses (internal routines took a leading `_`): still
+/// token-janitor's, so that an install from before the owner role passes
+/// them to the owner role, and the re-applied definitions replace them.
+const RETIRED_ROUTINES: &[&str] = &[
+    "check_token_hash",
+    "check_optional_length",
+    "check_ttl",
+    "check_now",
+    "check_revoke_reason",
+    "purge_statement",
+    "purge_start",
+    "purge_cutoff",
+    "purge_delete",
+    "purge_kind",
+    "purge_sessions",
+    "purge_batch",
+    "start_run",
+    "record_skipped_run",
+    "run_batch",
+    "run_pace",
+    "finish_run",
+    "prune_cleanup_history",
+    "apply_grants",
+    "_purge_security_events",
 ];
 
 /// What migrate creates in schema auth, by name: its record (see [`owner`]).
@@ -68,7 +107,7 @@ fn record() -> Vec<Declared> {
         .collect();
     let mut definitions: Vec<&str> = DEFINITIONS.iter().map(|(_, sql)| *sql).collect();
     definitions.push(INDEXES);
-    owner::record(&migrations, &definitions)
+    owner::record(&migrations, &definitions, RETIRED_ROUTINES)
 }
 
 /// Default name of the role applications use (EXECUTE on the lifecycle
@@ -148,7 +187,7 @@ pub struct MigrateReport {
     pub owner: String,
 }
 
-/// Applies everything, holding [`MIGRATE_LOCK_KEY`] for the duration. Safe to
+/// Applies everything, holding the `migrate` advisory lock ([`locks::key`]) for the duration. Safe to
 /// run on every deploy and from several instances at once. pg_cron, the
 /// roles and every object in migrate's way are checked before anything is
 /// changed, so a database that cannot take the install is left as it was.
@@ -178,7 +217,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<Mi
     acquire_lock(client, options.lock_wait).await?;
     let result = migrate_locked(client, options).await;
     let unlock = client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
+        .query_one("SELECT pg_advisory_unlock($1)", &[&locks::key("migrate")])
         .await
         .map_err(db("releasing the deploy lock"));
     let restore = client
@@ -202,7 +241,7 @@ async fn acquire_lock(client: &Client, wait: Duration) -> Result<()> {
     let mut announced = false;
     loop {
         let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&locks::key("migrate")])
             .await
             .map_err(db("taking the deploy lock"))?;
         if row.get::<_, bool>(0) {
@@ -211,7 +250,7 @@ async fn acquire_lock(client: &Client, wait: Duration) -> Result<()> {
         if started.elapsed() >= wait {
             return Err(Error::LockTimeout {
                 waited_s: wait.as_secs(),
-                key: MIGRATE_LOCK_KEY,
+                key: locks::key("migrate"),
             });
         }
         if !announced {
@@ -317,7 +356,7 @@ async fn applied_versions(client: &Client) -> Result<BTreeSet<i64>> {
 /// Only the owner role's routines go (anyone else's in auth stay, with their
 /// grants and comments); trigger functions belong to the versioned
 /// migrations and stay too. The grants go with them (a dropped function
-/// loses its grants) and `auth.apply_grants` sets them again.
+/// loses its grants) and `auth._apply_grants` sets them again.
 async fn apply_definitions(
     client: &mut Client,
     options: &MigrateOptions,
@@ -357,7 +396,7 @@ async fn apply_definitions(
             .map_err(db(format!("applying {file}")))?;
     }
     tx.execute(
-        "SELECT auth.apply_grants(p_app_role => $1, p_monitor_role => $2)",
+        "SELECT auth._apply_grants(p_app_role => $1, p_monitor_role => $2)",
         &[&options.app_role, &options.monitor_role],
     )
     .await

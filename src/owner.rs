@@ -106,13 +106,23 @@ fn declarations(sql: &str, migration: Option<i64>) -> Vec<Declared> {
 }
 
 /// Everything token-janitor's SQL creates in `auth`: the versioned
-/// migrations (with their versions) and the re-applied files.
-pub fn record(migrations: &[(i64, String)], definitions: &[&str]) -> Vec<Declared> {
+/// migrations (with their versions), the re-applied files, and the routines
+/// earlier releases' files defined under names since retired.
+pub fn record(
+    migrations: &[(i64, String)],
+    definitions: &[&str],
+    retired_routines: &[&str],
+) -> Vec<Declared> {
     let mut all: Vec<Declared> = migrations
         .iter()
         .flat_map(|(version, sql)| declarations(sql, Some(*version)))
         .collect();
     all.extend(definitions.iter().flat_map(|sql| declarations(sql, None)));
+    all.extend(retired_routines.iter().map(|name| Declared {
+        kind: Kind::Routine,
+        name: (*name).to_string(),
+        migration: None,
+    }));
     all
 }
 

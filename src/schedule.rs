@@ -353,7 +353,7 @@ pub async fn install_schedule(
     })?;
     if let (None, Some(role)) = (cron, username) {
         // The job's role reads its job and prunes its run history
-        // (auth.cleanup_job, auth.prune_cleanup_history); pg_cron leaves the
+        // (auth.cleanup_job, auth._prune_cleanup_history); pg_cron leaves the
         // use of its schema to the administrator.
         client
             .batch_execute(&format!(

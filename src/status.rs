@@ -33,6 +33,15 @@ pub struct Count {
     pub exact: bool,
 }
 
+/// Serialises (kind, rows) pairs as one field per kind, as the run's
+/// columns read.
+fn kinds_as_fields<S: serde::Serializer>(
+    deleted: &[(String, i64)],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_map(deleted.iter().map(|(kind, rows)| (kind, rows)))
+}
+
 /// One row of `auth.cleanup_runs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -46,16 +55,10 @@ pub struct Run {
     pub seconds: Option<f64>,
     /// running, ok, partial, skipped or failed.
     pub status: String,
-    /// Expired token rows deleted.
-    pub expired: i64,
-    /// Revoked token rows deleted.
-    pub revoked: i64,
-    /// Rotated token rows deleted.
-    pub rotated: i64,
-    /// Sessions deleted.
-    pub sessions: i64,
-    /// Security events deleted (past audit_retention).
-    pub security_events: i64,
+    /// Rows deleted per kind of `auth.purge_targets` (expired, revoked,
+    /// rotated, sessions, security_events), in its order.
+    #[serde(flatten, serialize_with = "kinds_as_fields")]
+    pub deleted: Vec<(String, i64)>,
     /// Batches committed.
     pub batches: i32,
     /// Error text of a failed run.
@@ -260,9 +263,11 @@ pub async fn status_with_cron(
             "SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     extract(epoch FROM started_at)::float8,
                     extract(epoch FROM finished_at - started_at)::float8,
-                    status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches, error,
-                    security_events_deleted
-             FROM auth.cleanup_runs ORDER BY started_at DESC, id DESC LIMIT $1",
+                    status, batches, error,
+                    ARRAY(SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality),
+                    ARRAY(SELECT (pg_catalog.to_jsonb(r) ->> t.run_column)::int8
+                          FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality)
+             FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1",
             &[&runs],
         )
         .await
@@ -274,13 +279,13 @@ pub async fn status_with_cron(
             started_unix: r.get(2),
             seconds: r.get(3),
             status: r.get(4),
-            expired: r.get(5),
-            revoked: r.get(6),
-            rotated: r.get(7),
-            sessions: r.get(8),
-            batches: r.get(9),
-            error: r.get(10),
-            security_events: r.get(11),
+            batches: r.get(5),
+            error: r.get(6),
+            deleted: r
+                .get::<_, Vec<String>>(7)
+                .into_iter()
+                .zip(r.get::<_, Vec<i64>>(8))
+                .collect(),
         })
         .collect();
 
@@ -374,16 +379,18 @@ impl std::fmt::Display for Status {
             writeln!(f, "  (none yet)")?;
         }
         for r in &self.runs {
+            let deleted: Vec<String> = r
+                .deleted
+                .iter()
+                .map(|(kind, rows)| format!("{rows:>8} {kind}"))
+                .collect();
             writeln!(
                 f,
-                "  #{:<5} {} {:<8} {:>8} expired {:>8} revoked {:>9} rotated {:>7} sessions {:>4} batches {}{}",
+                "  #{:<5} {} {:<8} {} {:>4} batches {}{}",
                 r.id,
                 r.started_at,
                 r.status,
-                r.expired,
-                r.revoked,
-                r.rotated,
-                r.sessions,
+                deleted.join(" "),
                 r.batches,
                 r.seconds
                     .map_or("running".to_string(), |s| format!("{s:.3}s")),
@@ -498,16 +505,10 @@ impl Status {
             metric(
                 "last_run_deleted_rows",
                 "Rows the last run deleted, by kind.",
-                [
-                    ("expired", last.expired),
-                    ("revoked", last.revoked),
-                    ("rotated", last.rotated),
-                    ("sessions", last.sessions),
-                    ("security_events", last.security_events),
-                ]
-                .iter()
-                .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64))
-                .collect(),
+                last.deleted
+                    .iter()
+                    .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64))
+                    .collect(),
             );
         }
         out

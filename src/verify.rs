@@ -353,8 +353,22 @@ async fn owner(client: &Client) -> Found {
     )))
 }
 
+/// The indexes of `sql/indexes.sql` and those the purge targets name (some
+/// are built by a versioned migration).
 async fn indexes(client: &Client) -> Found {
-    let wanted: Vec<String> = index_statements().into_iter().map(|i| i.name).collect();
+    let mut wanted: Vec<String> = index_statements().into_iter().map(|i| i.name).collect();
+    for row in client
+        .query(
+            "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
+            &[],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        if !wanted.contains(&name) {
+            wanted.push(name);
+        }
+    }
     let rows = client
         .query(
             "SELECT c.relname::text, i.indisvalid AND i.indisready

@@ -1,0 +1,114 @@
+-- Purge targets: what the cleanup deletes, one definition per kind of due
+-- row (docs/design.md §5). Every part of the cleanup reads these rows: the
+-- purge engine builds its statements from them (sql/20_purge.sql), the run
+-- counts into their columns (sql/30_cleanup_run.sql), explain_purge,
+-- cleanup_backlog, verify's plan and index checks, status and bench list
+-- them. Adding a kind is one row here, its index in sql/indexes.sql and its
+-- counter column in a migration. Re-applied on every migrate.
+
+-- auth.purge_targets: the kinds, in the order a batch deletes them:
+--   kind              the kind's name (cleanup_backlog, status, metrics)
+--   shape             how a batch deletes it:
+--                     'range'  due rows in key order, a batch being the range
+--                              between two auth.purge_position values (key,
+--                              then the primary key, `row_key`), one index
+--                              range scan however many rows share a key;
+--                     'oldest' the oldest due rows by key, LIMIT n, by
+--                              primary key (`row_key`); for tables whose rows
+--                              do not fit auth.purge_position;
+--                     'emptied' rows the deletes of the kinds that can empty
+--                              them leave without children (`touched`), then
+--                              all of them once the batch drains (`sweep`)
+--   relation          the table
+--   key_column        the column a batch orders by (NULL for 'emptied')
+--   row_key           the primary key's columns after key_column
+--   due               when a row is due: a predicate on the relation's
+--                     columns with $1 = now - retentions[1] (and, for
+--                     sessions, $6 = now - retentions[2])
+--   retentions        the auth.cleanup_policy settings of those cutoffs
+--   indexes           the indexes (sql/indexes.sql) the kind's statements use
+--   empties_sessions  whether deleting a row can leave its session without
+--                     token rows: its deletes return session ids, which
+--                     'emptied' looks at
+--   run_column        the auth.cleanup_runs column counting its deletes
+-- SECURITY DEFINER-free and readable by monitoring: definitions, no data.
+CREATE OR REPLACE FUNCTION auth.purge_targets()
+RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],
+               due text, retentions text[], indexes text[], empties_sessions boolean,
+               run_column text)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY VALUES
+        ('expired', 'range', 'auth.refresh_tokens'::regclass, 'expires_at',
+         ARRAY['session_id', 'generation'],
+         'expires_at < $1',
+         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx'], true,
+         'expired_deleted'),
+        ('revoked', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
+         ARRAY['session_id', 'generation'],
+         'revoke_reason <> ''rotated'' AND revoked_at < $1',
+         ARRAY['revoked_retention'], ARRAY['refresh_tokens_revoked_purge_idx'], true,
+         'revoked_deleted'),
+        -- The bulk of the purge. A rotated row never empties its session (the
+        -- session holds a newer token), so its deletes return nothing: a plain
+        -- DELETE costs half as much as one that returns its rows.
+        ('rotated', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
+         ARRAY['session_id', 'generation'],
+         'revoke_reason = ''rotated'' AND revoked_at < $1',
+         ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx'], false,
+         'rotated_deleted'),
+        -- A dead session never gets a token again, so "no token rows" cannot
+        -- change under a delete.
+        ('sessions', 'emptied', 'auth.sessions'::regclass, NULL,
+         ARRAY['id'],
+         '(refresh_expires_at < $1 OR revoked_at < $6)'
+         ' AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = sessions.id)',
+         ARRAY['expired_retention', 'revoked_retention'],
+         ARRAY['sessions_refresh_expires_at_idx', 'sessions_revoked_at_idx'], false,
+         'sessions_deleted'),
+        ('security_events', 'oldest', 'auth.security_events'::regclass, 'occurred_at',
+         ARRAY['id'],
+         'occurred_at < $1',
+         ARRAY['audit_retention'], ARRAY['security_events_occurred_at_idx'], false,
+         'security_events_deleted');
+END
+$$;
+
+-- auth._purge_target: the definition of kind p_kind (auth.purge_targets);
+-- an unknown kind is an error.
+CREATE OR REPLACE FUNCTION auth._purge_target(p_kind text)
+RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],
+               due text, retentions text[], indexes text[], empties_sessions boolean,
+               run_column text)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM auth.purge_targets() t WHERE t.kind = p_kind;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no purge target %', quote_literal(p_kind);
+    END IF;
+END
+$$;
+
+-- auth._purge_cutoffs: rows of kind p_kind are due at p_now under p_policy
+-- when their key is before these times, one per setting of its retentions.
+CREATE OR REPLACE FUNCTION auth._purge_cutoffs(
+    p_policy auth.cleanup_policy,
+    p_kind   text,
+    p_now    timestamptz
+)
+RETURNS timestamptz[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_policy jsonb := to_jsonb(p_policy);
+BEGIN
+    RETURN (SELECT array_agg(p_now - (v_policy ->> r.setting)::interval ORDER BY r.n)
+            FROM auth._purge_target(p_kind) t,
+                 unnest(t.retentions) WITH ORDINALITY r (setting, n));
+END
+$$;

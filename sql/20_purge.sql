@@ -1,0 +1,356 @@
+-- The purge engine: deleting the due rows of every kind of auth.purge_targets
+-- in bounded batches, in the caller's transaction. Re-applied on every
+-- migrate. The scheduled run around it is sql/30_cleanup_run.sql.
+--
+-- Every query here is index-driven (sql/indexes.sql). The purge functions turn
+-- sequential scans, hash joins and merge joins off for themselves: a batch
+-- must stay a bounded index range (and per-session index probes) whatever the
+-- statistics say, since right after a large delete they are stale and would
+-- otherwise turn the next batch into a pass over the whole table. They turn
+-- JIT off as well: a disabled plan type adds 10^10 to the cost of any node
+-- that has no alternative (the seq scan of the one-row policy table), which
+-- crosses jit_above_cost, and every batch then compiled its queries (measured:
+-- 120-130 ms a batch against 10-40 ms for its deletes, half of a run's time).
+
+-- auth._purge_statement: the text of every query the purge runs, built from
+-- the kind's definition (auth.purge_targets), so that the purge and its plan
+-- check (auth.explain_purge) cannot drift apart. Every statement takes the
+-- same six parameters, used or not:
+--   $1 timestamptz          the kind's first cutoff
+--   $2 auth.purge_position  where a batch's range ends (excluded)
+--   $3 bigint               a row count
+--   $4 uuid[]               session ids
+--   $5 auth.purge_position  where the kind's range starts (included)
+--   $6 timestamptz          the kind's second cutoff (sessions: revoked)
+-- Steps by shape:
+--   range    'due' (its due rows from $5, for counting), 'bound' (the
+--            position of the ($3 + 1)-th due row from $5), 'range' (delete
+--            the due rows from $5 to before $2), 'within' (the same when $5
+--            and $2 share their key: written on the primary key under that
+--            key, since btree stops a row comparison's range scan on its
+--            first column only, and 'range' would read the rest of the key's
+--            rows every batch) and 'all' (delete every due row from $5).
+--            A position is a full key of the kind's index: its key column,
+--            then the primary key, so every row has its own place in the
+--            order and a range never needs a lookup per row, however many
+--            rows share a timestamp. Starting at $5 lets a run skip the index
+--            entries of rows its earlier batches deleted, which stay in the
+--            index until vacuum. Deletes of a kind that empties sessions
+--            return the distinct session ids; the others are plain DELETEs,
+--            which cost half as much as one that returns its rows.
+--   oldest   'due', and 'oldest' (delete the $3 oldest due rows; all of them
+--            when $3 is NULL).
+--   emptied  'due', 'touched' (the due rows among $4) and 'sweep' (all due
+--            rows). Each row is locked SKIP LOCKED before the delete: a
+--            session a concurrent transaction holds (a replay revoking a
+--            long-expired family takes the session, then its token rows,
+--            which this batch may just have deleted) is left to a later
+--            batch, where waiting for it would deadlock.
+CREATE OR REPLACE FUNCTION auth._purge_statement(p_kind text, p_step text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t       record;
+    v_cols  text;
+    v_pk    text;
+    v_from  text;
+    v_until text;
+    v_head  text := 'DELETE';
+    v_tail  text := '';
+BEGIN
+    SELECT * INTO t FROM auth._purge_target(p_kind);
+    v_pk := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(t.row_key) c);
+    IF p_step = 'due' THEN
+        RETURN format('SELECT 1 FROM %s WHERE %s', t.relation, t.due)
+            || CASE WHEN t.shape = 'range' THEN format(' AND (%I, %s) >= %s', t.key_column, v_pk,
+                (SELECT format('(($5).key, %s)', string_agg(format('($5).%I', c), ', ')) FROM unnest(t.row_key) c))
+               ELSE '' END;
+    END IF;
+    IF t.shape = 'range' THEN
+        v_cols := format('%I, %s', t.key_column, v_pk);
+        v_from := format('(%s) >= (($5).key, %s)', v_cols,
+                         (SELECT string_agg(format('($5).%I', c), ', ') FROM unnest(t.row_key) c));
+        v_until := format('(%s) < (($2).key, %s)', v_cols,
+                          (SELECT string_agg(format('($2).%I', c), ', ') FROM unnest(t.row_key) c));
+        IF t.empties_sessions THEN
+            v_head := 'WITH d AS (DELETE';
+            v_tail := ' RETURNING session_id) SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
+        END IF;
+        CASE p_step
+            WHEN 'bound' THEN
+                RETURN format('SELECT %1$s FROM %2$s WHERE %3$s AND %4$s ORDER BY %1$s OFFSET $3 LIMIT 1',
+                              v_cols, t.relation, t.due, v_from);
+            WHEN 'range' THEN
+                RETURN format('%s FROM %s WHERE %s AND %s AND %s%s',
+                              v_head, t.relation, t.due, v_from, v_until, v_tail);
+            WHEN 'within' THEN
+                RETURN format('%s FROM %s WHERE %s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)%s',
+                              v_head, t.relation, t.due, t.key_column,
+                              v_pk, (SELECT string_agg(format('($5).%I', c), ', ') FROM unnest(t.row_key) c),
+                              v_pk, (SELECT string_agg(format('($2).%I', c), ', ') FROM unnest(t.row_key) c),
+                              v_tail);
+            WHEN 'all' THEN
+                RETURN format('%s FROM %s WHERE %s AND %s%s', v_head, t.relation, t.due, v_from, v_tail);
+            ELSE
+                NULL;
+        END CASE;
+    ELSIF t.shape = 'oldest' AND p_step = 'oldest' THEN
+        RETURN format('DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s ORDER BY %4$I LIMIT $3)',
+                      t.relation, v_pk, t.due, t.key_column);
+    ELSIF t.shape = 'emptied' AND p_step IN ('touched', 'sweep') THEN
+        RETURN format('DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s%4$s FOR UPDATE SKIP LOCKED)',
+                      t.relation, v_pk, t.due,
+                      CASE p_step WHEN 'touched' THEN format(' AND %I = ANY ($4)', t.row_key[1]) ELSE '' END);
+    END IF;
+    RAISE EXCEPTION 'no purge statement % for kind %', quote_literal(p_step), quote_literal(p_kind);
+END
+$$;
+
+-- auth._purge_start: the position before every row, where a kind's first
+-- batch starts.
+CREATE OR REPLACE FUNCTION auth._purge_start()
+RETURNS auth.purge_position
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW('-infinity', '00000000-0000-0000-0000-000000000000', -2147483648)::auth.purge_position
+$$;
+
+-- auth._purge_delete: runs one delete step of auth._purge_statement with
+-- the kind's cutoffs; returns how many rows it deleted and, for the kinds
+-- that empty sessions, from which sessions. Row locks: the deleted rows.
+-- Plain index scans are off for the range kinds: a bitmap scan visits the
+-- batch's heap pages in physical order, which measured twice as fast as
+-- visiting them in key order.
+CREATE OR REPLACE FUNCTION auth._purge_delete(
+    p_kind    text,
+    p_step    text,
+    p_cutoffs timestamptz[],
+    p_bound   auth.purge_position,
+    p_from    auth.purge_position,
+    p_limit   bigint,
+    p_touched uuid[],
+    OUT deleted bigint,
+    OUT touched uuid[]
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET enable_indexscan = off
+AS $$
+-- @plpgsql_check_options: security_warnings = false, performance_warnings = false
+-- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
+-- the constant definitions of auth.purge_targets, values go through USING;
+-- and it cannot see that the dynamic statement deletes, so it would have
+-- this VOLATILE function IMMUTABLE.)
+DECLARE
+    v_returns boolean;
+BEGIN
+    touched := '{}';
+    SELECT t.shape = 'range' AND t.empties_sessions INTO v_returns FROM auth._purge_target(p_kind) t;
+    IF p_step NOT IN ('range', 'within', 'all') THEN
+        PERFORM set_config('enable_indexscan', 'on', true);
+    END IF;
+    IF v_returns THEN
+        EXECUTE auth._purge_statement(p_kind, p_step) INTO deleted, touched
+            USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
+    ELSE
+        EXECUTE auth._purge_statement(p_kind, p_step)
+            USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+    END IF;
+END
+$$;
+
+-- auth._purge_kind: deletes up to p_limit due rows of one kind of shape
+-- 'range' or 'oldest' from position p_from on (NULL: from the start), in
+-- key order; returns how many, from which sessions, whether it saw the end
+-- of the kind's due rows, and where the next call may start (every due row
+-- before `resume` is gone). Row locks: the deleted rows, until the caller's
+-- transaction ends. A 'range' step deletes the range up to the position of
+-- the (n + 1)-th due row (n: what is left of p_limit), one index range scan
+-- with no per-row lookups, whether or not those rows share a timestamp. A
+-- step deletes fewer than n rows only when some of them went meanwhile; the
+-- loop then takes the next range.
+CREATE OR REPLACE FUNCTION auth._purge_kind(
+    p_kind    text,
+    p_cutoffs timestamptz[],
+    p_limit   bigint,
+    p_from    auth.purge_position,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT drained boolean,
+    OUT resume auth.purge_position
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+-- @plpgsql_check_options: security_warnings = false, other_warnings = false, extra_warnings = false
+-- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
+-- the constant definitions of auth.purge_targets, no caller's value reaches
+-- it except through USING; it cannot see the row type a dynamic statement
+-- returns into v_bound, nor that the composite OUT value resume is assigned
+-- whole.)
+DECLARE
+    v_bound   auth.purge_position;
+    v_bounds  text;
+    v_found   bigint;
+    v_step    bigint;
+    v_touched uuid[];
+BEGIN
+    deleted := 0;
+    touched := '{}';
+    drained := false;
+    resume := coalesce(p_from, auth._purge_start());
+    IF (SELECT t.shape FROM auth._purge_target(p_kind) t) = 'oldest' THEN
+        SELECT * INTO deleted, touched
+        FROM auth._purge_delete(p_kind, 'oldest', p_cutoffs, NULL, NULL, p_limit, NULL);
+        drained := deleted < p_limit;
+        IF NOT drained THEN
+            -- As the bound of a 'range' kind: is there a row after these?
+            EXECUTE 'SELECT NOT EXISTS (' || auth._purge_statement(p_kind, 'due') || ')' INTO drained
+                USING p_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[], NULL::auth.purge_position,
+                      p_cutoffs[2];
+        END IF;
+        RETURN;
+    END IF;
+    v_bounds := auth._purge_statement(p_kind, 'bound');
+    WHILE deleted < p_limit LOOP
+        EXECUTE v_bounds INTO v_bound
+            USING p_cutoffs[1], NULL::auth.purge_position, p_limit - deleted, NULL::uuid[], resume, p_cutoffs[2];
+        -- EXECUTE leaves FOUND alone; its row count says whether there was a bound.
+        GET DIAGNOSTICS v_found = ROW_COUNT;
+        drained := v_found = 0;
+        SELECT * INTO v_step, v_touched
+        FROM auth._purge_delete(p_kind,
+                                CASE WHEN drained THEN 'all'
+                                     WHEN (v_bound).key = (resume).key THEN 'within'
+                                     ELSE 'range' END,
+                                p_cutoffs, v_bound, resume, NULL, NULL);
+        deleted := deleted + v_step;
+        touched := touched || v_touched;
+        EXIT WHEN drained;
+        resume := v_bound;
+    END LOOP;
+END
+$$;
+
+-- auth._purge_batch: one batch of the purge over the kinds p_kinds (NULL:
+-- every kind of auth.purge_targets), in their order: up to p_limit rows of
+-- the 'range' and 'oldest' kinds (NULL: all that are due), then the
+-- 'emptied' kinds among the sessions those deletes touched (and all of them
+-- once nothing else is due). Returns the rows deleted per kind, whether it
+-- deleted everything that was due (the run's stop signal) and where each
+-- kind's next batch may start (p_from: the previous batch's `resume`, one
+-- position per kind in auth.purge_targets order, NULL for anywhere). A row
+-- due under several kinds is counted once, under the first.
+-- A kind the batch drains gets a resume at 'infinity', and the run's later
+-- batches skip it: their cutoffs are the same, so nothing more becomes due
+-- for it, and its queries cost even when they find nothing. Planning
+-- `expires_at < cutoff` with the cutoff below every expiry reads the index's
+-- lowest entries for the estimate, and while rotated rows are purged those
+-- are the entries of the rows the run has deleted so far: asked every batch,
+-- that walk grew with the run (17 ms a batch by the end of 2.7M rotated rows
+-- in batches of 10,000, which made the run four times as long).
+-- Locks: the deleted rows, and transaction advisory lock 'purge'
+-- (sql/00_locks.sql): purges (a run's batches, purge_refresh_tokens calls)
+-- take turns, one transaction at a time, because two of them deleting
+-- overlapping rows kind by kind from different starting keys can each hold
+-- what the other waits for (a deadlock seen in tests/concurrency.rs). A
+-- batch holds it for milliseconds.
+CREATE OR REPLACE FUNCTION auth._purge_batch(
+    p_now   timestamptz,
+    p_limit bigint,
+    p_from  auth.purge_position[] DEFAULT NULL,
+    p_kinds text[] DEFAULT NULL
+)
+RETURNS TABLE (deleted jsonb, drained boolean, resume auth.purge_position[])
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_left    bigint;
+    v_touched uuid[] := '{}'::uuid[];
+    v_target  record;
+    v_kind    record;
+    v_count   bigint;
+BEGIN
+    IF p_limit < 0 THEN
+        RAISE EXCEPTION 'p_limit must be NULL (everything due) or at least 0, got %', p_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
+    END IF;
+    PERFORM pg_advisory_xact_lock(auth._lock_key('purge'));
+    v_left := coalesce(p_limit, 9223372036854775807);
+    deleted := '{}';
+    drained := true;
+    resume := '{}';
+
+    FOR v_target IN
+        SELECT t.kind, t.shape, t.empties_sessions, t.ordinality AS n,
+               p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included
+        FROM auth.purge_targets() WITH ORDINALITY t
+        ORDER BY t.ordinality
+    LOOP
+        resume := resume || p_from[v_target.n];
+        CONTINUE WHEN NOT v_target.included OR v_target.shape = 'emptied';
+        v_count := 0;
+        IF coalesce((p_from[v_target.n]).key <> 'infinity', true) THEN
+            SELECT * INTO v_kind
+            FROM auth._purge_kind(v_target.kind, auth._purge_cutoffs(v_policy, v_target.kind, v_now),
+                                  v_left, p_from[v_target.n]);
+            v_count := v_kind.deleted;
+            v_left := greatest(v_left - v_count, 0);
+            v_touched := v_touched || v_kind.touched;
+            drained := drained AND v_kind.drained;
+            resume[v_target.n] := CASE WHEN v_kind.drained THEN ROW('infinity', NULL, NULL)::auth.purge_position
+                                       ELSE v_kind.resume END;
+        END IF;
+        deleted := deleted || jsonb_build_object(v_target.kind, v_count);
+    END LOOP;
+
+    -- A batch that emptied no session (rotated rows alone never do) has
+    -- nothing for the 'emptied' kinds to look at until the sweep.
+    FOR v_target IN
+        SELECT t.kind FROM auth.purge_targets() t
+        WHERE t.shape = 'emptied' AND (p_kinds IS NULL OR t.kind = ANY (p_kinds))
+    LOOP
+        v_count := 0;
+        IF cardinality(v_touched) > 0 THEN
+            v_count := v_count + (auth._purge_delete(v_target.kind, 'touched',
+                auth._purge_cutoffs(v_policy, v_target.kind, v_now), NULL, NULL, NULL, v_touched)).deleted;
+        END IF;
+        IF drained THEN
+            v_count := v_count + (auth._purge_delete(v_target.kind, 'sweep',
+                auth._purge_cutoffs(v_policy, v_target.kind, v_now), NULL, NULL, NULL, NULL)).deleted;
+        END IF;
+        deleted := deleted || jsonb_build_object(v_target.kind, v_count);
+    END LOOP;
+    RETURN NEXT;
+END
+$$;
+
+-- auth.purge_refresh_tokens: deletes up to p_limit due token rows (NULL: all
+-- that are due) in the caller's transaction, then the dead sessions left
+-- without tokens; returns how many rows of each kind it deleted. Security
+-- events are the run's (auth.run_token_cleanup).
+CREATE OR REPLACE FUNCTION auth.purge_refresh_tokens(
+    p_now   timestamptz DEFAULT now(),
+    p_limit integer DEFAULT NULL
+)
+RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (b.deleted ->> 'expired')::bigint, (b.deleted ->> 'revoked')::bigint,
+           (b.deleted ->> 'rotated')::bigint, (b.deleted ->> 'sessions')::bigint
+    FROM auth._purge_batch(p_now, p_limit, NULL, ARRAY['expired', 'revoked', 'rotated', 'sessions']) b
+$$;

@@ -1,0 +1,226 @@
+-- The cleanup run: auth.run_token_cleanup, the pg_cron job's procedure, and
+-- its bookkeeping in auth.cleanup_runs. Each batch is one transaction of the
+-- purge engine (sql/20_purge.sql). Re-applied on every migrate.
+
+-- auth._start_run: under the run lock, marks runs a killed run left
+-- 'running' as failed, deletes grace keys past their use and records a new
+-- run; returns its id.
+CREATE OR REPLACE FUNCTION auth._start_run(p_started timestamptz)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE auth.cleanup_runs
+    SET status = 'failed', finished_at = clock_timestamp(),
+        error = 'run ended without finishing (backend terminated or server restarted)'
+    WHERE status = 'running';
+    -- Rotations delete the grace keys they no longer need; this catches the
+    -- last ones when rotations stop.
+    SELECT auth._prune_grace_keys(p_started, p.reuse_grace) FROM auth.cleanup_policy p;
+    INSERT INTO auth.cleanup_runs (started_at, status) VALUES (p_started, 'running') RETURNING id;
+$$;
+
+-- auth._record_skipped_run: a run that found another one holding the lock.
+CREATE OR REPLACE FUNCTION auth._record_skipped_run(p_started timestamptz)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+    VALUES (p_started, clock_timestamp(), 'skipped');
+$$;
+
+-- auth._run_batch: one batch of run p_run over every kind of
+-- auth.purge_targets, counted into the run's record (each kind into its
+-- run_column, in the same transaction, so the record and the deletes always
+-- agree); returns the _purge_batch row and whether the run is out of time.
+-- Waits at most 5 seconds for a row lock: a due row held by some long
+-- transaction ends the run as 'partial' instead of stalling it (rotations
+-- never wait on the purge: they touch no due row).
+CREATE OR REPLACE FUNCTION auth._run_batch(
+    p_run     bigint,
+    p_started timestamptz,
+    p_limit   bigint,
+    p_from    auth.purge_position[]
+)
+RETURNS TABLE (deleted jsonb, drained boolean, resume auth.purge_position[], out_of_time boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: the EXECUTEd text is format()ted from the constant column
+-- names of auth.purge_targets; the counts go through USING.)
+DECLARE
+    v_batch record;
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+    SELECT * INTO v_batch FROM auth._purge_batch(p_started, p_limit, p_from);
+    EXECUTE format('UPDATE auth.cleanup_runs r SET %s, batches = r.batches + 1 WHERE r.id = $1',
+                   (SELECT string_agg(format('%1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
+                                             t.run_column, t.kind), ', ')
+                    FROM auth.purge_targets() t))
+        USING p_run, v_batch.deleted;
+    RETURN QUERY SELECT v_batch.deleted, v_batch.drained, v_batch.resume,
+                        clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
+END
+$$;
+
+-- auth._run_pace: called between a run's batches when the policy's `pace`
+-- is on; the run's share of the machine adapts to the token traffic it
+-- sees. It counts the other backends that are inside a transaction on auth.refresh_tokens at this moment
+-- (pg_locks, which every role may read, unlike other roles' rows of
+-- pg_stat_activity) and waits as long as the last batch took (since
+-- p_batch_started) for each, up to four batch lengths: with nothing else
+-- running it returns at once. Locks: none (reading pg_locks takes the lock
+-- manager's partition locks for a moment).
+CREATE OR REPLACE FUNCTION auth._run_pace(p_batch_started timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_busy bigint;
+BEGIN
+    SELECT count(DISTINCT l.pid) INTO v_busy
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.pid <> pg_backend_pid();
+    IF v_busy > 0 THEN
+        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started) * least(v_busy, 4));
+    END IF;
+END
+$$;
+
+-- auth._finish_run: records how run p_run ended and prunes the history past
+-- history_retention (a failure to prune is a warning, not a failed run).
+CREATE OR REPLACE FUNCTION auth._finish_run(
+    p_run     bigint,
+    p_status  text,
+    p_sqlstate text,
+    p_message text
+)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_started timestamptz;
+BEGIN
+    UPDATE auth.cleanup_runs r
+    SET status = p_status, finished_at = clock_timestamp(),
+        error = CASE WHEN p_message IS NOT NULL THEN p_sqlstate || ': ' || p_message END
+    WHERE r.id = p_run
+    RETURNING r.started_at INTO v_started;
+    IF p_status <> 'failed' THEN
+        BEGIN
+            PERFORM auth._prune_cleanup_history(
+                v_started - (SELECT p.history_retention FROM auth.cleanup_policy p));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'auth.run_token_cleanup: could not prune run history: %', SQLERRM;
+        END;
+    END IF;
+END
+$$;
+
+-- auth._prune_cleanup_history: deletes auth.cleanup_runs rows and this job's
+-- cron.job_run_details rows that started before p_before.
+CREATE OR REPLACE FUNCTION auth._prune_cleanup_history(p_before timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM auth.cleanup_runs WHERE started_at < p_before AND status <> 'running';
+    IF to_regclass('cron.job_run_details') IS NOT NULL THEN
+        -- pg_cron may not be installed here: the test above guards the
+        -- statement, which plpgsql_check cannot resolve without it.
+        PERFORM 'PRAGMA:disable:check';
+        EXECUTE 'DELETE FROM cron.job_run_details d USING cron.job j '
+                'WHERE d.jobid = j.jobid AND j.jobname = $1 AND d.start_time < $2'
+            USING 'refresh-token-cleanup', p_before;
+    END IF;
+END
+$$;
+
+-- auth.run_token_cleanup: the scheduled entry point (pg_cron job
+-- refresh-token-cleanup). One run: batches of batch_size, each committed,
+-- until nothing is due or max_runtime is spent; recorded in auth.cleanup_runs.
+-- Locks: session advisory lock 'cleanup run' (sql/00_locks.sql) for the whole run (a second run
+-- records 'skipped' and returns at once); each batch's deleted rows until its
+-- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
+-- search_path: it runs under its caller's search_path (the job's session
+-- takes the database's and the role's). So its body is control flow only,
+-- every type it declares and every function it calls is schema-qualified
+-- (an unqualified `text` resolves to a domain `text` earlier on the path,
+-- whose CHECK would run as the caller), it uses no operator, and every
+-- expression that needs one lives in a helper above that pins its own.
+CREATE OR REPLACE PROCEDURE auth.run_token_cleanup()
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    c_lock    constant pg_catalog.int4 := auth._lock_key('cleanup run'::pg_catalog.text);
+    v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    v_limit   pg_catalog.int4;
+    v_pace    pg_catalog.bool;
+    v_run     pg_catalog.int8;
+    v_batch   pg_catalog.record;
+    v_batch_started pg_catalog.timestamptz;
+    v_from    auth.purge_position[];
+    v_status  pg_catalog.text;
+    v_state   pg_catalog.text;
+    v_error   pg_catalog.text;
+    v_failed  pg_catalog.bool := false;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RAISE NOTICE 'auth.run_token_cleanup: this server is a standby; the primary runs the cleanup';
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_lock(c_lock) THEN
+        PERFORM auth._record_skipped_run(v_started);
+        COMMIT;
+        RAISE NOTICE 'auth.run_token_cleanup: another run is in progress; skipped';
+        RETURN;
+    END IF;
+    v_run := auth._start_run(v_started);
+    SELECT p.batch_size, p.pace INTO v_limit, v_pace FROM auth.cleanup_policy p;
+    COMMIT;
+
+    LOOP
+        v_batch_started := pg_catalog.clock_timestamp();
+        BEGIN
+            SELECT * INTO v_batch FROM auth._run_batch(v_run, v_started, v_limit, v_from);
+        EXCEPTION
+            WHEN lock_not_available THEN
+                v_state := SQLSTATE;
+                v_error := 'gave up waiting for a row lock held by another transaction; the next run retries';
+                v_status := 'partial';
+            WHEN OTHERS THEN
+                v_state := SQLSTATE;
+                v_error := SQLERRM;
+                v_status := 'failed';
+                v_failed := true;
+        END;
+        EXIT WHEN v_status IS NOT NULL;
+        COMMIT;
+        v_from := v_batch.resume;
+        IF v_batch.drained THEN
+            v_status := 'ok';
+        ELSIF v_batch.out_of_time THEN
+            v_status := 'partial';
+        END IF;
+        EXIT WHEN v_status IS NOT NULL;
+        IF v_pace THEN
+            PERFORM auth._run_pace(v_batch_started);
+        END IF;
+    END LOOP;
+
+    PERFORM auth._finish_run(v_run, v_status, v_state, v_error);
+    COMMIT;
+    PERFORM pg_catalog.pg_advisory_unlock(c_lock);
+    IF v_failed THEN
+        RAISE EXCEPTION 'auth.run_token_cleanup failed: %: %', v_state, v_error;
+    END IF;
+END
+$$;
+

@@ -1,0 +1,359 @@
+-- Observability: what verify, status and monitoring read. Plans, backlogs,
+-- counts, security events, the job and the self-test; SECURITY DEFINER
+-- where a monitoring role needs an answer about rows it may not read, and
+-- never a session id, user id or token hash in the answer. Re-applied on
+-- every migrate.
+
+-- auth.explain_purge: the plan of every query the purge runs, for every
+-- kind of auth.purge_targets and every step of its shape, with the policy's
+-- cutoffs at p_now, planned the way the purge plans them. Runs EXPLAIN only
+-- (nothing executes); seq_scan tells whether any node is a sequential scan,
+-- which a healthy install never has. SECURITY DEFINER since EXPLAIN of a
+-- DELETE needs DELETE privilege, which monitoring must not have.
+CREATE OR REPLACE FUNCTION auth.explain_purge(p_now timestamptz DEFAULT now())
+RETURNS TABLE (kind text, step text, seq_scan boolean, plan text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
+-- the constant definitions of auth.purge_targets; no caller's value reaches
+-- it except through USING.)
+DECLARE
+    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_cutoffs timestamptz[];
+    v_from    auth.purge_position;
+    v_bound   auth.purge_position;
+    v_line    text;
+BEGIN
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    FOR kind, step IN
+        SELECT t.kind, s.step
+        FROM auth.purge_targets() WITH ORDINALITY t
+        CROSS JOIN LATERAL unnest(CASE t.shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all']
+                                               WHEN 'oldest' THEN ARRAY['oldest']
+                                               ELSE ARRAY['touched', 'sweep'] END) WITH ORDINALITY s (step, n)
+        ORDER BY t.ordinality, s.n
+    LOOP
+        v_cutoffs := auth._purge_cutoffs(v_policy, kind, p_now);
+        -- A batch's range lies within the due rows, below the cutoff.
+        v_from := ROW(v_cutoffs[1] - interval '1 hour', gen_random_uuid(), 0);
+        v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 0);
+        -- As auth._purge_delete plans the deletes (bitmap scans only for
+        -- the ranges).
+        PERFORM set_config('enable_indexscan', (step NOT IN ('range', 'within', 'all'))::text, true);
+        plan := '';
+        FOR v_line IN EXECUTE 'EXPLAIN ' || auth._purge_statement(kind, step)
+            USING v_cutoffs[1], v_bound, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
+                  v_from, v_cutoffs[2]
+        LOOP
+            plan := plan || v_line || E'\n';
+        END LOOP;
+        seq_scan := plan LIKE '%Seq Scan%';
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- auth.cleanup_backlog: rows due now, per kind of auth.purge_targets that a
+-- batch deletes by itself ('range' and 'oldest'): exact counts (an index
+-- scan over the due rows) with p_exact = true, the planner's estimates (free
+-- on any table size) with false, and by default exact counts while
+-- auth.refresh_tokens holds under 100,000 rows, estimates above (exact
+-- counts on a larger table run one at a time: auth._one_full_count).
+-- SECURITY DEFINER so monitoring sees counts without reading the rows.
+CREATE OR REPLACE FUNCTION auth.cleanup_backlog(
+    p_now   timestamptz DEFAULT now(),
+    p_exact boolean DEFAULT NULL
+)
+RETURNS TABLE (kind text, due_rows bigint, exact boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
+-- the constant definitions of auth.purge_targets.)
+DECLARE
+    v_policy  auth.cleanup_policy%ROWTYPE;
+    v_cutoffs timestamptz[];
+    v_plan    json;
+BEGIN
+    SELECT * INTO v_policy FROM auth.cleanup_policy;
+    exact := coalesce(p_exact, (SELECT c.reltuples < 100000 FROM pg_class c
+                                WHERE c.oid = 'auth.refresh_tokens'::regclass));
+    IF exact THEN
+        PERFORM auth._one_full_count('backlog counts');
+    END IF;
+    FOR kind IN
+        SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t
+        WHERE t.shape IN ('range', 'oldest') ORDER BY t.ordinality
+    LOOP
+        v_cutoffs := auth._purge_cutoffs(v_policy, kind, coalesce(p_now, now()));
+        IF exact THEN
+            EXECUTE 'SELECT count(*) FROM (' || auth._purge_statement(kind, 'due') || ') d'
+                INTO due_rows USING v_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
+                                    auth._purge_start(), v_cutoffs[2];
+        ELSE
+            EXECUTE 'EXPLAIN (FORMAT JSON) ' || auth._purge_statement(kind, 'due')
+                INTO v_plan USING v_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
+                                  auth._purge_start(), v_cutoffs[2];
+            due_rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- auth.security_event_summary: per kind of security event, how many
+-- happened in the 24 hours before p_now and when the newest did, plus how
+-- many were ever recorded (the identity's last value, which the purge never
+-- lowers: a Prometheus counter). SECURITY DEFINER so monitoring sees counts
+-- without reading who they were about.
+CREATE OR REPLACE FUNCTION auth.security_event_summary(p_now timestamptz DEFAULT now())
+RETURNS TABLE (kind text, last_24h bigint, last_at timestamptz, recorded_total bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT k.kind,
+           count(e.id) FILTER (WHERE e.occurred_at > p_now - interval '24 hours'),
+           max(e.occurred_at),
+           coalesce(pg_sequence_last_value(pg_get_serial_sequence('auth.security_events', 'id')::regclass), 0)
+    FROM unnest(ARRAY['reuse_detected']) k (kind)
+    LEFT JOIN auth.security_events e ON e.kind = k.kind
+    GROUP BY k.kind
+    ORDER BY k.kind
+$$;
+
+-- auth.self_test: proves the purge on this database without changing it.
+-- Seeds one family in every state of docs/design.md §5 at a fixed clock in 1999
+-- (no real row can be due then), runs auth.purge_refresh_tokens at that
+-- clock, and checks the exact counts, exactly which rows survive, that a
+-- forged replay of the purged rotated token reads invalid and the genuine
+-- one reuse_detected with its security event, and that security events go
+-- after audit_retention. All of it
+-- runs in a subtransaction that is always rolled back, so calling this never
+-- leaves a trace, even in a transaction that commits. SECURITY DEFINER so a
+-- read-only monitoring role can run it; it writes nothing that survives.
+CREATE OR REPLACE FUNCTION auth.self_test()
+RETURNS TABLE (check_name text, passed boolean, expected text, actual text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c_now    constant timestamptz := timestamptz '2000-01-01 00:00:00+00';
+    c_user   constant text := 'token-janitor-self-test';
+    v_policy auth.cleanup_policy%ROWTYPE;
+    v_result jsonb := jsonb '[]';
+    v_purge  record;
+    v_ids    jsonb := jsonb '{}';
+    v_id     uuid;
+    v_far    timestamptz;
+    v_left   text;
+    v_outcome text;
+    v_family record;
+BEGIN
+    BEGIN
+        SELECT * INTO v_policy FROM auth.cleanup_policy;
+        v_far := c_now + interval '30 days';
+        -- name, session expiry, session revoked (at, reason), token rows: (generation, expires, revoked at, reason)
+        FOR v_family IN
+            SELECT * FROM (VALUES
+                ('live',               v_far, NULL::timestamptz, NULL, 0,
+                 ARRAY[v_far], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('live_expiring_now',  c_now, NULL, NULL, 0,
+                 ARRAY[c_now], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('expired_due',        c_now - v_policy.expired_retention - interval '1 second', NULL, NULL, 0,
+                 ARRAY[c_now - v_policy.expired_retention - interval '1 second'], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('expired_kept',       c_now - v_policy.expired_retention, NULL, NULL, 0,
+                 ARRAY[c_now - v_policy.expired_retention], ARRAY[NULL::timestamptz], ARRAY[NULL]),
+                ('revoked_due',        v_far, c_now - v_policy.revoked_retention - interval '1 second', 'logout', 0,
+                 ARRAY[v_far], ARRAY[c_now - v_policy.revoked_retention - interval '1 second'], ARRAY['logout']),
+                ('revoked_kept',       v_far, c_now - v_policy.revoked_retention, 'admin', 0,
+                 ARRAY[v_far], ARRAY[c_now - v_policy.revoked_retention], ARRAY['admin']),
+                ('rotated_due',        v_far, NULL, NULL, 1,
+                 ARRAY[v_far, v_far], ARRAY[c_now - v_policy.rotated_retention - interval '1 second', NULL],
+                 ARRAY['rotated', NULL]),
+                ('rotated_kept',       v_far, NULL, NULL, 1,
+                 ARRAY[v_far, v_far], ARRAY[c_now - v_policy.rotated_retention, NULL], ARRAY['rotated', NULL])
+            ) AS f(name, refresh_expires_at, revoked_at, revoke_reason, generation, expires, revoked, reasons)
+        LOOP
+            INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at,
+                                       revoke_reason, mac_key)
+            VALUES (c_user, c_now - interval '60 days', v_family.generation, v_family.refresh_expires_at,
+                    v_family.revoked_at, v_family.revoke_reason, auth._new_mac_key())
+            RETURNING id INTO v_id;
+            INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+            SELECT v_id, g - 1, sha256(convert_to(v_family.name || (g - 1), 'UTF8')), c_now - interval '60 days',
+                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g]
+            FROM generate_subscripts(v_family.expires, 1) g;
+            v_ids := v_ids || jsonb_build_object(v_family.name, v_id);
+        END LOOP;
+
+        SELECT * INTO v_purge FROM auth.purge_refresh_tokens(p_now => c_now, p_limit => NULL);
+        v_result := v_result || jsonb_build_array(
+            jsonb_build_array('purge counts (expired, revoked, rotated, sessions)', '1, 1, 1, 2',
+                              concat_ws(', ', v_purge.expired, v_purge.revoked, v_purge.rotated, v_purge.sessions)));
+
+        SELECT string_agg(f.key || ':' || (SELECT string_agg(t.generation::text, ',' ORDER BY t.generation)
+                                           FROM auth.refresh_tokens t WHERE t.session_id = (f.value #>> '{}')::uuid),
+                          ' ' ORDER BY f.key)
+        INTO v_left
+        FROM jsonb_each(v_ids) f
+        WHERE EXISTS (SELECT 1 FROM auth.sessions s WHERE s.id = (f.value #>> '{}')::uuid);
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'surviving sessions:generations',
+            'expired_kept:0 live:0 live_expiring_now:0 revoked_kept:0 rotated_due:1 rotated_kept:0,1',
+            coalesce(v_left, '(none)')));
+
+        -- A forgery of the purged generation (a known session id, a wrong
+        -- secret and authenticator) changes nothing; the genuine token,
+        -- proven by its authenticator, reads reuse_detected and is recorded.
+        v_id := (v_ids ->> 'rotated_due')::uuid;
+        SELECT r.outcome INTO v_outcome
+        FROM auth.rotate_token(p_session_id => v_id, p_generation => 0,
+                               p_token_hash => sha256(convert_to('forged', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now,
+                               p_authenticator => substr(sha256(convert_to('forged', 'UTF8')), 1, 16)) r;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'forged replay of the purged rotated token', 'invalid', coalesce(v_outcome, '(no row)')));
+
+        SELECT r.outcome INTO v_outcome
+        FROM auth.sessions s,
+             auth.rotate_token(p_session_id => v_id, p_generation => 0,
+                               p_token_hash => sha256(convert_to('rotated_due0', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now,
+                               p_authenticator => auth._authenticator(
+                                   s.mac_key, v_id, 0, sha256(convert_to('rotated_due0', 'UTF8')))) r
+        WHERE s.id = v_id;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'replay of the purged rotated token', 'reuse_detected', coalesce(v_outcome, '(no row)')));
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'security events recorded for the replay (kind:generation)', 'reuse_detected:0',
+            coalesce((SELECT string_agg(e.kind || ':' || e.generation, ' ') FROM auth.security_events e
+                      WHERE e.session_id = v_id), '(none)')));
+
+        -- Security events are kept for audit_retention, to the second.
+        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
+        VALUES (c_now - v_policy.audit_retention - interval '1 second', v_id, c_user, 0, 'reuse_detected'),
+               (c_now - v_policy.audit_retention, v_id, c_user, 0, 'reuse_detected');
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'security events purged after audit_retention', '1',
+            (SELECT b.deleted ->> 'security_events'
+             FROM auth._purge_batch(c_now, NULL, NULL, ARRAY['security_events']) b)));
+
+        SELECT r.outcome INTO v_outcome
+        FROM auth.rotate_token(p_session_id => (v_ids ->> 'live')::uuid, p_generation => 0,
+                               p_token_hash => sha256(convert_to('live0', 'UTF8')),
+                               p_new_token_hash => sha256(convert_to('next', 'UTF8')),
+                               p_ttl => interval '1 day', p_now => c_now) r;
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'live token still rotates', 'rotated', coalesce(v_outcome, '(no row)')));
+
+        RAISE EXCEPTION USING ERRCODE = 'TJ001', MESSAGE = v_result::text;
+    EXCEPTION WHEN SQLSTATE 'TJ001' THEN
+        v_result := SQLERRM::jsonb;
+    END;
+    FOR i IN 0 .. jsonb_array_length(v_result) - 1 LOOP
+        check_name := v_result -> i ->> 0;
+        expected := v_result -> i ->> 1;
+        actual := v_result -> i ->> 2;
+        passed := expected = actual;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- auth.cleanup_job: the pg_cron job refresh-token-cleanup and its last
+-- finished run, or no row when pg_cron or the job is missing. SECURITY
+-- DEFINER because cron.job shows each role only its own jobs (the job is the
+-- owner role's); this shows the one job monitoring needs and nothing else.
+CREATE OR REPLACE FUNCTION auth.cleanup_job()
+RETURNS TABLE (jobid bigint, schedule text, command text, active boolean,
+               last_status text, last_message text, last_start timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- @plpgsql_check_options: extra_warnings = false
+-- (plpgsql_check: with the pg_cron query unchecked, it cannot see that
+-- RETURN QUERY sets the OUT columns.)
+BEGIN
+    IF to_regclass('cron.job') IS NULL THEN
+        RETURN;
+    END IF;
+    -- pg_cron may not be installed here: the test above guards the
+    -- statement, which plpgsql_check cannot resolve without it.
+    PERFORM 'PRAGMA:disable:check';
+    RETURN QUERY EXECUTE
+        'SELECT j.jobid, j.schedule, j.command, j.active, d.status, d.return_message, d.start_time
+         FROM cron.job j
+         LEFT JOIN LATERAL (
+             SELECT r.status, r.return_message, r.start_time FROM cron.job_run_details r
+             WHERE r.jobid = j.jobid AND r.status IN (''succeeded'', ''failed'')
+             ORDER BY r.start_time DESC LIMIT 1) d ON true
+         WHERE j.jobname = ''refresh-token-cleanup''
+         ORDER BY j.jobid LIMIT 1';
+END
+$$;
+
+-- auth._one_full_count: full-table counts (status --exact, exact backlogs on
+-- a table of 100,000 rows or more) run one at a time in the database, so a
+-- monitor calling them in a loop keeps one backend busy, not all of them:
+-- another caller is refused at once. Small tables are counted freely.
+-- Lock: transaction advisory lock 'exact count' (sql/00_locks.sql), until the caller's
+-- transaction ends.
+CREATE OR REPLACE FUNCTION auth._one_full_count(p_what text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT c.reltuples >= 100000 FROM pg_class c WHERE c.oid = 'auth.refresh_tokens'::regclass)
+       AND NOT pg_try_advisory_xact_lock(auth._lock_key('exact count')) THEN
+        RAISE EXCEPTION 'exact % refused: another exact count is running', p_what
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'try again when it ends, or use the estimates (status without --exact)';
+    END IF;
+END
+$$;
+
+-- auth.token_counts: token rows by state (live, expired, revoked, rotated)
+-- and the number of sessions: exact counts with p_exact (a scan of the
+-- tables; one at a time on a large table, auth._one_full_count), the
+-- planner's estimates without (free on any table size). SECURITY DEFINER so
+-- monitoring sees how many rows there are without reading one.
+CREATE OR REPLACE FUNCTION auth.token_counts(p_exact boolean)
+RETURNS TABLE (state text, rows bigint, exact boolean)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: the EXECUTEd texts are the constants listed below.)
+DECLARE
+    v_query text;
+    v_plan  json;
+BEGIN
+    exact := coalesce(p_exact, false);
+    IF exact THEN
+        PERFORM auth._one_full_count('token counts');
+    END IF;
+    FOR state, v_query IN VALUES
+        ('live',     'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at >= now()'),
+        ('expired',  'SELECT 1 FROM auth.refresh_tokens WHERE revoked_at IS NULL AND expires_at < now()'),
+        ('revoked',  'SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason <> ''rotated'''),
+        ('rotated',  'SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason = ''rotated'''),
+        ('sessions', 'SELECT 1 FROM auth.sessions')
+    LOOP
+        IF exact THEN
+            EXECUTE 'SELECT count(*) FROM (' || v_query || ') q' INTO rows;
+        ELSE
+            EXECUTE 'EXPLAIN (FORMAT JSON) ' || v_query INTO v_plan;
+            rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
