@@ -97,7 +97,8 @@ pub struct Status {
     pub tokens: Vec<Count>,
     /// Sessions.
     pub sessions: Count,
-    /// Due rows per kind: expired, revoked, rotated.
+    /// Due rows per kind of `auth.purge_targets` a batch deletes by itself:
+    /// expired, revoked, rotated, security_events.
     pub backlog: Vec<Count>,
     /// The cleanup policy, setting -> value.
     pub policy: Vec<(String, String)>,

@@ -6,7 +6,9 @@
 //! - rotate_twice: two rotations of one token get one successor;
 //! - rotate_vs_revoke: a rotation and a logout of its session;
 //! - batch_vs_purge: a scheduled batch and a purge_refresh_tokens call;
-//! - rotate_vs_purge: a rotation and the purge of its predecessor's row.
+//! - rotate_vs_purge: a rotation and the purge of its predecessor's row;
+//! - replay_vs_purge: a replay revoking a long-expired family and the purge
+//!   of that family (a deadlock before the session step skipped held rows).
 
 mod common;
 
@@ -33,6 +35,7 @@ async fn the_races_that_matter_end_as_expected() {
         "rotate_vs_revoke",
         "batch_vs_purge",
         "rotate_vs_purge",
+        "replay_vs_purge",
     ];
     let run = tokio::process::Command::new(DRIVER)
         .arg("--use-existing")
