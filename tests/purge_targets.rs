@@ -1,0 +1,172 @@
+//! The purge targets (`auth.purge_targets`, sql/05_purge_targets.sql): one
+//! definition per kind of due row, read by every part of the cleanup. These
+//! tests hold the definitions to the schema they describe and show that the
+//! readers follow them, so a new kind is one row, its index and its column.
+
+mod common;
+
+use common::*;
+
+/// Every definition names what exists: its table and key column, a counter
+/// column of auth.cleanup_runs, interval settings of auth.cleanup_policy, a
+/// known shape; kinds are unique.
+#[tokio::test]
+async fn every_definition_names_columns_and_settings_that_exist() {
+    let db = TestDb::migrated().await;
+    let rows = db
+        .client
+        .query(
+            "SELECT t.kind, t.shape, t.relation::text, t.key_column, t.run_column, t.retentions,
+                    t.row_key, t.due
+             FROM auth.purge_targets() t",
+            &[],
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        kinds,
+        [
+            "expired",
+            "revoked",
+            "rotated",
+            "sessions",
+            "security_events"
+        ]
+    );
+    let column_type = |table: &str, column: &str| {
+        let (table, column) = (table.to_string(), column.to_string());
+        let client = &db.client;
+        async move {
+            client
+                .query_opt(
+                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                     WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+                    &[&table, &column],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, String>(0))
+        }
+    };
+    for row in &rows {
+        let (kind, shape, relation): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
+        assert!(
+            ["range", "oldest", "emptied"].contains(&shape),
+            "{kind}: shape {shape}"
+        );
+        if let Some(key) = row.get::<_, Option<&str>>(3) {
+            assert_eq!(
+                column_type(relation, key).await.as_deref(),
+                Some("timestamp with time zone"),
+                "{kind}: key {relation}.{key}"
+            );
+        }
+        for column in row.get::<_, Vec<String>>(6) {
+            assert!(
+                column_type(relation, &column).await.is_some(),
+                "{kind}: row_key {relation}.{column}"
+            );
+        }
+        let run_column: &str = row.get(4);
+        assert_eq!(
+            column_type("auth.cleanup_runs", run_column)
+                .await
+                .as_deref(),
+            Some("bigint"),
+            "{kind}: run column {run_column}"
+        );
+        for setting in row.get::<_, Vec<String>>(5) {
+            assert_eq!(
+                column_type("auth.cleanup_policy", &setting)
+                    .await
+                    .as_deref(),
+                Some("interval"),
+                "{kind}: retention {setting}"
+            );
+        }
+        assert!(
+            row.get::<_, &str>(7).contains("$1"),
+            "{kind}: due has no cutoff"
+        );
+    }
+}
+
+/// A run counts each kind into the column its definition names, and status
+/// shows every kind of the last run (JSON and Prometheus), in target order.
+#[tokio::test]
+async fn the_run_and_status_count_every_kind_by_its_definition() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    // One due row of each kind a batch deletes by itself, and the session
+    // the expired and revoked ones empty.
+    c.batch_execute(
+        "INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at, revoked_at,
+                                    revoke_reason)
+         VALUES ('00000000-0000-0000-0000-00000000000a', 'u', now() - interval '400 days', 2,
+                 now() - interval '300 days', now() - interval '300 days', 'logout');
+         INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at,
+                                          revoked_at, revoke_reason)
+         VALUES ('00000000-0000-0000-0000-00000000000a', 0, sha256('a'), now() - interval '400 days',
+                 now() - interval '300 days', now() - interval '390 days', 'rotated'),
+                ('00000000-0000-0000-0000-00000000000a', 1, sha256('b'), now() - interval '390 days',
+                 now() + interval '1 day', now() - interval '300 days', 'logout'),
+                ('00000000-0000-0000-0000-00000000000a', 2, sha256('c'), now() - interval '390 days',
+                 now() - interval '300 days', NULL, NULL);
+         INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
+         VALUES (now() - interval '200 days', '00000000-0000-0000-0000-00000000000a', 'u', 0, 'reuse_detected');",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    let counted: Vec<String> = column(
+        c,
+        "SELECT t.kind || '=' || (to_jsonb(r) ->> t.run_column)
+         FROM auth.cleanup_runs r, auth.purge_targets() WITH ORDINALITY t
+         WHERE r.status = 'ok' ORDER BY t.ordinality",
+    )
+    .await;
+    // The rotated row is expired too: counted once, under the first kind.
+    assert_eq!(
+        counted,
+        [
+            "expired=2",
+            "revoked=1",
+            "rotated=0",
+            "sessions=1",
+            "security_events=1"
+        ]
+    );
+
+    let url = cli_url(&db.url, "postgres");
+    let out = run_cli_ok(&["status", "--json"], &url).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &json["runs"][0];
+    for (kind, rows) in [
+        ("expired", 2),
+        ("revoked", 1),
+        ("rotated", 0),
+        ("sessions", 1),
+        ("security_events", 1),
+    ] {
+        assert_eq!(run[kind], rows, "{kind} in {run}");
+    }
+    let backlog: Vec<&str> = json["backlog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        backlog,
+        ["expired", "revoked", "rotated", "security_events"]
+    );
+    let out = run_cli_ok(&["status", "--format", "prometheus"], &url).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("token_janitor_last_run_deleted_rows{kind=\"security_events\"} 1"),
+        "{text}"
+    );
+}
