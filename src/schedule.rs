@@ -310,7 +310,8 @@ pub async fn check_pg_cron(
 /// LOGIN: the job connects as it); in the application's database the
 /// superuser lets it use schema `cron` (to read its job and prune its run
 /// history). The job of that name for that database scheduled for another
-/// role (by an install from before the owner role) is removed. Returns the
+/// role (by an install from before the owner role) is removed, and so is
+/// one that connects to a port the server no longer listens on. Returns the
 /// job id.
 ///
 /// # Errors
@@ -328,6 +329,20 @@ pub async fn install_schedule(
         .await
         .map_err(db("creating the pg_cron extension"))?;
     let database = cron.map(|c| c.app_database.as_str());
+    // pg_cron connects a job to the port the server had when the job was
+    // scheduled, and its upsert keeps that port: after a restart on another
+    // port, or a restore of pg_cron's database into another server, every
+    // run fails with "connection failed". Such a job is scheduled afresh.
+    client
+        .execute(
+            "SELECT cron.unschedule(j.jobid) FROM cron.job j
+             WHERE j.jobname = $1 AND j.database = coalesce($2, current_database())
+               AND j.username = coalesce($3, current_user)
+               AND j.nodeport <> pg_catalog.current_setting('port')::int",
+            &[&JOB_NAME, &database, &username],
+        )
+        .await
+        .map_err(db("removing a cleanup job that connects to another port"))?;
     let upsert = if database.is_none() && username.is_none() {
         client
             .query_one(

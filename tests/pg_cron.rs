@@ -99,3 +99,45 @@ async fn pg_cron_runs_the_cleanup_on_schedule() {
         "job_run_details older than history_retention are pruned"
     );
 }
+
+/// pg_cron connects a job to the port the server had when the job was
+/// scheduled, and its upsert keeps it: a job from before a move to another
+/// port (or a restore into another server) fails every run with
+/// "connection failed". migrate schedules such a job afresh.
+#[tokio::test]
+async fn migrate_reschedules_a_job_that_connects_to_an_old_port() {
+    let mut cron = CronDb::fresh().await;
+    let options = MigrateOptions::default();
+    let first = migrate(&mut cron.client, &options)
+        .await
+        .unwrap()
+        .job_id
+        .unwrap();
+    cron.client
+        .execute(
+            "UPDATE cron.job SET nodeport = 1 WHERE jobid = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    let again = migrate(&mut cron.client, &options)
+        .await
+        .unwrap()
+        .job_id
+        .unwrap();
+    let jobs: Vec<String> = column(
+        &cron.client,
+        "SELECT jobid || ':' || (nodeport = current_setting('port')::int) FROM cron.job
+         WHERE jobname = 'refresh-token-cleanup' ORDER BY jobid",
+    )
+    .await;
+    assert_ne!(again, first);
+    assert_eq!(jobs, [format!("{again}:true")]);
+    // A job on the right port is kept as it is.
+    let kept = migrate(&mut cron.client, &options)
+        .await
+        .unwrap()
+        .job_id
+        .unwrap();
+    assert_eq!(kept, again);
+}
