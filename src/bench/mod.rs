@@ -234,7 +234,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         // Peers take minutes: they run on the first layout only.
         let runs_here = |s: &&dyn Strategy| n == 0 || s.role() != Role::Peer;
         let mut strategies = Vec::new();
-        for strategy in strategy::ALL.into_iter().filter(runs_here) {
+        for strategy in strategy::ALL.iter().copied().filter(runs_here) {
             let name = strategy.name();
             eprintln!(
                 "{} / {name}: deleting {due} due rows under {} rotations/s",

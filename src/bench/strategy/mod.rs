@@ -21,7 +21,7 @@ pub use token_janitor::TokenJanitor;
 use crate::error::{Error, Result, db};
 
 /// Every strategy, in the order each layout runs them.
-pub const ALL: [&dyn Strategy; 4] = [&SingleDelete, &TokenJanitor, &SupabaseShape, &HydraShape];
+pub const ALL: &[&dyn Strategy] = &[&SingleDelete, &TokenJanitor, &SupabaseShape, &HydraShape];
 
 /// The due rows, as the strategies that write their own DELETE name them:
 /// the rotated rows the seed revoked over an hour ago.
