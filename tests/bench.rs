@@ -125,6 +125,11 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         assert_eq!(s["rotate_failures"], 0, "{s}");
     }
     assert_eq!(strategies[0]["ratio_to_single_delete"], 1.0);
+    let roles: Vec<&str> = strategies
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["baseline", "subject", "peer", "peer"]);
     let scaling = report["scaling"].as_array().unwrap();
     assert_eq!(scaling.len(), 2);
     assert_eq!(scaling[0]["live_rows"], serde_json::json!([2000, 10000]));

@@ -8,24 +8,26 @@ use std::time::Duration;
 use common::*;
 use tokio_postgres::Client;
 
-/// `n` families issued an hour apart from T0 - 30 days, each rotated once a
-/// minute later: n rotated rows due under the default policy, n live tokens.
+/// `n` families issued a second apart from T0 - 30 days, each rotated once a
+/// minute later: n rotated rows due under the default policy, n live tokens
+/// (for 30 days on the server's clock).
 async fn seed_rotated(client: &Client, n: i64) {
-    client
-        .execute(
-            "WITH s AS (
-                 INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at)
-                 SELECT 'u' || i, $1::timestamptz + i * interval '1 second', 1, now() + interval '30 days'
-                 FROM generate_series(1, $2::bigint) i RETURNING id, created_at)
-             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
-             SELECT id, g, sha256((id::text || g)::bytea), created_at, now() + interval '30 days',
-                    CASE g WHEN 0 THEN created_at + interval '1 minute' END,
-                    CASE g WHEN 0 THEN 'rotated' END
-             FROM s, generate_series(0, 1) g",
-            &[&at(-30 * DAY), &n],
-        )
-        .await
-        .unwrap();
+    let expires_at = plus(server_now(client).await, 30 * DAY);
+    let families: Vec<Family> = (1..=n)
+        .map(|i| {
+            let created_at = at(-30 * DAY + i);
+            let rotated = TokenRow {
+                expires_at,
+                revoked: Some(Reason::Rotated.at(plus(created_at, MINUTE))),
+            };
+            Family::new(
+                format!("u{i}"),
+                created_at,
+                vec![rotated, TokenRow::expiring(expires_at)],
+            )
+        })
+        .collect();
+    seed(client, &families).await;
 }
 
 async fn live_tokens(client: &Client) -> i64 {

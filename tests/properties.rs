@@ -1,7 +1,9 @@
 //! Property tests: random histories of issue / rotate / replay / revoke /
 //! purge over random clocks and policies (zero retention included), checked
-//! after every step against docs/design.md §5:
-//! - a purge deletes no live token and nothing before its retention;
+//! after every step against docs/design.md §5 (its model is
+//! tests/common/due.rs):
+//! - a purge deletes no live token and nothing before its retention, and
+//!   exactly the dead sessions it emptied;
 //! - a presented token that was rejected is never accepted later;
 //! - a rotated token's replay reads reuse_detected while its session exists,
 //!   before and after its row is purged;
@@ -16,16 +18,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use common::*;
 use proptest::prelude::*;
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-/// Retentions in seconds: (expired, revoked, rotated).
-type Policy = (i64, i64, i64);
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -73,7 +72,13 @@ fn policy() -> impl Strategy<Value = Policy> {
         Just(DAY),
         Just(7 * DAY)
     ];
-    (retention.clone(), retention.clone(), retention)
+    (retention.clone(), retention.clone(), retention).prop_map(|(expired, revoked, rotated)| {
+        Policy {
+            expired,
+            revoked,
+            rotated,
+        }
+    })
 }
 
 /// A token as its holder has it: the hash of its secret and its authenticator.
@@ -91,46 +96,44 @@ struct Family {
     tokens: Vec<Token>,
 }
 
-/// A token row as read from the table.
-#[derive(Debug, Clone)]
-struct Row {
-    expires_at: SystemTime,
-    revoked: Option<(SystemTime, String)>,
+/// A revocation as read from revoked_at and revoke_reason.
+fn revocation(row: &tokio_postgres::Row, at: usize, reason: usize) -> Option<Revocation> {
+    let revoked_at: Option<SystemTime> = row.get(at);
+    let reason: Option<&str> = row.get(reason);
+    revoked_at.zip(reason).map(|(t, r)| Reason::parse(r).at(t))
 }
 
-async fn rows(client: &Client) -> BTreeMap<(Uuid, i32), Row> {
+/// The token rows in the table, as the model sees them.
+async fn rows(client: &Client) -> BTreeMap<(Uuid, i32), TokenRow> {
     client
         .query("SELECT session_id, generation, expires_at, revoked_at, revoke_reason FROM auth.refresh_tokens", &[])
         .await
         .unwrap()
         .iter()
+        .map(|r| ((r.get(0), r.get(1)), TokenRow { expires_at: r.get(2), revoked: revocation(r, 3, 4) }))
+        .collect()
+}
+
+/// The session rows in the table, as the model sees them.
+async fn sessions(client: &Client) -> BTreeMap<Uuid, SessionRow> {
+    client
+        .query(
+            "SELECT id, refresh_expires_at, revoked_at, revoke_reason FROM auth.sessions",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
         .map(|r| {
-            let revoked_at: Option<SystemTime> = r.get(3);
-            let reason: Option<String> = r.get(4);
-            ((r.get(0), r.get(1)), Row { expires_at: r.get(2), revoked: revoked_at.zip(reason) })
+            (
+                r.get(0),
+                SessionRow {
+                    refresh_expires_at: r.get(1),
+                    revoked: revocation(r, 2, 3),
+                },
+            )
         })
         .collect()
-}
-
-async fn sessions(client: &Client) -> HashSet<Uuid> {
-    column(client, "SELECT id FROM auth.sessions")
-        .await
-        .into_iter()
-        .collect()
-}
-
-fn before(t: SystemTime, seconds: i64) -> SystemTime {
-    t - std::time::Duration::from_secs(seconds as u64)
-}
-
-/// docs/design.md §5: whether a row may be deleted at `now`.
-fn due(row: &Row, (expired, revoked, rotated): Policy, now: SystemTime) -> bool {
-    row.expires_at < before(now, expired)
-        || match &row.revoked {
-            Some((at, reason)) if reason == "rotated" => *at < before(now, rotated),
-            Some((at, _)) => *at < before(now, revoked),
-            None => false,
-        }
 }
 
 /// Presents `token` for (id, generation) asking for `next`: the outcome and,
@@ -161,13 +164,9 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
         .batch_execute("TRUNCATE auth.sessions, auth.refresh_tokens, auth.cleanup_runs")
         .await
         .unwrap();
+    policy.apply(client).await;
     client
-        .execute(
-            "UPDATE auth.cleanup_policy SET expired_retention = make_interval(secs => $1),
-                 revoked_retention = make_interval(secs => $2), rotated_retention = make_interval(secs => $3),
-                 reuse_grace = '0'",
-            &[&(policy.0 as f64), &(policy.1 as f64), &(policy.2 as f64)],
-        )
+        .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
         .await
         .unwrap();
     let mut now = at(0);
@@ -287,35 +286,52 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
                     if after_rows.contains_key(key) {
                         continue;
                     }
-                    if row.revoked.is_none() && row.expires_at >= now {
+                    if row.live(now) {
                         return Err(format!("step {i}: live token {key:?} was deleted"));
                     }
-                    if !due(row, policy, now) {
+                    if row.due(policy, now).is_none() {
                         return Err(format!(
                             "step {i}: {key:?} {row:?} deleted before its retention"
                         ));
                     }
                 }
                 if limit.is_none()
-                    && let Some((key, _)) = after_rows.iter().find(|(_, r)| due(r, policy, now))
+                    && let Some((key, _)) = after_rows
+                        .iter()
+                        .find(|(_, r)| r.due(policy, now).is_some())
                 {
                     return Err(format!(
                         "step {i}: due row {key:?} survived an unlimited purge"
                     ));
                 }
                 let after_sessions = sessions(client).await;
-                for id in before_sessions.difference(&after_sessions) {
-                    if before_rows
-                        .iter()
-                        .any(|((s, _), r)| s == id && r.revoked.is_none() && r.expires_at >= now)
-                    {
+                for (id, session) in &before_sessions {
+                    if after_sessions.contains_key(id) {
+                        continue;
+                    }
+                    if before_rows.iter().any(|((s, _), r)| s == id && r.live(now)) {
                         return Err(format!("step {i}: the session of a live token was deleted"));
                     }
+                    let has_tokens = after_rows.keys().any(|(s, _)| s == id);
+                    if !session.due(policy, now, has_tokens) {
+                        return Err(format!(
+                            "step {i}: session {session:?} deleted before it was due"
+                        ));
+                    }
+                }
+                if limit.is_none()
+                    && let Some((id, _)) = after_sessions.iter().find(|(id, s)| {
+                        s.due(policy, now, after_rows.keys().any(|(t, _)| t == *id))
+                    })
+                {
+                    return Err(format!(
+                        "step {i}: due session {id:?} survived an unlimited purge"
+                    ));
                 }
                 // Breach detection survives: every rotated-away generation of a
                 // family that still exists reads reuse_detected (rolled back).
                 for f in &families {
-                    if !after_sessions.contains(&f.id) {
+                    if !after_sessions.contains_key(&f.id) {
                         continue;
                     }
                     for (generation, token) in f.tokens.iter().enumerate().rev().skip(1) {

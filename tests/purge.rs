@@ -1,6 +1,6 @@
-//! `auth.purge_refresh_tokens` against a model of docs/design.md §5: exactly the
-//! due rows go, counted by kind, to the second; live tokens never; breach
-//! detection survives the purge.
+//! `auth.purge_refresh_tokens` against the model of docs/design.md §5
+//! (tests/common/due.rs): exactly the due rows go, counted by kind, to the
+//! second; live tokens never; breach detection survives the purge.
 
 mod common;
 
@@ -10,153 +10,60 @@ use std::time::SystemTime;
 use common::*;
 use rstest::rstest;
 
-/// Retentions in seconds: (expired, revoked, rotated).
-type Policy = (i64, i64, i64);
-const DEFAULT_POLICY: Policy = (DAY, 7 * DAY, HOUR);
-
-#[derive(Debug, Clone)]
-struct Row {
-    session: usize,
-    generation: i32,
-    expires_at: i64,
-    revoked: Revocation,
-}
-
-#[derive(Debug, Clone)]
-struct Session {
-    generation: i32,
-    refresh_expires_at: i64,
-    revoked: Revocation,
-}
-
-/// Which kind a token row is due as at `now`, or None (docs/design.md §5).
-fn due(row: &Row, (expired, revoked, rotated): Policy, now: i64) -> Option<&'static str> {
-    if row.expires_at < now - expired {
-        return Some("expired");
-    }
-    match row.revoked {
-        Some((at, "rotated")) if at < now - rotated => Some("rotated"),
-        Some((at, reason)) if reason != "rotated" && at < now - revoked => Some("revoked"),
-        _ => None,
+/// A family whose session's revocation is `revoked` and whose tokens are
+/// one (expires_at, revocation) per generation, at seconds from T0.
+fn family(revoked: Option<(i64, Reason)>, tokens: &[(i64, Option<(i64, Reason)>)]) -> Family {
+    let revocation = |r: Option<(i64, Reason)>| r.map(|(t, reason)| reason.at(at(t)));
+    let tokens = tokens
+        .iter()
+        .map(|&(expires_at, revoked)| TokenRow {
+            expires_at: at(expires_at),
+            revoked: revocation(revoked),
+        })
+        .collect();
+    Family {
+        revoked: revocation(revoked),
+        ..Family::new("u", at(-60 * DAY), tokens)
     }
 }
 
-fn session_dead(s: &Session, (expired, revoked, _): Policy, now: i64) -> bool {
-    s.refresh_expires_at < now - expired || s.revoked.is_some_and(|(at, _)| at < now - revoked)
-}
-
-/// A family: its session's revocation and one (expires_at, revocation) per
-/// generation; the session's generation and expiry follow its newest token.
-type Revocation = Option<(i64, &'static str)>;
-
-fn push_family(
-    sessions: &mut Vec<Session>,
-    rows: &mut Vec<Row>,
-    revoked: Revocation,
-    tokens: &[(i64, Revocation)],
-) {
-    let (newest_expiry, _) = tokens[tokens.len() - 1];
-    sessions.push(Session {
-        generation: tokens.len() as i32 - 1,
-        refresh_expires_at: newest_expiry,
-        revoked,
-    });
-    for (generation, (expires_at, revoked)) in tokens.iter().enumerate() {
-        rows.push(Row {
-            session: sessions.len() - 1,
-            generation: generation as i32,
-            expires_at: *expires_at,
-            revoked: *revoked,
-        });
-    }
-}
-
-/// Sessions and tokens in every state, with timestamps a second either side
+/// Families and tokens in every state, with timestamps a second either side
 /// of each retention boundary at `now`.
-fn world((expired, revoked, rotated): Policy, now: i64) -> (Vec<Session>, Vec<Row>) {
-    let (mut sessions, mut rows) = (Vec::new(), Vec::new());
+fn world(policy: Policy, now: i64) -> Vec<Family> {
+    let mut families = Vec::new();
     let far = now + 30 * DAY;
     for offset in -2..=2 {
         let (e, r, t) = (
-            now - expired + offset,
-            now - revoked + offset,
-            now - rotated + offset,
+            now - policy.expired + offset,
+            now - policy.revoked + offset,
+            now - policy.rotated + offset,
         );
         // A family whose only token expired around the boundary.
-        push_family(&mut sessions, &mut rows, None, &[(e, None)]);
+        families.push(family(None, &[(e, None)]));
         // A family logged out around the boundary.
-        let logout = Some((r, "logout"));
-        push_family(&mut sessions, &mut rows, logout, &[(far, logout)]);
+        let logout = Some((r, Reason::Logout));
+        families.push(family(logout, &[(far, logout)]));
         // A live family whose generation 0 was rotated around the boundary.
-        push_family(
-            &mut sessions,
-            &mut rows,
+        families.push(family(
             None,
-            &[(far, Some((t, "rotated"))), (far, None)],
-        );
+            &[(far, Some((t, Reason::Rotated))), (far, None)],
+        ));
         // A family revoked for reuse around the boundary, with a rotated row.
-        let reuse = Some((r, "reuse_detected"));
-        push_family(
-            &mut sessions,
-            &mut rows,
+        let reuse = Some((r, Reason::ReuseDetected));
+        families.push(family(
             reuse,
-            &[(far, Some((r - 60, "rotated"))), (far, reuse)],
-        );
+            &[(far, Some((r - 60, Reason::Rotated))), (far, reuse)],
+        ));
     }
     // Live tokens at the edge: expiring exactly now, and in a second.
     for e in [now, now + 1] {
-        push_family(&mut sessions, &mut rows, None, &[(e, None)]);
+        families.push(family(None, &[(e, None)]));
     }
     // An expired token that was also revoked by an admin long ago.
-    let old = now - expired - revoked - DAY;
-    let admin = Some((old - DAY, "admin"));
-    push_family(&mut sessions, &mut rows, admin, &[(old, admin)]);
-    (sessions, rows)
-}
-
-async fn seed(
-    client: &tokio_postgres::Client,
-    sessions: &[Session],
-    rows: &[Row],
-) -> Vec<uuid::Uuid> {
-    let mut ids = Vec::new();
-    for s in sessions {
-        let (revoked_at, reason) = s.revoked.map(|(t, r)| (Some(at(t)), Some(r))).unzip();
-        let id: uuid::Uuid = client
-            .query_one(
-                "INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
-                 VALUES ('u', $1, $2, $3, $4, $5) RETURNING id",
-                &[&at(-60 * DAY), &s.generation, &at(s.refresh_expires_at), &revoked_at.flatten(), &reason.flatten()],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        ids.push(id);
-    }
-    for r in rows {
-        let (revoked_at, reason) = r.revoked.map(|(t, r)| (Some(at(t)), Some(r))).unzip();
-        client
-            .execute(
-                "INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
-                 VALUES ($1, $2, sha256($3::text::bytea), $4, $5, $6, $7)",
-                &[&ids[r.session], &r.generation, &format!("{}-{}", r.session, r.generation),
-                  &at(-60 * DAY), &at(r.expires_at), &revoked_at.flatten(), &reason.flatten()],
-            )
-            .await
-            .unwrap();
-    }
-    ids
-}
-
-async fn set_policy(client: &tokio_postgres::Client, (expired, revoked, rotated): Policy) {
-    client
-        .execute(
-            "UPDATE auth.cleanup_policy SET expired_retention = make_interval(secs => $1),
-                 revoked_retention = make_interval(secs => $2), rotated_retention = make_interval(secs => $3)",
-            &[&(expired as f64), &(revoked as f64), &(rotated as f64)],
-        )
-        .await
-        .unwrap();
+    let old = now - policy.expired - policy.revoked - DAY;
+    let admin = Some((old - DAY, Reason::Admin));
+    families.push(family(admin, &[(old, admin)]));
+    families
 }
 
 async fn surviving(
@@ -180,39 +87,42 @@ async fn surviving(
 /// kind, a second either side of every boundary, for default and zero
 /// retention, in one call and in small batches.
 #[rstest]
-#[case::defaults_all_at_once(DEFAULT_POLICY, None)]
-#[case::defaults_in_batches_of_3(DEFAULT_POLICY, Some(3))]
-#[case::zero_retention(( 0, 0, 0), None)]
-#[case::zero_retention_in_batches_of_1((0, 0, 0), Some(1))]
-#[case::rotated_kept_longer_than_revoked((HOUR, HOUR, 2 * DAY), Some(4))]
+#[case::defaults_all_at_once(Policy::DEFAULT, None)]
+#[case::defaults_in_batches_of_3(Policy::DEFAULT, Some(3))]
+#[case::zero_retention(Policy { expired: 0, revoked: 0, rotated: 0 }, None)]
+#[case::zero_retention_in_batches_of_1(Policy { expired: 0, revoked: 0, rotated: 0 }, Some(1))]
+#[case::rotated_kept_longer_than_revoked(Policy { expired: HOUR, revoked: HOUR, rotated: 2 * DAY }, Some(4))]
 #[tokio::test]
 async fn exactly_the_due_rows_are_deleted(#[case] policy: Policy, #[case] limit: Option<i32>) {
     let db = TestDb::migrated().await;
     let c = &db.client;
-    set_policy(c, policy).await;
+    policy.apply(c).await;
     let now = 100 * DAY;
-    let (sessions, rows) = world(policy, now);
-    let ids = seed(c, &sessions, &rows).await;
+    let families = world(policy, now);
+    let ids = seed(c, &families).await;
 
     let mut expected = [0i64; 3];
     let mut tokens_left = BTreeSet::new();
-    for r in &rows {
-        match due(r, policy, now) {
-            Some("expired") => expected[0] += 1,
-            Some("revoked") => expected[1] += 1,
-            Some(_) => expected[2] += 1,
-            None => {
-                tokens_left.insert((ids[r.session], r.generation));
+    for (id, family) in ids.iter().zip(&families) {
+        for (generation, token) in family.tokens.iter().enumerate() {
+            match token.due(policy, at(now)) {
+                Some(Kind::Expired) => expected[0] += 1,
+                Some(Kind::Revoked) => expected[1] += 1,
+                Some(Kind::Rotated) => expected[2] += 1,
+                None => {
+                    tokens_left.insert((*id, generation as i32));
+                }
             }
         }
     }
-    let sessions_left: BTreeSet<uuid::Uuid> = sessions
+    let sessions_left: BTreeSet<uuid::Uuid> = ids
         .iter()
-        .enumerate()
-        .filter(|(i, s)| {
-            !session_dead(s, policy, now) || tokens_left.iter().any(|(id, _)| *id == ids[*i])
+        .zip(&families)
+        .filter(|(id, f)| {
+            let has_tokens = tokens_left.iter().any(|(s, _)| s == *id);
+            !f.session().due(policy, at(now), has_tokens)
         })
-        .map(|(i, _)| ids[i])
+        .map(|(id, _)| *id)
         .collect();
     assert!(
         expected.iter().all(|&n| n > 0),
@@ -237,7 +147,7 @@ async fn exactly_the_due_rows_are_deleted(#[case] policy: Policy, #[case] limit:
         (total.0, total.1, total.2),
         (expected[0], expected[1], expected[2])
     );
-    assert_eq!(total.3, (sessions.len() - sessions_left.len()) as i64);
+    assert_eq!(total.3, (families.len() - sessions_left.len()) as i64);
     assert_eq!(surviving(c).await, (tokens_left, sessions_left));
 }
 
@@ -247,7 +157,13 @@ async fn exactly_the_due_rows_are_deleted(#[case] policy: Policy, #[case] limit:
 async fn live_tokens_survive_zero_retention() {
     let db = TestDb::migrated().await;
     let c = &db.client;
-    set_policy(c, (0, 0, 0)).await;
+    Policy {
+        expired: 0,
+        revoked: 0,
+        rotated: 0,
+    }
+    .apply(c)
+    .await;
     let mut families = Vec::new();
     for i in 0..20 {
         let s = issue(c, "u", &format!("{i}-0"), HOUR, at(0)).await;
@@ -375,30 +291,38 @@ async fn ties_on_the_timestamp_still_make_full_batches() {
 /// instant: 11,000 due rows on two timestamps, 3,000 live tokens (which
 /// expire years from now).
 async fn seed_mass_revocation(c: &tokio_postgres::Client) {
-    c.execute(
-        "WITH p (t0, revoked, far) AS (SELECT $1::timestamptz, $2::timestamptz, $3::timestamptz),
-         s AS (
-             INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason)
-             SELECT 'mass-' || i, p.t0, CASE WHEN i <= 3000 THEN 3 ELSE 0 END,
-                    CASE WHEN i > 4000 THEN p.t0 ELSE p.far END,
-                    CASE WHEN i BETWEEN 3001 AND 4000 THEN p.revoked END,
-                    CASE WHEN i BETWEEN 3001 AND 4000 THEN 'admin' END
-             FROM p, generate_series(1, 5000) i
-             RETURNING id, split_part(user_id, '-', 2)::int AS i)
-         INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
-         SELECT s.id, g, sha256(convert_to(s.id::text || g, 'UTF8')), p.t0,
-                CASE WHEN s.i > 4000 THEN p.t0 ELSE p.far END,
-                CASE WHEN s.i BETWEEN 3001 AND 4000 OR s.i <= 3000 AND g < 3 THEN p.revoked END,
-                CASE WHEN s.i BETWEEN 3001 AND 4000 THEN 'admin' WHEN s.i <= 3000 AND g < 3 THEN 'rotated' END
-         FROM p, s, generate_series(0, 3) g
-         WHERE g = 0 OR s.i <= 3000",
-        &[&at(0), &at(MINUTE), &at(3650 * DAY)],
-    )
-    .await
-    .unwrap();
-    c.batch_execute("ANALYZE auth.sessions, auth.refresh_tokens")
-        .await
-        .unwrap();
+    let (t0, revoked, far) = (at(0), at(MINUTE), at(3650 * DAY));
+    let families: Vec<Family> = (1..=5000)
+        .map(|i| {
+            let user = format!("mass-{i}");
+            match i {
+                1..=3000 => {
+                    let mut tokens = vec![
+                        TokenRow {
+                            expires_at: far,
+                            revoked: Some(Reason::Rotated.at(revoked)),
+                        };
+                        3
+                    ];
+                    tokens.push(TokenRow::expiring(far));
+                    Family::new(user, t0, tokens)
+                }
+                3001..=4000 => {
+                    let admin = Reason::Admin.at(revoked);
+                    let token = TokenRow {
+                        expires_at: far,
+                        revoked: Some(admin),
+                    };
+                    Family {
+                        revoked: Some(admin),
+                        ..Family::new(user, t0, vec![token])
+                    }
+                }
+                _ => Family::new(user, t0, vec![TokenRow::expiring(t0)]),
+            }
+        })
+        .collect();
+    seed(c, &families).await;
 }
 
 /// The live tokens: (sessions, rows, rows that are generation 3).

@@ -8,24 +8,19 @@
 mod common;
 
 use common::*;
+use sha2::Digest;
 use token_janitor::{Rotation, TokenStore, migrate};
 
 /// A session and its generation-0 token as the previous release wrote them
 /// (no MAC key, no seal); returns the rt1_ token string.
 async fn legacy_session(client: &tokio_postgres::Client, user: &str) -> String {
     let secret = random(32);
-    let session: uuid::Uuid = client
-        .query_one(
-            "WITH s AS (
-                 INSERT INTO auth.sessions (user_id, created_at, generation, refresh_expires_at)
-                 VALUES ($1, now(), 0, now() + interval '30 days') RETURNING id)
-             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
-             SELECT id, 0, sha256($2), now(), now() + interval '30 days' FROM s RETURNING session_id",
-            &[&user, &secret],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let now = server_now(client).await;
+    let family = Family {
+        hashes: vec![sha2::Sha256::digest(&secret).to_vec()],
+        ..Family::new(user, now, vec![TokenRow::expiring(plus(now, 30 * DAY))])
+    };
+    let session = seed(client, &[family]).await[0];
     build(session, 0, &secret, None)
 }
 

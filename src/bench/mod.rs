@@ -5,6 +5,7 @@
 mod load;
 mod report;
 mod seed;
+pub mod strategy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use tokio_postgres::Client;
 
 pub use report::{LayoutResult, Machine, Report, Scaling, StrategyResult};
 pub use seed::IdleRows;
+use strategy::{Role, Strategy};
 
 use crate::db::DatabaseUrl;
 use crate::error::{Error, Result, db};
@@ -126,17 +128,6 @@ impl Default for BenchOptions {
     }
 }
 
-/// The strategies, in the order they run.
-const STRATEGIES: [&str; 4] = [
-    "single-delete",
-    "token-janitor",
-    "supabase-shape",
-    "hydra-shape",
-];
-
-/// The due rows, as every strategy sees them.
-const DUE: &str = "revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'";
-
 /// Scratch databases of one bench run, dropped at the end whatever happens.
 struct Scratch {
     admin: Client,
@@ -241,13 +232,10 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         }
 
         // Peers take minutes: they run on the first layout only.
-        let names = if n == 0 {
-            &STRATEGIES[..]
-        } else {
-            &STRATEGIES[..2]
-        };
+        let runs_here = |s: &&dyn Strategy| n == 0 || s.role() != Role::Peer;
         let mut strategies = Vec::new();
-        for name in names {
+        for strategy in strategy::ALL.iter().copied().filter(runs_here) {
+            let name = strategy.name();
             eprintln!(
                 "{} / {name}: deleting {due} due rows under {} rotations/s",
                 layout.name(),
@@ -257,26 +245,14 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
             let cap = options.peer_cap;
             let run = measure(&copy, traffic, |client| async move {
-                purge(&client, name, cap).await
+                strategy.purge(&client, cap).await
             })
             .await?;
             scratch.drop(&suffix).await;
-            strategies.push(StrategyResult::new(name, run, due));
+            strategies.push(StrategyResult::new(strategy, run, due));
         }
         scratch.drop(&template_suffix).await;
-        let single = strategies[0].rows_per_s;
-        for s in &mut strategies {
-            s.ratio_to_single_delete = if single > 0.0 {
-                s.rows_per_s / single
-            } else {
-                0.0
-            };
-        }
-        layouts.push(LayoutResult {
-            layout,
-            due,
-            strategies,
-        });
+        layouts.push(LayoutResult::new(layout, due, strategies));
     }
     let idle = idle.ok_or_else(|| Error::Bench("no layout to measure".into()))?;
 
@@ -436,65 +412,6 @@ where
     })
 }
 
-/// Deletes the due rows with strategy `name`; returns how many.
-async fn purge(client: &Client, name: &str, cap: Duration) -> Result<i64> {
-    let context = || format!("running strategy {name}");
-    match name {
-        "single-delete" => Ok(client
-            .execute(&format!("DELETE FROM auth.refresh_tokens WHERE {DUE}"), &[])
-            .await
-            .map_err(db(context()))? as i64),
-        "token-janitor" => {
-            client
-                .batch_execute("CALL auth.run_token_cleanup()")
-                .await
-                .map_err(db(context()))?;
-            let row = client
-                .query_one(
-                    "SELECT expired_deleted + revoked_deleted + rotated_deleted, status
-                     FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
-                    &[],
-                )
-                .await
-                .map_err(db(context()))?;
-            let status: &str = row.get(1);
-            if status != "ok" {
-                tracing::warn!(status, "the token-janitor run did not finish everything");
-            }
-            Ok(row.get(0))
-        }
-        peer => {
-            let statement = if peer == "supabase-shape" {
-                format!(
-                    "DELETE FROM auth.refresh_tokens WHERE (session_id, generation) IN (
-                         SELECT session_id, generation FROM auth.refresh_tokens WHERE {DUE}
-                         LIMIT 100 FOR UPDATE SKIP LOCKED)"
-                )
-            } else {
-                format!(
-                    "DELETE FROM auth.refresh_tokens WHERE (session_id, generation) IN (
-                         SELECT session_id, generation FROM auth.refresh_tokens WHERE {DUE}
-                         ORDER BY revoked_at LIMIT 100)"
-                )
-            };
-            let statement = client.prepare(&statement).await.map_err(db(context()))?;
-            let deadline = Instant::now() + cap;
-            let mut total = 0;
-            while Instant::now() < deadline {
-                let n = client
-                    .execute(&statement, &[])
-                    .await
-                    .map_err(db(context()))?;
-                if n == 0 {
-                    break;
-                }
-                total += n as i64;
-            }
-            Ok(total)
-        }
-    }
-}
-
 /// Purge time for `due` rows with `live` and then 5 x `live` live rows laid
 /// out as `layout`.
 async fn scale(
@@ -523,7 +440,7 @@ async fn scale(
         };
         prepare(&url, shape, batch_size, false).await?;
         let run = measure(&url, None, |client| async move {
-            purge(&client, "token-janitor", Duration::ZERO).await
+            strategy::TokenJanitor.purge(&client, Duration::ZERO).await
         })
         .await?;
         scratch.drop(&suffix).await;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::Measured;
+use super::strategy::{Role, Strategy};
 
 /// The machine the numbers come from.
 #[derive(Debug, Clone, Serialize)]
@@ -59,8 +60,10 @@ impl Machine {
 /// One strategy's numbers.
 #[derive(Debug, Clone, Serialize)]
 pub struct StrategyResult {
-    /// single-delete, token-janitor, supabase-shape or hydra-shape.
+    /// The strategy's name (see [`super::strategy::ALL`]).
     pub name: String,
+    /// What it is in the comparison.
+    pub role: Role,
     /// Rows it deleted (a peer may stop at its time cap).
     pub rows_deleted: i64,
     /// Whether it deleted every due row.
@@ -69,7 +72,7 @@ pub struct StrategyResult {
     pub seconds: f64,
     /// rows_deleted / seconds.
     pub rows_per_s: f64,
-    /// rows_per_s relative to single-delete's.
+    /// rows_per_s relative to the baseline's (single-delete's).
     pub ratio_to_single_delete: f64,
     /// WAL written while it ran (the concurrent rotations' included).
     pub wal_bytes: i64,
@@ -82,9 +85,10 @@ pub struct StrategyResult {
 }
 
 impl StrategyResult {
-    pub(super) fn new(name: &str, run: Measured, due: i64) -> Self {
+    pub(super) fn new(strategy: &dyn Strategy, run: Measured, due: i64) -> Self {
         Self {
-            name: name.to_string(),
+            name: strategy.name().to_string(),
+            role: strategy.role(),
             rows_deleted: run.rows_deleted,
             complete: run.rows_deleted >= due,
             seconds: run.seconds,
@@ -109,15 +113,49 @@ pub struct LayoutResult {
     pub layout: super::Layout,
     /// Due rows in its table (every strategy deletes these).
     pub due: i64,
-    /// single-delete first; every strategy on the first layout measured,
-    /// single-delete and token-janitor on the others.
+    /// In the order they ran: every strategy on the first layout measured,
+    /// the baseline and token-janitor on the others.
     pub strategies: Vec<StrategyResult>,
 }
 
 impl LayoutResult {
+    /// The results on `layout`, each one's ratio set against the baseline's
+    /// rate (0 without a baseline or when it deleted nothing).
+    pub(super) fn new(
+        layout: super::Layout,
+        due: i64,
+        mut strategies: Vec<StrategyResult>,
+    ) -> Self {
+        let baseline = strategies
+            .iter()
+            .find(|s| s.role == Role::Baseline)
+            .map_or(0.0, |s| s.rows_per_s);
+        for s in &mut strategies {
+            s.ratio_to_single_delete = if baseline > 0.0 {
+                s.rows_per_s / baseline
+            } else {
+                0.0
+            };
+        }
+        Self {
+            layout,
+            due,
+            strategies,
+        }
+    }
+
+    /// The baseline's numbers on this layout, if it ran.
+    pub fn baseline(&self) -> Option<&StrategyResult> {
+        self.with_role(Role::Baseline)
+    }
+
     /// token-janitor's numbers on this layout, if it ran.
     pub fn token_janitor(&self) -> Option<&StrategyResult> {
-        self.strategies.iter().find(|s| s.name == "token-janitor")
+        self.with_role(Role::Subject)
+    }
+
+    fn with_role(&self, role: Role) -> Option<&StrategyResult> {
+        self.strategies.iter().find(|s| s.role == role)
     }
 }
 
@@ -181,8 +219,7 @@ impl Report {
              |---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for layout in &self.layouts {
-            let single = &layout.strategies[0];
-            let Some(janitor) = layout.token_janitor() else {
+            let (Some(single), Some(janitor)) = (layout.baseline(), layout.token_janitor()) else {
                 continue;
             };
             out.push_str(&format!(
@@ -422,4 +459,47 @@ fn bars(
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(role: Role, rows_per_s: f64) -> StrategyResult {
+        StrategyResult {
+            name: format!("{role:?}"),
+            role,
+            rows_deleted: 0,
+            complete: true,
+            seconds: 0.0,
+            rows_per_s,
+            ratio_to_single_delete: 0.0,
+            wal_bytes: 0,
+            rotate_p50_ms: 0.0,
+            rotate_p99_ms: 0.0,
+            rotate_failures: 0,
+        }
+    }
+
+    /// The baseline is found by its role wherever it ran in the order.
+    #[test]
+    fn ratios_divide_by_the_baseline_wherever_it_is() {
+        let layout = LayoutResult::new(
+            super::super::Layout::Time,
+            0,
+            vec![
+                result(Role::Peer, 10.0),
+                result(Role::Subject, 60.0),
+                result(Role::Baseline, 100.0),
+            ],
+        );
+        let ratios: Vec<f64> = layout
+            .strategies
+            .iter()
+            .map(|s| s.ratio_to_single_delete)
+            .collect();
+        assert_eq!(ratios, [0.1, 0.6, 1.0]);
+        assert_eq!(layout.baseline().map(|s| s.role), Some(Role::Baseline));
+        assert_eq!(layout.token_janitor().map(|s| s.role), Some(Role::Subject));
+    }
 }
