@@ -204,7 +204,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         let template_suffix = format!("{}_template", layout.name());
         let template = scratch.create(&template_suffix, None).await?;
         eprintln!("layout {}: seeding {} rows", layout.name(), options.rows);
-        let (due, policy_batch_size) = prepare(
+        let (due, policy_batch_size, due_sql) = prepare(
             &template,
             layout.shape(options.rows, options.due_share),
             options.batch_size,
@@ -244,8 +244,9 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
             let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
             let cap = options.peer_cap;
+            let due_sql = due_sql.as_str();
             let run = measure(&copy, traffic, |client| async move {
-                strategy.purge(&client, cap).await
+                strategy.purge(&client, due_sql, cap).await
             })
             .await?;
             scratch.drop(&suffix).await;
@@ -277,14 +278,14 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
 }
 
 /// Migrates, seeds and checkpoints a template, with `batch_size` (when
-/// given) and `pace` in its policy; returns its due row count and the
-/// policy's batch size.
+/// given) and `pace` in its policy; returns its due row count, the policy's
+/// batch size and the due rows' predicate ([`strategy::due_predicate`]).
 async fn prepare(
     url: &DatabaseUrl,
     shape: seed::Shape,
     batch_size: Option<i32>,
     pace: bool,
-) -> Result<(i64, i32)> {
+) -> Result<(i64, i32, String)> {
     let mut client = url.connect().await?;
     migrate(
         &mut client,
@@ -308,7 +309,7 @@ async fn prepare(
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm; CHECKPOINT")
         .await
         .map_err(db("preparing the template"))?;
-    Ok((due, batch_size))
+    Ok((due, batch_size, strategy::due_predicate(&client).await?))
 }
 
 async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
@@ -438,9 +439,12 @@ async fn scale(
             order: seed::Order::Time,
             ties: false,
         };
-        prepare(&url, shape, batch_size, false).await?;
+        let (_, _, due_sql) = prepare(&url, shape, batch_size, false).await?;
+        let due_sql = due_sql.as_str();
         let run = measure(&url, None, |client| async move {
-            strategy::TokenJanitor.purge(&client, Duration::ZERO).await
+            strategy::TokenJanitor
+                .purge(&client, due_sql, Duration::ZERO)
+                .await
         })
         .await?;
         scratch.drop(&suffix).await;

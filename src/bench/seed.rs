@@ -268,11 +268,12 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
         .batch_execute("VACUUM ANALYZE auth.sessions, auth.refresh_tokens")
         .await
         .map_err(db("vacuuming the seeded tables"))?;
+    let due_rows = format!(
+        "SELECT count(*) FROM auth.refresh_tokens WHERE {}",
+        super::strategy::due_predicate(client).await?
+    );
     let counted: i64 = client
-        .query_one(
-            "SELECT count(*) FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'",
-            &[],
-        )
+        .query_one(&due_rows, &[])
         .await
         .map_err(db("counting due rows"))?
         .get(0);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
-use super::{DUE, Role, Strategy, in_batches};
+use super::{Role, Strategy, in_batches};
 use crate::error::Result;
 
 /// Batches of the 100 oldest due rows by revoke time.
@@ -21,10 +21,15 @@ impl Strategy for HydraShape {
         Role::Peer
     }
 
-    fn purge<'a>(&'a self, client: &'a Client, cap: Duration) -> BoxFuture<'a, Result<i64>> {
+    fn purge<'a>(
+        &'a self,
+        client: &'a Client,
+        due: &'a str,
+        cap: Duration,
+    ) -> BoxFuture<'a, Result<i64>> {
         let statement = format!(
             "DELETE FROM auth.refresh_tokens WHERE (session_id, generation) IN (
-                 SELECT session_id, generation FROM auth.refresh_tokens WHERE {DUE}
+                 SELECT session_id, generation FROM auth.refresh_tokens WHERE {due}
                  ORDER BY revoked_at LIMIT 100)"
         );
         Box::pin(async move { in_batches(self, client, &statement, cap).await })

@@ -24,8 +24,23 @@ use crate::error::{Error, Result, db};
 pub const ALL: &[&dyn Strategy] = &[&SingleDelete, &TokenJanitor, &SupabaseShape, &HydraShape];
 
 /// The due rows, as the strategies that write their own DELETE name them:
-/// the rotated rows the seed revoked over an hour ago.
-const DUE: &str = "revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'";
+/// the `rotated` kind of `auth.purge_targets` (every due row the seed makes
+/// is a rotated one) with its cutoff from the policy, so that they delete
+/// exactly what the purge deletes.
+///
+/// # Errors
+/// [`Error::Db`] when the definition cannot be read.
+pub async fn due_predicate(client: &Client) -> Result<String> {
+    Ok(client
+        .query_one(
+            "SELECT replace(t.due, '$1', '(now() - (SELECT p.rotated_retention FROM auth.cleanup_policy p))')
+             FROM auth.purge_targets() t WHERE t.kind = 'rotated'",
+            &[],
+        )
+        .await
+        .map_err(db("reading the rotated kind of auth.purge_targets"))?
+        .get(0))
+}
 
 /// What a strategy is in the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,9 +66,15 @@ pub trait Strategy: Sync {
     /// What it is in the comparison.
     fn role(&self) -> Role;
 
-    /// Deletes the due rows through `client`; a strategy that loops stops
-    /// once `cap` has passed. Returns how many rows it deleted.
-    fn purge<'a>(&'a self, client: &'a Client, cap: Duration) -> BoxFuture<'a, Result<i64>>;
+    /// Deletes the due rows (`due`: their predicate, [`due_predicate`])
+    /// through `client`; a strategy that loops stops once `cap` has passed.
+    /// Returns how many rows it deleted.
+    fn purge<'a>(
+        &'a self,
+        client: &'a Client,
+        due: &'a str,
+        cap: Duration,
+    ) -> BoxFuture<'a, Result<i64>>;
 }
 
 /// The error of `strategy` failing at `client`'s request.

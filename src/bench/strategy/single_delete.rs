@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
-use super::{DUE, Role, Strategy, failed};
+use super::{Role, Strategy, failed};
 use crate::error::Result;
 
 /// Every due row in one statement.
@@ -21,10 +21,15 @@ impl Strategy for SingleDelete {
         Role::Baseline
     }
 
-    fn purge<'a>(&'a self, client: &'a Client, _cap: Duration) -> BoxFuture<'a, Result<i64>> {
+    fn purge<'a>(
+        &'a self,
+        client: &'a Client,
+        due: &'a str,
+        _cap: Duration,
+    ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
             let deleted = client
-                .execute(&format!("DELETE FROM auth.refresh_tokens WHERE {DUE}"), &[])
+                .execute(&format!("DELETE FROM auth.refresh_tokens WHERE {due}"), &[])
                 .await
                 .map_err(failed(self))?;
             Ok(deleted as i64)

@@ -22,7 +22,12 @@ impl Strategy for TokenJanitor {
     }
 
     /// The run stops at the policy's max_runtime, not at `cap`.
-    fn purge<'a>(&'a self, client: &'a Client, _cap: Duration) -> BoxFuture<'a, Result<i64>> {
+    fn purge<'a>(
+        &'a self,
+        client: &'a Client,
+        _due: &'a str,
+        _cap: Duration,
+    ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
             client
                 .batch_execute("CALL auth.run_token_cleanup()")
