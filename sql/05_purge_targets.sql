@@ -6,7 +6,8 @@
 -- them. Adding a kind is one row here, its index in sql/indexes.sql and its
 -- counter column in a migration. Re-applied on every migrate.
 
--- auth.purge_targets: the kinds, in the order a batch deletes them:
+-- auth.purge_targets: the kinds (only p_kind's when given; an unknown kind
+-- is an error), in the order a batch deletes them:
 --   kind              the kind's name (cleanup_backlog, status, metrics)
 --   shape             how a batch deletes it:
 --                     'range'  due rows in key order, a batch being the range
@@ -32,7 +33,7 @@
 --                     'emptied' looks at
 --   run_column        the auth.cleanup_runs column counting its deletes
 -- SECURITY DEFINER-free and readable by monitoring: definitions, no data.
-CREATE OR REPLACE FUNCTION auth.purge_targets()
+CREATE OR REPLACE FUNCTION auth.purge_targets(p_kind text DEFAULT NULL)
 RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],
                due text, retentions text[], indexes text[], empties_sessions boolean,
                run_column text)
@@ -40,7 +41,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN QUERY VALUES
+    RETURN QUERY SELECT * FROM (VALUES
         ('expired', 'range', 'auth.refresh_tokens'::regclass, 'expires_at',
          ARRAY['session_id', 'generation'],
          'expires_at < $1',
@@ -72,22 +73,10 @@ BEGIN
          ARRAY['id'],
          'occurred_at < $1',
          ARRAY['audit_retention'], ARRAY['security_events_occurred_at_idx'], false,
-         'security_events_deleted');
-END
-$$;
-
--- auth._purge_target: the definition of kind p_kind (auth.purge_targets);
--- an unknown kind is an error.
-CREATE OR REPLACE FUNCTION auth._purge_target(p_kind text)
-RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],
-               due text, retentions text[], indexes text[], empties_sessions boolean,
-               run_column text)
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN QUERY SELECT * FROM auth.purge_targets() t WHERE t.kind = p_kind;
-    IF NOT FOUND THEN
+         'security_events_deleted')
+    ) AS t (kind, shape, relation, key_column, row_key, due, retentions, indexes, empties_sessions, run_column)
+    WHERE p_kind IS NULL OR t.kind = p_kind;
+    IF NOT FOUND AND p_kind IS NOT NULL THEN
         RAISE EXCEPTION 'no purge target %', quote_literal(p_kind);
     END IF;
 END
@@ -108,7 +97,7 @@ DECLARE
     v_policy jsonb := to_jsonb(p_policy);
 BEGIN
     RETURN (SELECT array_agg(p_now - (v_policy ->> r.setting)::interval ORDER BY r.n)
-            FROM auth._purge_target(p_kind) t,
+            FROM auth.purge_targets(p_kind) t,
                  unnest(t.retentions) WITH ORDINALITY r (setting, n));
 END
 $$;

@@ -60,7 +60,7 @@ DECLARE
     v_head  text := 'DELETE';
     v_tail  text := '';
 BEGIN
-    SELECT * INTO t FROM auth._purge_target(p_kind);
+    SELECT * INTO t FROM auth.purge_targets(p_kind);
     v_pk := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(t.row_key) c);
     IF p_step = 'due' THEN
         RETURN format('SELECT 1 FROM %s WHERE %s', t.relation, t.due)
@@ -149,7 +149,7 @@ DECLARE
     v_returns boolean;
 BEGIN
     touched := '{}';
-    SELECT t.shape = 'range' AND t.empties_sessions INTO v_returns FROM auth._purge_target(p_kind) t;
+    SELECT t.shape = 'range' AND t.empties_sessions INTO v_returns FROM auth.purge_targets(p_kind) t;
     IF p_step NOT IN ('range', 'within', 'all') THEN
         PERFORM set_config('enable_indexscan', 'on', true);
     END IF;
@@ -205,7 +205,7 @@ BEGIN
     touched := '{}';
     drained := false;
     resume := coalesce(p_from, auth._purge_start());
-    IF (SELECT t.shape FROM auth._purge_target(p_kind) t) = 'oldest' THEN
+    IF (SELECT t.shape FROM auth.purge_targets(p_kind) t) = 'oldest' THEN
         SELECT * INTO deleted, touched
         FROM auth._purge_delete(p_kind, 'oldest', p_cutoffs, NULL, NULL, p_limit, NULL);
         drained := deleted < p_limit;

@@ -38,7 +38,7 @@ DECLARE
         'auth.cleanup_job()',
         'auth.security_event_summary(timestamptz)',
         'auth.token_counts(boolean)',
-        'auth.purge_targets()'];
+        'auth.purge_targets(text)'];
     c_monitor_tables constant text[] := ARRAY['auth.cleanup_policy', 'auth.cleanup_runs'];
     v_owner  oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user);
     v_object text;
