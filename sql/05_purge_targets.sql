@@ -19,7 +19,8 @@
 --                              do not fit auth.purge_position;
 --                     'emptied' rows the deletes of the kinds that can empty
 --                              them leave without children (`touched`), then
---                              all of them once the batch drains (`sweep`)
+--                              all of them once the batch drains (`sweep`);
+--                              listed after every other kind
 --   relation          the table
 --   key_column        the column a batch orders by (NULL for 'emptied')
 --   row_key           the primary key's columns after key_column
@@ -60,6 +61,11 @@ BEGIN
          'revoke_reason = ''rotated'' AND revoked_at < $1',
          ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx'], false,
          'rotated_deleted'),
+        ('security_events', 'oldest', 'auth.security_events'::regclass, 'occurred_at',
+         ARRAY['id'],
+         'occurred_at < $1',
+         ARRAY['audit_retention'], ARRAY['security_events_occurred_at_idx'], false,
+         'security_events_deleted'),
         -- A dead session never gets a token again, so "no token rows" cannot
         -- change under a delete.
         ('sessions', 'emptied', 'auth.sessions'::regclass, NULL,
@@ -68,12 +74,7 @@ BEGIN
          ' AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = sessions.id)',
          ARRAY['expired_retention', 'revoked_retention'],
          ARRAY['sessions_refresh_expires_at_idx', 'sessions_revoked_at_idx'], false,
-         'sessions_deleted'),
-        ('security_events', 'oldest', 'auth.security_events'::regclass, 'occurred_at',
-         ARRAY['id'],
-         'occurred_at < $1',
-         ARRAY['audit_retention'], ARRAY['security_events_occurred_at_idx'], false,
-         'security_events_deleted')
+         'sessions_deleted')
     ) AS t (kind, shape, relation, key_column, row_key, due, retentions, indexes, empties_sessions, run_column)
     WHERE p_kind IS NULL OR t.kind = p_kind;
     IF NOT FOUND AND p_kind IS NOT NULL THEN

@@ -118,20 +118,22 @@ AS $$
     SELECT ROW('-infinity', '00000000-0000-0000-0000-000000000000', -2147483648)::auth.purge_position
 $$;
 
--- auth._purge_delete: runs one delete step of auth._purge_statement with
--- the kind's cutoffs; returns how many rows it deleted and, for the kinds
--- that empty sessions, from which sessions. Row locks: the deleted rows.
--- Plain index scans are off for the range kinds: a bitmap scan visits the
--- batch's heap pages in physical order, which measured twice as fast as
--- visiting them in key order.
+-- auth._purge_delete: runs p_statement, one delete step of
+-- auth._purge_statement, with the kind's cutoffs; returns how many rows it
+-- deleted and, when the statement returns them (p_returns: a 'range' kind
+-- that empties sessions), from which sessions. Row locks: the deleted rows.
+-- Plain index scans are off for the range steps (p_range): a bitmap scan
+-- visits the batch's heap pages in physical order, which measured twice as
+-- fast as visiting them in key order.
 CREATE OR REPLACE FUNCTION auth._purge_delete(
-    p_kind    text,
-    p_step    text,
-    p_cutoffs timestamptz[],
-    p_bound   auth.purge_position,
-    p_from    auth.purge_position,
-    p_limit   bigint,
-    p_touched uuid[],
+    p_statement text,
+    p_returns   boolean,
+    p_range     boolean,
+    p_cutoffs   timestamptz[],
+    p_bound     auth.purge_position,
+    p_from      auth.purge_position,
+    p_limit     bigint,
+    p_touched   uuid[],
     OUT deleted bigint,
     OUT touched uuid[]
 )
@@ -141,41 +143,41 @@ SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SE
 SET enable_indexscan = off
 AS $$
 -- @plpgsql_check_options: security_warnings = false, performance_warnings = false
--- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
--- the constant definitions of auth.purge_targets, values go through USING;
--- and it cannot see that the dynamic statement deletes, so it would have
--- this VOLATILE function IMMUTABLE.)
-DECLARE
-    v_returns boolean;
+-- (plpgsql_check: every caller passes a text built by auth._purge_statement
+-- from the constant definitions of auth.purge_targets, values go through
+-- USING; and it cannot see that the dynamic statement deletes, so it would
+-- have this VOLATILE function IMMUTABLE.)
 BEGIN
     touched := '{}';
-    SELECT t.shape = 'range' AND t.empties_sessions INTO v_returns FROM auth.purge_targets(p_kind) t;
-    IF p_step NOT IN ('range', 'within', 'all') THEN
+    IF NOT p_range THEN
         PERFORM set_config('enable_indexscan', 'on', true);
     END IF;
-    IF v_returns THEN
-        EXECUTE auth._purge_statement(p_kind, p_step) INTO deleted, touched
+    IF p_returns THEN
+        EXECUTE p_statement INTO deleted, touched
             USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
     ELSE
-        EXECUTE auth._purge_statement(p_kind, p_step)
+        EXECUTE p_statement
             USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
         GET DIAGNOSTICS deleted = ROW_COUNT;
     END IF;
 END
 $$;
 
--- auth._purge_kind: deletes up to p_limit due rows of one kind of shape
--- 'range' or 'oldest' from position p_from on (NULL: from the start), in
--- key order; returns how many, from which sessions, whether it saw the end
--- of the kind's due rows, and where the next call may start (every due row
--- before `resume` is gone). Row locks: the deleted rows, until the caller's
--- transaction ends. A 'range' step deletes the range up to the position of
--- the (n + 1)-th due row (n: what is left of p_limit), one index range scan
--- with no per-row lookups, whether or not those rows share a timestamp. A
--- step deletes fewer than n rows only when some of them went meanwhile; the
--- loop then takes the next range.
+-- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
+-- p_shape ('range' or 'oldest'; p_returns: its deletes return session ids),
+-- from position p_from on (NULL: from the start), in key order; returns how
+-- many, from which sessions, whether it saw the end of the kind's due rows,
+-- and where the next call may start (every due row before `resume` is
+-- gone). Row locks: the deleted rows, until the caller's transaction ends.
+-- A 'range' step deletes the range up to the position of the (n + 1)-th
+-- due row (n: what is left of p_limit), one index range scan with no
+-- per-row lookups, whether or not those rows share a timestamp. A step
+-- deletes fewer than n rows only when some of them went meanwhile; the loop
+-- then takes the next range.
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
+    p_shape   text,
+    p_returns boolean,
     p_cutoffs timestamptz[],
     p_limit   bigint,
     p_from    auth.purge_position,
@@ -198,16 +200,18 @@ DECLARE
     v_bound   auth.purge_position;
     v_bounds  text;
     v_found   bigint;
-    v_step    bigint;
+    v_step    text;
+    v_deleted bigint;
     v_touched uuid[];
 BEGIN
     deleted := 0;
     touched := '{}';
     drained := false;
     resume := coalesce(p_from, auth._purge_start());
-    IF (SELECT t.shape FROM auth.purge_targets(p_kind) t) = 'oldest' THEN
+    IF p_shape = 'oldest' THEN
         SELECT * INTO deleted, touched
-        FROM auth._purge_delete(p_kind, 'oldest', p_cutoffs, NULL, NULL, p_limit, NULL);
+        FROM auth._purge_delete(auth._purge_statement(p_kind, 'oldest'), false, false,
+                                p_cutoffs, NULL, NULL, p_limit, NULL);
         drained := deleted < p_limit;
         IF NOT drained THEN
             -- As the bound of a 'range' kind: is there a row after these?
@@ -224,13 +228,13 @@ BEGIN
         -- EXECUTE leaves FOUND alone; its row count says whether there was a bound.
         GET DIAGNOSTICS v_found = ROW_COUNT;
         drained := v_found = 0;
-        SELECT * INTO v_step, v_touched
-        FROM auth._purge_delete(p_kind,
-                                CASE WHEN drained THEN 'all'
-                                     WHEN (v_bound).key = (resume).key THEN 'within'
-                                     ELSE 'range' END,
+        v_step := CASE WHEN drained THEN 'all'
+                       WHEN (v_bound).key = (resume).key THEN 'within'
+                       ELSE 'range' END;
+        SELECT * INTO v_deleted, v_touched
+        FROM auth._purge_delete(auth._purge_statement(p_kind, v_step), p_returns, true,
                                 p_cutoffs, v_bound, resume, NULL, NULL);
-        deleted := deleted + v_step;
+        deleted := deleted + v_deleted;
         touched := touched || v_touched;
         EXIT WHEN drained;
         resume := v_bound;
@@ -240,9 +244,9 @@ $$;
 
 -- auth._purge_batch: one batch of the purge over the kinds p_kinds (NULL:
 -- every kind of auth.purge_targets), in their order: up to p_limit rows of
--- the 'range' and 'oldest' kinds (NULL: all that are due), then the
--- 'emptied' kinds among the sessions those deletes touched (and all of them
--- once nothing else is due). Returns the rows deleted per kind, whether it
+-- the 'range' and 'oldest' kinds (NULL: all that are due), then (listed
+-- last) the 'emptied' kinds among the sessions those deletes touched, and
+-- all of them once nothing else is due. Returns the rows deleted per kind, whether it
 -- deleted everything that was due (the run's stop signal) and where each
 -- kind's next batch may start (p_from: the previous batch's `resume`, one
 -- position per kind in auth.purge_targets order, NULL for anywhere). A row
@@ -279,6 +283,7 @@ DECLARE
     v_target  record;
     v_kind    record;
     v_count   bigint;
+    v_settings jsonb;
 BEGIN
     IF p_limit < 0 THEN
         RAISE EXCEPTION 'p_limit must be NULL (everything due) or at least 0, got %', p_limit
@@ -288,6 +293,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
+    v_settings := to_jsonb(v_policy);
     PERFORM pg_advisory_xact_lock(auth._lock_key('purge'));
     v_left := coalesce(p_limit, 9223372036854775807);
     deleted := '{}';
@@ -296,41 +302,39 @@ BEGIN
 
     FOR v_target IN
         SELECT t.kind, t.shape, t.empties_sessions, t.ordinality AS n,
-               p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included
+               p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included,
+               ARRAY(SELECT v_now - (v_settings ->> r.setting)::interval
+                     FROM unnest(t.retentions) WITH ORDINALITY r (setting, i) ORDER BY r.i) AS cutoffs
         FROM auth.purge_targets() WITH ORDINALITY t
         ORDER BY t.ordinality
     LOOP
         resume := resume || p_from[v_target.n];
-        CONTINUE WHEN NOT v_target.included OR v_target.shape = 'emptied';
+        CONTINUE WHEN NOT v_target.included;
         v_count := 0;
-        IF coalesce((p_from[v_target.n]).key <> 'infinity', true) THEN
+        IF v_target.shape = 'emptied' THEN
+            -- After every kind that can empty a session (the targets list
+            -- 'emptied' kinds last): the sessions this batch emptied, and
+            -- once nothing else is due, every dead session without tokens.
+            -- A batch that emptied none (rotated rows alone never do) has
+            -- nothing to look at until the sweep.
+            IF cardinality(v_touched) > 0 THEN
+                v_count := (auth._purge_delete(auth._purge_statement(v_target.kind, 'touched'),
+                    false, false, v_target.cutoffs, NULL, NULL, NULL, v_touched)).deleted;
+            END IF;
+            IF drained THEN
+                v_count := v_count + (auth._purge_delete(auth._purge_statement(v_target.kind, 'sweep'),
+                    false, false, v_target.cutoffs, NULL, NULL, NULL, NULL)).deleted;
+            END IF;
+        ELSIF coalesce((p_from[v_target.n]).key <> 'infinity', true) THEN
             SELECT * INTO v_kind
-            FROM auth._purge_kind(v_target.kind, auth._purge_cutoffs(v_policy, v_target.kind, v_now),
-                                  v_left, p_from[v_target.n]);
+            FROM auth._purge_kind(v_target.kind, v_target.shape, v_target.empties_sessions,
+                                  v_target.cutoffs, v_left, p_from[v_target.n]);
             v_count := v_kind.deleted;
             v_left := greatest(v_left - v_count, 0);
             v_touched := v_touched || v_kind.touched;
             drained := drained AND v_kind.drained;
             resume[v_target.n] := CASE WHEN v_kind.drained THEN ROW('infinity', NULL, NULL)::auth.purge_position
                                        ELSE v_kind.resume END;
-        END IF;
-        deleted := deleted || jsonb_build_object(v_target.kind, v_count);
-    END LOOP;
-
-    -- A batch that emptied no session (rotated rows alone never do) has
-    -- nothing for the 'emptied' kinds to look at until the sweep.
-    FOR v_target IN
-        SELECT t.kind FROM auth.purge_targets() t
-        WHERE t.shape = 'emptied' AND (p_kinds IS NULL OR t.kind = ANY (p_kinds))
-    LOOP
-        v_count := 0;
-        IF cardinality(v_touched) > 0 THEN
-            v_count := v_count + (auth._purge_delete(v_target.kind, 'touched',
-                auth._purge_cutoffs(v_policy, v_target.kind, v_now), NULL, NULL, NULL, v_touched)).deleted;
-        END IF;
-        IF drained THEN
-            v_count := v_count + (auth._purge_delete(v_target.kind, 'sweep',
-                auth._purge_cutoffs(v_policy, v_target.kind, v_now), NULL, NULL, NULL, NULL)).deleted;
         END IF;
         deleted := deleted || jsonb_build_object(v_target.kind, v_count);
     END LOOP;

@@ -56,7 +56,7 @@ pub struct Run {
     /// running, ok, partial, skipped or failed.
     pub status: String,
     /// Rows deleted per kind of `auth.purge_targets` (expired, revoked,
-    /// rotated, sessions, security_events), in its order.
+    /// rotated, security_events, sessions), in its order.
     #[serde(flatten, serialize_with = "kinds_as_fields")]
     pub deleted: Vec<(String, i64)>,
     /// Batches committed.

@@ -30,8 +30,8 @@ async fn every_definition_names_columns_and_settings_that_exist() {
             "expired",
             "revoked",
             "rotated",
-            "sessions",
-            "security_events"
+            "security_events",
+            "sessions"
         ]
     );
     let column_type = |table: &str, column: &str| {
@@ -135,8 +135,8 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
             "expired=2",
             "revoked=1",
             "rotated=0",
-            "sessions=1",
-            "security_events=1"
+            "security_events=1",
+            "sessions=1"
         ]
     );
 
