@@ -585,7 +585,11 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
         .batch_execute(
             "REASSIGN OWNED BY token_janitor_owner TO postgres;
              UPDATE cron.job SET username = 'postgres' WHERE jobname = 'refresh-token-cleanup';
-             GRANT SELECT ON auth.sessions TO token_janitor_monitor;",
+             GRANT SELECT ON auth.sessions TO token_janitor_monitor;
+             -- Those releases named their internal routines without the
+             -- leading underscore.
+             ALTER FUNCTION auth._apply_grants(text, text) RENAME TO apply_grants;
+             ALTER FUNCTION auth._check_ttl(interval, interval) RENAME TO check_ttl;",
         )
         .await
         .unwrap();
@@ -594,6 +598,13 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
         .unwrap();
     let owners = owners_in_auth(&cron.client).await;
     assert_eq!(owners, vec!["token_janitor_owner"]);
+    let retired: Vec<String> = column(
+        &cron.client,
+        "SELECT proname::text FROM pg_proc
+         WHERE pronamespace = 'auth'::regnamespace AND proname IN ('apply_grants', 'check_ttl')",
+    )
+    .await;
+    assert!(retired.is_empty(), "{retired:?}");
     let jobs: Vec<String> = column(
         &cron.client,
         "SELECT username FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
