@@ -53,27 +53,33 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t       record;
-    v_cols  text;
+    c       text;
     v_pk    text;
+    v_pk5   text;
+    v_pk2   text;
+    v_cols  text;
     v_from  text;
     v_until text;
     v_head  text := 'DELETE';
     v_tail  text := '';
 BEGIN
     SELECT * INTO t FROM auth.purge_targets(p_kind);
-    v_pk := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(t.row_key) c);
+    -- The primary key's columns, and the same fields of the positions $5
+    -- and $2 (a loop of simple expressions: no query per column).
+    FOREACH c IN ARRAY t.row_key LOOP
+        v_pk := concat_ws(', ', v_pk, quote_ident(c));
+        v_pk5 := concat_ws(', ', v_pk5, '($5).' || quote_ident(c));
+        v_pk2 := concat_ws(', ', v_pk2, '($2).' || quote_ident(c));
+    END LOOP;
     IF p_step = 'due' THEN
         RETURN format('SELECT 1 FROM %s WHERE %s', t.relation, t.due)
-            || CASE WHEN t.shape = 'range' THEN format(' AND (%I, %s) >= %s', t.key_column, v_pk,
-                (SELECT format('(($5).key, %s)', string_agg(format('($5).%I', c), ', ')) FROM unnest(t.row_key) c))
+            || CASE WHEN t.shape = 'range' THEN format(' AND (%I, %s) >= (($5).key, %s)', t.key_column, v_pk, v_pk5)
                ELSE '' END;
     END IF;
     IF t.shape = 'range' THEN
         v_cols := format('%I, %s', t.key_column, v_pk);
-        v_from := format('(%s) >= (($5).key, %s)', v_cols,
-                         (SELECT string_agg(format('($5).%I', c), ', ') FROM unnest(t.row_key) c));
-        v_until := format('(%s) < (($2).key, %s)', v_cols,
-                          (SELECT string_agg(format('($2).%I', c), ', ') FROM unnest(t.row_key) c));
+        v_from := format('(%s) >= (($5).key, %s)', v_cols, v_pk5);
+        v_until := format('(%s) < (($2).key, %s)', v_cols, v_pk2);
         IF t.empties_sessions THEN
             v_head := 'WITH d AS (DELETE';
             v_tail := ' RETURNING session_id) SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
@@ -88,9 +94,7 @@ BEGIN
             WHEN 'within' THEN
                 RETURN format('%s FROM %s WHERE %s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)%s',
                               v_head, t.relation, t.due, t.key_column,
-                              v_pk, (SELECT string_agg(format('($5).%I', c), ', ') FROM unnest(t.row_key) c),
-                              v_pk, (SELECT string_agg(format('($2).%I', c), ', ') FROM unnest(t.row_key) c),
-                              v_tail);
+                              v_pk, v_pk5, v_pk, v_pk2, v_tail);
             WHEN 'all' THEN
                 RETURN format('%s FROM %s WHERE %s AND %s%s', v_head, t.relation, t.due, v_from, v_tail);
             ELSE

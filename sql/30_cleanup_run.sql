@@ -30,6 +30,23 @@ AS $$
     VALUES (p_started, clock_timestamp(), 'skipped');
 $$;
 
+-- auth._run_counters: the statement that adds a batch's deletes ($2, kind
+-- -> rows) to run $1's record, each kind into its run_column of
+-- auth.purge_targets. IMMUTABLE without arguments, so a run builds it once:
+-- the planner folds the call into the caller's cached plan.
+CREATE OR REPLACE FUNCTION auth._run_counters()
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN format('UPDATE auth.cleanup_runs r SET %s, batches = r.batches + 1 WHERE r.id = $1',
+                  (SELECT string_agg(format('%1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
+                                            t.run_column, t.kind), ', ')
+                   FROM auth.purge_targets() t));
+END
+$$;
+
 -- auth._run_batch: one batch of run p_run over every kind of
 -- auth.purge_targets, counted into the run's record (each kind into its
 -- run_column, in the same transaction, so the record and the deletes always
@@ -48,18 +65,15 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- @plpgsql_check_options: security_warnings = false
--- (plpgsql_check: the EXECUTEd text is format()ted from the constant column
--- names of auth.purge_targets; the counts go through USING.)
+-- (plpgsql_check: the EXECUTEd text is auth._run_counters(), format()ted
+-- from the constant column names of auth.purge_targets; the counts go
+-- through USING.)
 DECLARE
     v_batch record;
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
     SELECT * INTO v_batch FROM auth._purge_batch(p_started, p_limit, p_from);
-    EXECUTE format('UPDATE auth.cleanup_runs r SET %s, batches = r.batches + 1 WHERE r.id = $1',
-                   (SELECT string_agg(format('%1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
-                                             t.run_column, t.kind), ', ')
-                    FROM auth.purge_targets() t))
-        USING p_run, v_batch.deleted;
+    EXECUTE auth._run_counters() USING p_run, v_batch.deleted;
     RETURN QUERY SELECT v_batch.deleted, v_batch.drained, v_batch.resume,
                         clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
 END
