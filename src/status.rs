@@ -334,12 +334,12 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "token rows by state:")?;
         for c in &self.tokens {
-            writeln!(f, "  {:<10} {:>14}", c.name, count_text(c))?;
+            writeln!(f, "  {:<16} {:>14}", c.name, count_text(c))?;
         }
-        writeln!(f, "  {:<10} {:>14}", "sessions", count_text(&self.sessions))?;
+        writeln!(f, "  {:<16} {:>14}", "sessions", count_text(&self.sessions))?;
         writeln!(f, "due now (backlog):")?;
         for c in &self.backlog {
-            writeln!(f, "  {:<10} {:>14}", c.name, count_text(c))?;
+            writeln!(f, "  {:<16} {:>14}", c.name, count_text(c))?;
         }
         writeln!(f, "sizes:")?;
         for r in &self.relations {
