@@ -5,6 +5,8 @@
 mod load;
 mod report;
 mod seed;
+mod soak;
+mod soak_report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +16,10 @@ use tokio_postgres::Client;
 
 pub use report::{LayoutResult, Machine, Report, Scaling, StrategyResult};
 pub use seed::IdleRows;
+pub use soak::{SoakOptions, run_soak};
+pub use soak_report::{
+    Relation, SoakCleanup, SoakPolicy, SoakReport, SoakResult, SoakSample, SoakTraffic,
+};
 
 use crate::db::DatabaseUrl;
 use crate::error::{Error, Result, db};
@@ -146,6 +152,16 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Connects to `server` for scratch databases named `{prefix}_{pid}_…`.
+    async fn open(server: &DatabaseUrl, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            admin: server.connect().await?,
+            server: server.clone(),
+            prefix: format!("{prefix}_{}", std::process::id()),
+            created: Vec::new(),
+        })
+    }
+
     async fn create(&mut self, suffix: &str, template: Option<&str>) -> Result<DatabaseUrl> {
         let name = format!("{}_{suffix}", self.prefix);
         // FILE_COPY: the default WAL_LOG strategy would write the whole copy
@@ -193,13 +209,7 @@ impl Scratch {
 /// [`Error::Connect`] or [`Error::Db`] naming the step; scratch databases are
 /// dropped either way.
 pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report> {
-    let admin = server.connect().await?;
-    let mut scratch = Scratch {
-        admin,
-        server: server.clone(),
-        prefix: format!("tj_bench_{}", std::process::id()),
-        created: Vec::new(),
-    };
+    let mut scratch = Scratch::open(server, "tj_bench").await?;
     let result = run_in(&mut scratch, options).await;
     scratch.drop_all().await;
     result

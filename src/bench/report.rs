@@ -54,6 +54,17 @@ impl Machine {
             server,
         }
     }
+
+    /// One line for a report: "Machine: 2 cores, 24 GiB, OS; server."
+    pub fn summary(&self) -> String {
+        format!(
+            "Machine: {} cores, {:.0} GiB, {}; {}.",
+            self.cores,
+            self.memory_bytes as f64 / 1_073_741_824.0,
+            self.os,
+            self.server
+        )
+    }
 }
 
 /// One strategy's numbers.
@@ -235,13 +246,7 @@ impl Report {
                 scaling.ratio
             ));
         }
-        out.push_str(&format!(
-            "\nMachine: {} cores, {:.0} GiB, {}; {}.\n",
-            self.machine.cores,
-            self.machine.memory_bytes as f64 / 1_073_741_824.0,
-            self.machine.os,
-            self.machine.server
-        ));
+        out.push_str(&format!("\n{}\n", self.machine.summary()));
         out
     }
 
@@ -262,16 +267,7 @@ impl Report {
     /// # Errors
     /// When no TrueType font can be read or the file cannot be written.
     pub fn png(&self, path: &Path) -> Result<(), String> {
-        const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-        let font = std::fs::read(FONT).map_err(|err| {
-            format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
-        })?;
-        plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            Box::leak(font.into_boxed_slice()),
-        )
-        .map_err(|_| format!("{FONT} is not a usable font"))?;
+        register_font()?;
         self.draw(path)
             .map_err(|err| format!("cannot draw {}: {err}", path.display()))
     }
@@ -322,6 +318,23 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// Registers the charts' font as "sans-serif".
+///
+/// # Errors
+/// When the TrueType font cannot be read.
+pub(super) fn register_font() -> Result<(), String> {
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let font = std::fs::read(FONT).map_err(|err| {
+        format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
+    })?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| format!("{FONT} is not a usable font"))
 }
 
 /// A bar panel's value axis.
