@@ -267,9 +267,7 @@ impl Report {
     /// # Errors
     /// When no TrueType font can be read or the file cannot be written.
     pub fn png(&self, path: &Path) -> Result<(), String> {
-        register_font()?;
-        self.draw(path)
-            .map_err(|err| format!("cannot draw {}: {err}", path.display()))
+        png(path, |path| self.draw(path))
     }
 
     fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -320,11 +318,15 @@ impl Report {
     }
 }
 
-/// Registers the charts' font as "sans-serif".
+/// Registers the charts' font as "sans-serif", then has `draw` draw the
+/// chart into the PNG at `path`.
 ///
 /// # Errors
-/// When the TrueType font cannot be read.
-pub(super) fn register_font() -> Result<(), String> {
+/// When no TrueType font can be read or `draw` fails.
+pub(super) fn png(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(), String> {
     const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
     let font = std::fs::read(FONT).map_err(|err| {
         format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
@@ -334,7 +336,8 @@ pub(super) fn register_font() -> Result<(), String> {
         FontStyle::Normal,
         Box::leak(font.into_boxed_slice()),
     )
-    .map_err(|_| format!("{FONT} is not a usable font"))
+    .map_err(|_| format!("{FONT} is not a usable font"))?;
+    draw(path).map_err(|err| format!("cannot draw {}: {err}", path.display()))
 }
 
 /// A bar panel's value axis.

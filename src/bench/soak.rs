@@ -169,6 +169,7 @@ async fn run_in(
     )
     .await?;
     let batch_size = set_policy(&client, &policy, options).await?;
+    let naptime_s = autovacuum_naptime(&client, &policy).await?;
 
     eprintln!(
         "soak: {} sessions log in; each refreshes every {:.2} s, rotated rows kept {:.1} s, \
@@ -238,6 +239,7 @@ async fn run_in(
         warmup_s: warm.elapsed_s,
         batch_size,
         pace: options.pace,
+        autovacuum_naptime_s: naptime_s,
         size_growth: ratio(
             last.heap_bytes + last.index_bytes,
             warm.heap_bytes + warm.index_bytes,
@@ -304,6 +306,33 @@ async fn set_policy(client: &Client, policy: &SoakPolicy, options: &SoakOptions)
         .await
         .map_err(db("setting the soak's policy"))?
         .get(0))
+}
+
+/// The server's autovacuum_naptime in seconds. Autovacuum runs at the
+/// server's pace, not the soak's: when a naptime stands for more production
+/// time than the cleanup's interval does (production: 1 minute against 5),
+/// it says so, since the indexes then hold the dead entries of that many
+/// more rotations between visits.
+async fn autovacuum_naptime(client: &Client, policy: &SoakPolicy) -> Result<f64> {
+    let naptime_s: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM current_setting('autovacuum_naptime')::interval)::float8",
+            &[],
+        )
+        .await
+        .map_err(db("reading autovacuum_naptime"))?
+        .get(0);
+    if naptime_s > policy.schedule_s {
+        eprintln!(
+            "soak: autovacuum_naptime is {naptime_s} s, {:.0} production minutes at this pace \
+             (production: 1 minute, a fifth of the cleanup's 5): autovacuum visits the tables \
+             {:.0}x less often than it would in production; for a faithful soak, on a server \
+             of your own: ALTER SYSTEM SET autovacuum_naptime = '1s'; SELECT pg_reload_conf();",
+            naptime_s * policy.compression / 60.0,
+            naptime_s * policy.compression / 60.0,
+        );
+    }
+    Ok(naptime_s)
 }
 
 /// A new login through auth.issue_token (the application's form, server

@@ -8,7 +8,6 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::Machine;
-use super::report::register_font;
 
 /// The soak's compressed policy, in seconds. R is the refresh interval.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -145,6 +144,9 @@ pub struct SoakResult {
     pub batch_size: i32,
     /// auth.cleanup_policy.pace.
     pub pace: bool,
+    /// The server's autovacuum_naptime, seconds: how often autovacuum
+    /// looks at the tables at most (not compressed with the policy).
+    pub autovacuum_naptime_s: f64,
     /// Seconds of warm-up: the first 30% of the run.
     pub warmup_s: f64,
     /// The compressed policy.
@@ -184,7 +186,8 @@ impl SoakReport {
         let mut out = format!(
             "Soak: {:.1} minutes, {} sessions each refreshing every {:.2} s (rotate_token at {}/s; \
              {:.0}x production's pace): rotated rows kept {:.1} s, expired and revoked ones {:.1} s, \
-             CALL auth.run_token_cleanup() every {:.2} s (batch_size {}, pace {}); warm-up {:.0} s.\n\n",
+             CALL auth.run_token_cleanup() every {:.2} s (batch_size {}, pace {}), autovacuum_naptime \
+             {} s; warm-up {:.0} s.\n\n",
             s.minutes,
             s.sessions,
             p.refresh_s,
@@ -195,6 +198,7 @@ impl SoakReport {
             p.schedule_s,
             s.batch_size,
             if s.pace { "on" } else { "off" },
+            s.autovacuum_naptime_s,
             s.warmup_s
         );
         out.push_str(&format!(
@@ -254,9 +258,7 @@ impl SoakReport {
     /// # Errors
     /// When no TrueType font can be read or the file cannot be written.
     pub fn png(&self, path: &Path) -> Result<(), String> {
-        register_font()?;
-        self.draw(path)
-            .map_err(|err| format!("cannot draw {}: {err}", path.display()))
+        super::report::png(path, |path| self.draw(path))
     }
 
     fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
