@@ -99,6 +99,9 @@ const REFRESH_TTL_S: f64 = 30.0 * 86_400.0;
 const SAMPLES: u32 = 30;
 /// The first this many sample windows are the warm-up (30% of the run).
 const WARMUP_SAMPLES: u32 = 9;
+/// Sample windows in each of the two windows rotate_p99_growth compares (a
+/// sixth of the run each: 100 s, 30,000 rotations by default).
+const P99_WINDOW: usize = 5;
 
 impl SoakPolicy {
     /// The compressed policy of a run with `options`.
@@ -208,6 +211,16 @@ async fn run_in(
     let churns = churned?;
     cleaned?;
 
+    // rotate_p99_growth compares two windows of P99_WINDOW samples each, the
+    // first after the warm-up and the last: thousands of rotations each, so
+    // that one stall of a shared machine weighs less than in one sample's.
+    let p99_over =
+        |from: usize, to: usize| load::quantile(&rotated, points[from].at, points[to].at, 0.99);
+    let warm_index = WARMUP_SAMPLES as usize - 1;
+    let end_index = points.len() - 1;
+    let p99_first_ms = p99_over(warm_index, warm_index + P99_WINDOW);
+    let p99_last_ms = p99_over(end_index - P99_WINDOW, end_index);
+
     let mut samples = Vec::with_capacity(points.len());
     let mut from = started;
     for point in points {
@@ -218,9 +231,7 @@ async fn run_in(
         from = point.at;
     }
     let rotate_failures = rotated.iter().filter(|s| !s.ok).count();
-    let warm = &samples[WARMUP_SAMPLES as usize - 1];
-    let first = &samples[WARMUP_SAMPLES as usize];
-    let last = &samples[samples.len() - 1];
+    let (warm, last) = (&samples[warm_index], &samples[end_index]);
     let relations = relation_sizes(&client)
         .await?
         .into_iter()
@@ -245,11 +256,14 @@ async fn run_in(
             warm.heap_bytes + warm.index_bytes,
         ),
         rows_per_live_session: ratio(last.token_rows, last.live_sessions),
-        rotate_p99_growth: if first.rotate_p99_ms > 0.0 {
-            last.rotate_p99_ms / first.rotate_p99_ms
+        rotate_p99_growth: if p99_first_ms > 0.0 {
+            p99_last_ms / p99_first_ms
         } else {
             0.0
         },
+        rotate_p99_window_s: (options.duration * P99_WINDOW as u32 / SAMPLES).as_secs_f64(),
+        rotate_p99_first_ms: p99_first_ms,
+        rotate_p99_last_ms: p99_last_ms,
         rows_at_end: token_counts(&client).await?,
         relations,
         traffic: SoakTraffic {
