@@ -218,7 +218,13 @@ async fn soak_reports_samples_and_ratios() {
         // The 20 devices stay logged in (a logout logs in again).
         assert!(s["live_sessions"].as_i64().unwrap() >= 20, "{s}");
     }
-    for key in ["size_growth", "rows_per_live_session", "rotate_p99_growth"] {
+    for key in [
+        "size_growth",
+        "rows_per_live_session",
+        "rotate_p99_growth",
+        "rotate_p99_first_ms",
+        "rotate_p99_last_ms",
+    ] {
         assert!(soak[key].as_f64().unwrap() > 0.0, "{key} in {soak}");
     }
     // At least each live session's token; far from the table growing

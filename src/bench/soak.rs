@@ -1,9 +1,9 @@
-//! `bench --soak`: storage over time (DESIGN.md §10). Weeks of token traffic
-//! compressed into minutes on one scratch database: open-loop rotations,
-//! logins, logouts and abandoned logins that expire, the scheduled cleanup
-//! and the server's own autovacuum (no VACUUM from here), sampling the
-//! on-disk size of the token tables and their indexes, token rows per live
-//! session and rotate_token's p99 as the run goes on.
+//! `bench --soak`: storage over time (DESIGN.md §10, docs/design.md §9).
+//! Token traffic with time compressed, on one scratch database: open-loop
+//! rotations, logins, logouts and abandoned logins that expire, the
+//! scheduled cleanup and the server's own autovacuum (no VACUUM from here),
+//! sampling the on-disk size of the token tables and their indexes, token
+//! rows per live session and rotate_token's p99 as the run goes on.
 //!
 //! Time is compressed by scaling the policy, not the clock: the application
 //! functions run on the server's clock, as the application's do. With
@@ -586,4 +586,35 @@ async fn cleanup_runs(client: &Client) -> Result<SoakCleanup> {
         sessions_deleted: row.get(6),
         longest_run_s: row.get(7),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_keeps_production_ratios_to_the_refresh_interval() {
+        let policy = SoakPolicy::for_run(&SoakOptions::default()).unwrap();
+        assert_eq!(policy.refresh_s, 5.0);
+        assert_eq!(policy.compression, 180.0);
+        assert_eq!(policy.rotated_retention_s, 20.0);
+        assert!((policy.schedule_s - 5.0 / 3.0).abs() < 1e-9);
+        assert_eq!(policy.expired_retention_s, 60.0);
+        assert_eq!(policy.revoked_retention_s, 60.0);
+        assert_eq!(warmup(SoakOptions::default().duration).as_secs(), 180);
+    }
+
+    #[test]
+    fn a_warm_up_shorter_than_an_abandoned_login_is_refused() {
+        let options = SoakOptions {
+            duration: Duration::from_secs(60),
+            ..SoakOptions::default()
+        };
+        // 18 s of warm-up against 16 refresh intervals of 5 s.
+        let err = SoakPolicy::for_run(&options).unwrap_err().to_string();
+        assert!(
+            err.contains("warms up for 18 s, shorter than the 80 s"),
+            "{err}"
+        );
+    }
 }
