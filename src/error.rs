@@ -263,7 +263,8 @@ pub enum Error {
         source: deadpool_postgres::PoolError,
     },
 
-    /// `token-janitor bench` found its own scratch data not as it made it.
+    /// `token-janitor bench` cannot run as asked (a soak too short for its
+    /// policy, a failed task) or found its own scratch data not as it made it.
     #[error("bench: {0}")]
     Bench(String),
 

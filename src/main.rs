@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use token_janitor::bench::{self, BenchOptions, Layout};
+use token_janitor::bench::{self, BenchOptions, Layout, SoakOptions};
 use token_janitor::migrate::{self, MigrateOptions};
 use token_janitor::schedule::CronDatabase;
 use token_janitor::verify::{VerifyOptions, verify};
@@ -110,13 +110,34 @@ enum Command {
 
     /// Benchmark the purge against a single DELETE and the cleanup shapes of
     /// other auth servers, under concurrent rotations, on scratch databases
-    /// it creates on the server and drops afterwards.
+    /// it creates on the server and drops afterwards; or, with --soak, the
+    /// storage over weeks of compressed token traffic.
     Bench(BenchArgs),
 }
 
 /// Arguments of `bench`.
 #[derive(clap::Args)]
 struct BenchArgs {
+    /// Soak instead of comparing purges: on one scratch database, sessions
+    /// log in, refresh (open loop, --rotate-rate), log out and are
+    /// abandoned, `CALL auth.run_token_cleanup()` runs on a compressed
+    /// schedule and autovacuum as the server sets it; reports the size of
+    /// the tables and indexes, token rows per live session and rotate p99
+    /// over time. Time is compressed by scaling the policy: each session
+    /// refreshes every --sessions / --rotate-rate seconds, standing for 15
+    /// minutes (README: Soak).
+    #[arg(long, conflicts_with_all = ["rows", "due_share", "idle_seconds", "peer_cap_seconds", "scaling", "layouts"])]
+    soak: bool,
+
+    /// Length of the soak in minutes, its warm-up (the first 30%) included;
+    /// fractions allowed (0.5 for a quick look).
+    #[arg(long, default_value_t = 10.0, requires = "soak", value_parser = positive)]
+    minutes: f64,
+
+    /// Sessions logged in throughout the soak, each refreshing in turn.
+    #[arg(long, default_value_t = 1500, requires = "soak", value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    sessions: u32,
+
     /// Token rows to seed (ten per family).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1_000..=100_000_000))]
     rows: i64,
@@ -319,6 +340,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Prometheus => print!("{}", status.prometheus()),
             }
         }
+        Command::Bench(args) if args.soak => {
+            let options = SoakOptions {
+                duration: std::time::Duration::from_secs_f64(args.minutes * 60.0),
+                sessions: args.sessions as usize,
+                rotate_rate: args.rotate_rate,
+                batch_size: args.batch_size,
+                pace: args.pace,
+            };
+            let report = bench::run_soak(&url, &options).await?;
+            write_report(&args, &report.markdown(), &report, |path| report.png(path))?;
+        }
         Command::Bench(args) => {
             let options = BenchOptions {
                 rows: args.rows,
@@ -342,22 +374,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let report = bench::run(&url, &options).await?;
-            let markdown = report.markdown();
-            print!("{markdown}");
-            if let Some(path) = &args.markdown {
-                std::fs::write(path, &markdown)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = &args.png {
-                report.png(path).map_err(anyhow::Error::msg)?;
-            }
+            write_report(&args, &report.markdown(), &report, |path| report.png(path))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a bench report's Markdown and writes it, its JSON and its chart
+/// where `args` asks.
+fn write_report(
+    args: &BenchArgs,
+    markdown: &str,
+    json: &impl serde::Serialize,
+    png: impl FnOnce(&std::path::Path) -> Result<(), String>,
+) -> anyhow::Result<()> {
+    print!("{markdown}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.png {
+        png(path).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 #[tokio::main]

@@ -7,15 +7,16 @@ mod common;
 
 use common::*;
 
-async fn scratch_databases() -> i64 {
+/// Databases on the server whose names start with `prefix`.
+async fn scratch_databases(prefix: &str) -> i64 {
     server()
         .with_dbname("postgres")
         .connect()
         .await
         .unwrap()
         .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'tj_bench_%'",
-            &[],
+            "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
+            &[&prefix],
         )
         .await
         .unwrap()
@@ -144,7 +145,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
     }
     assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
     assert_eq!(
-        scratch_databases().await,
+        scratch_databases("tj_bench_").await,
         0,
         "scratch databases are dropped"
     );
@@ -167,4 +168,141 @@ async fn bench_refuses_bad_flags() {
             "{args:?}"
         );
     }
+}
+
+/// A soak of half a minute: the report has its documented shape and sane
+/// values, the cleanup ran and deleted rows, sessions churned, and the
+/// scratch database is gone. (The numbers come from the default run.)
+#[tokio::test]
+async fn soak_reports_samples_and_ratios() {
+    let dir = std::env::temp_dir().join(format!("tj-soak-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, png) = (dir.join("s.json"), dir.join("s.png"));
+    let url = cli_url(&server(), "postgres");
+    let out = run_cli_ok(
+        &[
+            "bench",
+            "--soak",
+            "--minutes",
+            "0.5",
+            "--sessions",
+            "20",
+            "--rotate-rate",
+            "50",
+            "--batch-size",
+            "500",
+            "--json",
+            json.to_str().unwrap(),
+            "--png",
+            png.to_str().unwrap(),
+        ],
+        &url,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| size_growth"), "{stdout}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let soak = &report["soak"];
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() >= 10, "{soak}");
+    let mut elapsed = 0.0;
+    for s in samples {
+        for key in [
+            "elapsed_s",
+            "heap_bytes",
+            "index_bytes",
+            "token_rows",
+            "live_sessions",
+            "rotate_p99_ms",
+        ] {
+            assert!(s[key].as_f64().unwrap() > 0.0, "{key} in {s}");
+        }
+        assert!(s["elapsed_s"].as_f64().unwrap() > elapsed, "{s}");
+        elapsed = s["elapsed_s"].as_f64().unwrap();
+        // The 20 devices stay logged in (a logout logs in again).
+        assert!(s["live_sessions"].as_i64().unwrap() >= 20, "{s}");
+    }
+    for key in [
+        "size_growth",
+        "rows_per_live_session",
+        "rotate_p99_growth",
+        "rotate_p99_first_ms",
+        "rotate_p99_last_ms",
+    ] {
+        assert!(soak[key].as_f64().unwrap() > 0.0, "{key} in {soak}");
+    }
+    // At least each live session's token; far from the table growing
+    // without bound (hundreds of rotations per session).
+    let per_session = soak["rows_per_live_session"].as_f64().unwrap();
+    assert!((1.0..20.0).contains(&per_session), "{soak}");
+    assert_eq!(soak["batch_size"], 500);
+    // 20 sessions at 50 rotations/s: a refresh every 0.4 s stands for 15
+    // minutes, rotated rows are kept 4 of them.
+    assert_eq!(soak["policy"]["refresh_s"], 0.4);
+    assert!((soak["policy"]["rotated_retention_s"].as_f64().unwrap() - 1.6).abs() < 1e-9);
+    assert!(soak["traffic"]["rotations"].as_i64().unwrap() > 0, "{soak}");
+    assert_eq!(soak["traffic"]["rotate_failures"], 0, "{soak}");
+    assert!(soak["traffic"]["logouts"].as_i64().unwrap() > 0, "{soak}");
+    assert!(soak["cleanup"]["runs"].as_i64().unwrap() > 0, "{soak}");
+    assert_eq!(soak["cleanup"]["failed"], 0, "{soak}");
+    assert!(
+        soak["cleanup"]["tokens_deleted"].as_i64().unwrap() > 0,
+        "{soak}"
+    );
+    let relations: Vec<&str> = soak["relations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        relations.contains(&"refresh_tokens")
+            && relations.contains(&"refresh_tokens_rotated_purge_idx"),
+        "{relations:?}"
+    );
+    assert!(report["machine"]["cores"].as_u64().unwrap() > 0);
+    assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+    assert_eq!(
+        scratch_databases("tj_soak_").await,
+        0,
+        "the soak's database is dropped"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn soak_refuses_flags_it_cannot_use() {
+    let unreachable = "postgres://postgres@127.0.0.1:1/x";
+    for (args, says) in [
+        (
+            &["bench", "--soak", "--rows", "5000"][..],
+            "cannot be used with",
+        ),
+        (
+            &["bench", "--soak", "--layout", "ties"],
+            "cannot be used with",
+        ),
+        (&["bench", "--soak", "--scaling"], "cannot be used with"),
+        (&["bench", "--minutes", "1"], "--soak"),
+        (&["bench", "--sessions", "100"], "--soak"),
+        (&["bench", "--soak", "--sessions", "5"], "invalid value"),
+        (&["bench", "--soak", "--minutes", "0"], "invalid value"),
+    ] {
+        let out = run_cli(args, unreachable).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // 1000 sessions at 300 rotations/s refresh every 3.3 s: an abandoned
+    // login stays 53 s, longer than a 6-second soak's warm-up. Refused
+    // before connecting.
+    let out = run_cli(
+        &["bench", "--soak", "--minutes", "0.1", "--sessions", "1000"],
+        unreachable,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warms up for 2 s"), "{stderr}");
 }

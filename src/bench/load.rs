@@ -12,19 +12,66 @@ use uuid::Uuid;
 
 use super::seed::token_hash;
 
-/// Live tokens to rotate: (session, current generation), used round-robin.
+/// Live tokens to rotate, one per slot (a device), used round-robin.
 pub struct Targets {
-    tokens: Vec<Mutex<(Uuid, i64)>>,
+    tokens: Vec<Mutex<Held>>,
     next: AtomicUsize,
 }
 
+/// The token a slot presents at its next rotation.
+struct Held {
+    session: Uuid,
+    generation: i64,
+    hash: Vec<u8>,
+}
+
 impl Targets {
-    /// Targets from (session, generation) pairs of live tokens.
+    /// Targets from (session, generation) pairs of live tokens whose stored
+    /// hashes are [`token_hash`]'s (the seed's).
     pub fn new(tokens: Vec<(Uuid, i64)>) -> Self {
+        Self::issued(
+            tokens
+                .into_iter()
+                .map(|(session, generation)| (session, generation, token_hash(session, generation)))
+                .collect(),
+        )
+    }
+
+    /// Targets from (session, generation, stored hash) of live tokens, such
+    /// as tokens just issued with hashes of the caller's choosing.
+    pub fn issued(tokens: Vec<(Uuid, i64, Vec<u8>)>) -> Self {
         Self {
-            tokens: tokens.into_iter().map(Mutex::new).collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|(session, generation, hash)| {
+                    Mutex::new(Held {
+                        session,
+                        generation,
+                        hash,
+                    })
+                })
+                .collect(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// How many slots there are.
+    pub fn slots(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Puts generation 0 of `session`, stored with `hash`, in `slot` (once
+    /// a rotation of the slot in flight is done); returns the session the
+    /// slot held, which no rotation presents any more.
+    pub async fn replace(&self, slot: usize, session: Uuid, hash: Vec<u8>) -> Uuid {
+        let mut held = self.tokens[slot].lock().await;
+        let old = held.session;
+        *held = Held {
+            session,
+            generation: 0,
+            hash,
+        };
+        old
     }
 }
 
@@ -41,8 +88,9 @@ pub struct Sample {
 
 async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
     let slot = targets.next.fetch_add(1, Ordering::Relaxed) % targets.tokens.len();
-    let mut token = targets.tokens[slot].lock().await;
-    let (session, generation) = *token;
+    let mut held = targets.tokens[slot].lock().await;
+    let (session, generation) = (held.session, held.generation);
+    let next_hash = token_hash(session, generation + 1);
     let Ok(client) = pool.get().await else {
         return false;
     };
@@ -62,8 +110,8 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
             &[
                 &session,
                 &(generation as i32),
-                &token_hash(session, generation),
-                &token_hash(session, generation + 1),
+                &held.hash,
+                &next_hash,
                 // Any 32 bytes: a seal costs the database the same work.
                 &token_hash(session, generation + 2),
             ],
@@ -71,7 +119,8 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
         .await;
     match result {
         Ok(row) if row.get::<_, &str>(0) == "rotated" => {
-            token.1 += 1;
+            held.generation += 1;
+            held.hash = next_hash;
             true
         }
         _ => false,

@@ -5,6 +5,8 @@
 mod load;
 mod report;
 mod seed;
+mod soak;
+mod soak_report;
 pub mod strategy;
 
 use std::sync::Arc;
@@ -15,6 +17,10 @@ use tokio_postgres::Client;
 
 pub use report::{LayoutResult, Machine, Report, Scaling, StrategyResult};
 pub use seed::IdleRows;
+pub use soak::{SoakOptions, run_soak};
+pub use soak_report::{
+    Relation, SoakCleanup, SoakPolicy, SoakReport, SoakResult, SoakSample, SoakTraffic,
+};
 use strategy::{Role, Strategy};
 
 use crate::db::DatabaseUrl;
@@ -137,6 +143,16 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Connects to `server` for scratch databases named `{prefix}_{pid}_…`.
+    async fn open(server: &DatabaseUrl, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            admin: server.connect().await?,
+            server: server.clone(),
+            prefix: format!("{prefix}_{}", std::process::id()),
+            created: Vec::new(),
+        })
+    }
+
     async fn create(&mut self, suffix: &str, template: Option<&str>) -> Result<DatabaseUrl> {
         let name = format!("{}_{suffix}", self.prefix);
         // FILE_COPY: the default WAL_LOG strategy would write the whole copy
@@ -184,13 +200,7 @@ impl Scratch {
 /// [`Error::Connect`] or [`Error::Db`] naming the step; scratch databases are
 /// dropped either way.
 pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report> {
-    let admin = server.connect().await?;
-    let mut scratch = Scratch {
-        admin,
-        server: server.clone(),
-        prefix: format!("tj_bench_{}", std::process::id()),
-        created: Vec::new(),
-    };
+    let mut scratch = Scratch::open(server, "tj_bench").await?;
     let result = run_in(&mut scratch, options).await;
     scratch.drop_all().await;
     result

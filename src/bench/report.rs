@@ -55,6 +55,17 @@ impl Machine {
             server,
         }
     }
+
+    /// One line for a report: "Machine: 2 cores, 24 GiB, OS; server."
+    pub fn summary(&self) -> String {
+        format!(
+            "Machine: {} cores, {:.0} GiB, {}; {}.",
+            self.cores,
+            self.memory_bytes as f64 / 1_073_741_824.0,
+            self.os,
+            self.server
+        )
+    }
 }
 
 /// One strategy's numbers.
@@ -272,13 +283,7 @@ impl Report {
                 scaling.ratio
             ));
         }
-        out.push_str(&format!(
-            "\nMachine: {} cores, {:.0} GiB, {}; {}.\n",
-            self.machine.cores,
-            self.machine.memory_bytes as f64 / 1_073_741_824.0,
-            self.machine.os,
-            self.machine.server
-        ));
+        out.push_str(&format!("\n{}\n", self.machine.summary()));
         out
     }
 
@@ -299,18 +304,7 @@ impl Report {
     /// # Errors
     /// When no TrueType font can be read or the file cannot be written.
     pub fn png(&self, path: &Path) -> Result<(), String> {
-        const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-        let font = std::fs::read(FONT).map_err(|err| {
-            format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
-        })?;
-        plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            Box::leak(font.into_boxed_slice()),
-        )
-        .map_err(|_| format!("{FONT} is not a usable font"))?;
-        self.draw(path)
-            .map_err(|err| format!("cannot draw {}: {err}", path.display()))
+        png(path, |path| self.draw(path))
     }
 
     fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -359,6 +353,28 @@ impl Report {
         root.present()?;
         Ok(())
     }
+}
+
+/// Registers the charts' font as "sans-serif", then has `draw` draw the
+/// chart into the PNG at `path`.
+///
+/// # Errors
+/// When no TrueType font can be read or `draw` fails.
+pub(super) fn png(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(), String> {
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let font = std::fs::read(FONT).map_err(|err| {
+        format!("the chart needs the font {FONT} ({err}): apt-get install fonts-dejavu-core")
+    })?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| format!("{FONT} is not a usable font"))?;
+    draw(path).map_err(|err| format!("cannot draw {}: {err}", path.display()))
 }
 
 /// A bar panel's value axis.
