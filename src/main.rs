@@ -111,7 +111,7 @@ enum Command {
     /// Benchmark the purge against a single DELETE and the cleanup shapes of
     /// other auth servers, under concurrent rotations, on scratch databases
     /// it creates on the server and drops afterwards; or, with --soak, the
-    /// storage over weeks of compressed token traffic.
+    /// storage over time under token traffic with time compressed.
     Bench(BenchArgs),
 }
 
