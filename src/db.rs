@@ -257,6 +257,44 @@ impl DatabaseUrl {
     }
 }
 
+/// Pins the session's search_path to `public` (behind the implicit
+/// `pg_catalog`) for token-janitor's own queries, whatever the database or
+/// the role sets: a database owner who puts a schema of theirs first on the
+/// database's path (a domain `text`, a function `now()`, an operator) must
+/// not run code in a superuser's migrate, verify or status. `public` is
+/// where refinery keeps its history. Returns the path the session had, for
+/// [`restore_search_path`].
+///
+/// # Errors
+/// [`Error::Db`] when the setting cannot be read or set.
+pub async fn pin_search_path(client: &Client) -> Result<String> {
+    let previous: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await
+        .map_err(crate::error::db("reading the session's search_path"))?
+        .get(0);
+    client
+        .batch_execute("SET search_path = public")
+        .await
+        .map_err(crate::error::db("pinning the session's search_path"))?;
+    Ok(previous)
+}
+
+/// Puts back the search_path [`pin_search_path`] returned.
+///
+/// # Errors
+/// [`Error::Db`] when it cannot be set.
+pub async fn restore_search_path(client: &Client, previous: &str) -> Result<()> {
+    client
+        .query_one(
+            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            &[&previous],
+        )
+        .await
+        .map_err(crate::error::db("restoring the session's search_path"))?;
+    Ok(())
+}
+
 impl std::fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.target(), self.dbname())

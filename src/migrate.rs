@@ -205,28 +205,14 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<Mi
     if let Some(cron) = &options.schedule {
         schedule::check_schedule(cron)?;
     }
-    let search_path: String = client
-        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
-        .await
-        .map_err(db("reading the session's search_path"))?
-        .get(0);
-    client
-        .batch_execute("SET search_path = public")
-        .await
-        .map_err(db("pinning migrate's search_path"))?;
+    let search_path = crate::db::pin_search_path(client).await?;
     acquire_lock(client, options.lock_wait).await?;
     let result = migrate_locked(client, options).await;
     let unlock = client
         .query_one("SELECT pg_advisory_unlock($1)", &[&locks::key("migrate")])
         .await
         .map_err(db("releasing the deploy lock"));
-    let restore = client
-        .query_one(
-            "SELECT pg_catalog.set_config('search_path', $1, false)",
-            &[&search_path],
-        )
-        .await
-        .map_err(db("restoring the session's search_path"));
+    let restore = crate::db::restore_search_path(client, &search_path).await;
     let report = result?;
     unlock?;
     restore?;

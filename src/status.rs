@@ -154,6 +154,19 @@ pub async fn status_with_cron(
     exact: bool,
     runs: i64,
 ) -> Result<Status> {
+    let search_path = crate::db::pin_search_path(client).await?;
+    let status = read_status(client, cron, exact, runs).await;
+    crate::db::restore_search_path(client, &search_path).await?;
+    status
+}
+
+/// What [`status_with_cron`] reads, under its pinned search_path.
+async fn read_status(
+    client: &Client,
+    cron: Option<&CronConnection>,
+    exact: bool,
+    runs: i64,
+) -> Result<Status> {
     let relations = client
         .query(
             "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,

@@ -181,9 +181,15 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
     let mut checks = Vec::new();
     match url.connect().await {
         Ok(client) => {
-            let connected = Verdict::pass(format!("connected to {url}"));
+            let connected = match crate::db::pin_search_path(&client).await {
+                Ok(_) => Verdict::pass(format!("connected to {url}")),
+                Err(err) => Verdict::fail(err.to_string(), "check the role's privileges"),
+            };
+            let pinned = connected.outcome == Outcome::Pass;
             checks.push(Check::new("connection", connected));
-            run_checks(&client, options, &mut checks).await;
+            if pinned {
+                run_checks(&client, options, &mut checks).await;
+            }
         }
         Err(err) => checks.push(Check::new(
             "connection",

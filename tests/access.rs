@@ -267,9 +267,20 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         "SELECT count(*) FROM auth.cleanup_job()",
         "SELECT count(*) FROM auth.security_event_summary()",
         "SELECT count(*) FROM auth.token_counts(true)",
+        "SELECT count(*) FROM auth.purge_targets()",
+        "SELECT count(*) FROM auth.purge_refresh_tokens()",
     ] {
         c.query_one(sql, &[]).await.unwrap();
     }
+    // status and verify, whose own queries run under the session's path.
+    token_janitor::status::status(c, true, 5).await.unwrap();
+    let path: Vec<String> = column(c, "SHOW search_path").await;
+    assert_eq!(
+        path,
+        vec!["evil, pg_catalog, public"],
+        "status puts it back"
+    );
+    verify(&db.url, &VerifyOptions::default()).await;
 
     let calls: Vec<String> = column(c, "SELECT what FROM evil.calls").await;
     assert_eq!(
