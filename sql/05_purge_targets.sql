@@ -83,22 +83,19 @@ BEGIN
 END
 $$;
 
--- auth._purge_cutoffs: rows of kind p_kind are due at p_now under p_policy
--- when their key is before these times, one per setting of its retentions.
+-- auth._purge_cutoffs: a row is due at p_now under p_policy when its key
+-- is before these times, one per setting of a kind's retentions.
 CREATE OR REPLACE FUNCTION auth._purge_cutoffs(
-    p_policy auth.cleanup_policy,
-    p_kind   text,
-    p_now    timestamptz
+    p_policy     auth.cleanup_policy,
+    p_retentions text[],
+    p_now        timestamptz
 )
 RETURNS timestamptz[]
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_policy jsonb := to_jsonb(p_policy);
 BEGIN
-    RETURN (SELECT array_agg(p_now - (v_policy ->> r.setting)::interval ORDER BY r.n)
-            FROM auth.purge_targets(p_kind) t,
-                 unnest(t.retentions) WITH ORDINALITY r (setting, n));
+    RETURN ARRAY(SELECT p_now - (to_jsonb(p_policy) ->> r.setting)::interval
+                 FROM unnest(p_retentions) WITH ORDINALITY r (setting, n) ORDER BY r.n);
 END
 $$;

@@ -287,7 +287,6 @@ DECLARE
     v_target  record;
     v_kind    record;
     v_count   bigint;
-    v_settings jsonb;
 BEGIN
     IF p_limit < 0 THEN
         RAISE EXCEPTION 'p_limit must be NULL (everything due) or at least 0, got %', p_limit
@@ -297,7 +296,6 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
-    v_settings := to_jsonb(v_policy);
     PERFORM pg_advisory_xact_lock(auth._lock_key('purge'));
     v_left := coalesce(p_limit, 9223372036854775807);
     deleted := '{}';
@@ -307,8 +305,7 @@ BEGIN
     FOR v_target IN
         SELECT t.kind, t.shape, t.empties_sessions, t.ordinality AS n,
                p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included,
-               ARRAY(SELECT v_now - (v_settings ->> r.setting)::interval
-                     FROM unnest(t.retentions) WITH ORDINALITY r (setting, i) ORDER BY r.i) AS cutoffs
+               auth._purge_cutoffs(v_policy, t.retentions, v_now) AS cutoffs
         FROM auth.purge_targets() WITH ORDINALITY t
         ORDER BY t.ordinality
     LOOP

@@ -36,7 +36,8 @@ BEGIN
                                                ELSE ARRAY['touched', 'sweep'] END) WITH ORDINALITY s (step, n)
         ORDER BY t.ordinality, s.n
     LOOP
-        v_cutoffs := auth._purge_cutoffs(v_policy, kind, p_now);
+        v_cutoffs := auth._purge_cutoffs(v_policy, (SELECT t.retentions FROM auth.purge_targets(kind) t),
+                                          p_now);
         -- A batch's range lies within the due rows, below the cutoff.
         v_from := ROW(v_cutoffs[1] - interval '1 hour', gen_random_uuid(), 0);
         v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 0);
@@ -90,7 +91,8 @@ BEGIN
         SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t
         WHERE t.shape IN ('range', 'oldest') ORDER BY t.ordinality
     LOOP
-        v_cutoffs := auth._purge_cutoffs(v_policy, kind, coalesce(p_now, now()));
+        v_cutoffs := auth._purge_cutoffs(v_policy, (SELECT t.retentions FROM auth.purge_targets(kind) t),
+                                          coalesce(p_now, now()));
         IF exact THEN
             EXECUTE 'SELECT count(*) FROM (' || auth._purge_statement(kind, 'due') || ') d'
                 INTO due_rows USING v_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
