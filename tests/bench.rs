@@ -306,3 +306,44 @@ async fn soak_refuses_flags_it_cannot_use() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warms up for 2 s"), "{stderr}");
 }
+
+/// A soak (or bench) stopped by SIGTERM — a supervisor, a CI timeout —
+/// still drops its scratch database, which holds gigabytes on a real run,
+/// and says why it ended.
+#[tokio::test]
+async fn a_soak_stopped_by_sigterm_drops_its_scratch_database() {
+    let url = cli_url(&server(), "postgres");
+    let child = tokio::process::Command::new(BIN)
+        .args([
+            "bench",
+            "--soak",
+            "--minutes",
+            "0.5",
+            "--sessions",
+            "20",
+            "--rotate-rate",
+            "50",
+        ])
+        .env("DATABASE_URL", &url)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("tj_soak_{}_", child.id().unwrap());
+    poll(
+        "the soak to create its scratch database",
+        std::time::Duration::from_secs(60),
+        || async { (scratch_databases(&prefix).await > 0).then_some(()) },
+    )
+    .await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert_eq!(scratch_databases(&prefix).await, 0, "{stderr}");
+}

@@ -201,9 +201,31 @@ impl Scratch {
 /// dropped either way.
 pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report> {
     let mut scratch = Scratch::open(server, "tj_bench").await?;
-    let result = run_in(&mut scratch, options).await;
+    let result = tokio::select! {
+        result = run_in(&mut scratch, options) => result,
+        signal = interrupted() => Err(signal),
+    };
     scratch.drop_all().await;
     result
+}
+
+/// Waits for Ctrl-C or SIGTERM, so that a bench or soak stopped by hand or
+/// by a supervisor still drops its scratch databases (gigabytes each) on
+/// the server; returns the error the run ends with.
+async fn interrupted() -> Error {
+    let name = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    };
+    Error::Bench(format!(
+        "interrupted by {name}; its scratch databases were dropped"
+    ))
 }
 
 async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report> {

@@ -151,7 +151,10 @@ fn warmup(duration: Duration) -> Duration {
 pub async fn run_soak(server: &DatabaseUrl, options: &SoakOptions) -> Result<SoakReport> {
     let policy = SoakPolicy::for_run(options)?;
     let mut scratch = Scratch::open(server, "tj_soak").await?;
-    let result = run_in(&mut scratch, options, policy).await;
+    let result = tokio::select! {
+        result = run_in(&mut scratch, options, policy) => result,
+        signal = super::interrupted() => Err(signal),
+    };
     scratch.drop_all().await;
     result
 }
