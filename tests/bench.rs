@@ -23,6 +23,18 @@ async fn scratch_databases(prefix: &str) -> i64 {
         .get(0)
 }
 
+/// The half-minute soak the tests run: 20 sessions at 50 rotations/s.
+const TINY_SOAK: [&str; 8] = [
+    "bench",
+    "--soak",
+    "--minutes",
+    "0.5",
+    "--sessions",
+    "20",
+    "--rotate-rate",
+    "50",
+];
+
 #[tokio::test]
 async fn bench_reports_every_strategy_and_cleans_up() {
     let dir = std::env::temp_dir().join(format!("tj-bench-{}", uuid::Uuid::new_v4().simple()));
@@ -179,26 +191,16 @@ async fn soak_reports_samples_and_ratios() {
     std::fs::create_dir_all(&dir).unwrap();
     let (json, png) = (dir.join("s.json"), dir.join("s.png"));
     let url = cli_url(&server(), "postgres");
-    let out = run_cli_ok(
-        &[
-            "bench",
-            "--soak",
-            "--minutes",
-            "0.5",
-            "--sessions",
-            "20",
-            "--rotate-rate",
-            "50",
-            "--batch-size",
-            "500",
-            "--json",
-            json.to_str().unwrap(),
-            "--png",
-            png.to_str().unwrap(),
-        ],
-        &url,
-    )
-    .await;
+    let mut args = TINY_SOAK.to_vec();
+    args.extend([
+        "--batch-size",
+        "500",
+        "--json",
+        json.to_str().unwrap(),
+        "--png",
+        png.to_str().unwrap(),
+    ]);
+    let out = run_cli_ok(&args, &url).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("| size_growth"), "{stdout}");
 
@@ -314,16 +316,7 @@ async fn soak_refuses_flags_it_cannot_use() {
 async fn a_soak_stopped_by_sigterm_drops_its_scratch_database() {
     let url = cli_url(&server(), "postgres");
     let child = tokio::process::Command::new(BIN)
-        .args([
-            "bench",
-            "--soak",
-            "--minutes",
-            "0.5",
-            "--sessions",
-            "20",
-            "--rotate-rate",
-            "50",
-        ])
+        .args(TINY_SOAK)
         .env("DATABASE_URL", &url)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
