@@ -126,7 +126,7 @@ struct BenchArgs {
     /// over time. Time is compressed by scaling the policy: each session
     /// refreshes every --sessions / --rotate-rate seconds, standing for 15
     /// minutes (README: Soak).
-    #[arg(long, conflicts_with_all = ["rows", "due_share", "idle_seconds", "peer_cap_seconds", "scaling", "layouts"])]
+    #[arg(long, conflicts_with_all = ["rows", "due_share", "idle_seconds", "peer_cap_seconds", "scaling", "layouts", "repeat"])]
     soak: bool,
 
     /// Length of the soak in minutes, its warm-up (the first 30%) included;
@@ -179,6 +179,14 @@ struct BenchArgs {
     /// token table (default: the policy's default, off).
     #[arg(long)]
     pace: bool,
+
+    /// Runs of single-delete and token-janitor on each layout, each on a
+    /// fresh copy in alternating order; the report gives each one's median
+    /// and lists every run's seconds (peers run once). On a shared or
+    /// virtual machine one run's ratio can move by 0.2 from the next: take
+    /// 3 or 5 before comparing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    repeat: u8,
 
     /// Live rows of the smaller scaling table.
     #[arg(long, default_value_t = 500_000, requires = "scaling", value_parser = clap::value_parser!(i64).range(1_000..))]
@@ -363,6 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .then_some((args.scaling_due, args.scaling_live)),
                 batch_size: args.batch_size,
                 pace: args.pace,
+                repeat: usize::from(args.repeat),
                 layouts: args.layouts.concat().into_iter().fold(
                     Vec::new(),
                     |mut layouts, layout| {

@@ -59,6 +59,8 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "--layout",
             "all",
             "--pace",
+            "--repeat",
+            "2",
             "--scaling",
             "--scaling-due",
             "2000",
@@ -105,6 +107,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         assert_eq!(names, ["single-delete", "token-janitor"], "{layout}");
         for s in strategies {
             assert_eq!(s["rows_deleted"], layout["due"], "{s}");
+            assert_eq!(s["runs_seconds"].as_array().unwrap().len(), 2, "{s}");
             assert!(s["ratio_to_single_delete"].as_f64().unwrap() > 0.0, "{s}");
         }
     }
@@ -143,6 +146,12 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         .map(|s| s["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["baseline", "subject", "peer", "peer"]);
+    let rounds: Vec<usize> = strategies
+        .iter()
+        .map(|s| s["runs_seconds"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(rounds, [2, 2, 1, 1], "peers run once");
+    assert_eq!(report["repeat"], 2);
     let scaling = report["scaling"].as_array().unwrap();
     assert_eq!(scaling.len(), 2);
     assert_eq!(scaling[0]["live_rows"], serde_json::json!([2000, 10000]));
@@ -152,6 +161,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         table.contains("| token-janitor |") && table.contains("| hydra-shape |"),
         "{table}"
     );
+    assert!(table.contains("ran 2 times on each layout"), "{table}");
     for layout in ["time", "session", "interleaved", "ties"] {
         assert!(table.contains(&format!("| {layout} | ")), "{table}");
     }
@@ -172,6 +182,7 @@ async fn bench_refuses_bad_flags() {
         ["bench", "--rows", "10"],
         ["bench", "--batch-size", "0"],
         ["bench", "--layout", "sideways"],
+        ["bench", "--repeat", "0"],
     ] {
         let out = run_cli(&args, "postgres://postgres@127.0.0.1:1/x").await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -286,6 +297,7 @@ async fn soak_refuses_flags_it_cannot_use() {
             "cannot be used with",
         ),
         (&["bench", "--soak", "--scaling"], "cannot be used with"),
+        (&["bench", "--soak", "--repeat", "3"], "cannot be used with"),
         (&["bench", "--minutes", "1"], "--soak"),
         (&["bench", "--sessions", "100"], "--soak"),
         (&["bench", "--soak", "--sessions", "5"], "invalid value"),

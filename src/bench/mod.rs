@@ -54,6 +54,10 @@ pub struct BenchOptions {
     /// auth.cleanup_policy.pace for the token-janitor runs. Default: false
     /// (the policy's default).
     pub pace: bool,
+    /// Runs of every strategy but the peers on each layout, each on a fresh
+    /// copy, the order reversed every other round so that neither side
+    /// always goes first; the report gives the medians. Default: 1.
+    pub repeat: usize,
 }
 
 /// A heap layout of the seeded table (DESIGN.md §10).
@@ -130,6 +134,7 @@ impl Default for BenchOptions {
             batch_size: None,
             layouts: vec![Layout::Time],
             pace: false,
+            repeat: 1,
         }
     }
 }
@@ -263,27 +268,50 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             scratch.drop("idle").await;
         }
 
-        // Peers take minutes: they run on the first layout only.
-        let runs_here = |s: &&dyn Strategy| n == 0 || s.role() != Role::Peer;
-        let mut strategies = Vec::new();
-        for strategy in strategy::ALL.iter().copied().filter(runs_here) {
-            let name = strategy.name();
-            eprintln!(
-                "{} / {name}: deleting {due} due rows under {} rotations/s",
-                layout.name(),
-                options.rotate_rate
-            );
-            let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
-            let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
-            let cap = options.peer_cap;
-            let due_sql = due_sql.as_str();
-            let run = measure(&copy, traffic, |client| async move {
-                strategy.purge(&client, due_sql, cap).await
-            })
-            .await?;
-            scratch.drop(&suffix).await;
-            strategies.push(StrategyResult::new(strategy, run, due));
+        // Peers take minutes: they run on the first layout only, once.
+        let order: Vec<&dyn Strategy> = strategy::ALL
+            .iter()
+            .copied()
+            .filter(|s| n == 0 || s.role() != Role::Peer)
+            .collect();
+        let mut runs: Vec<Vec<Measured>> = order.iter().map(|_| Vec::new()).collect();
+        for round in 0..options.repeat.max(1) {
+            let mut turns: Vec<usize> = (0..order.len())
+                .filter(|&i| round == 0 || order[i].role() != Role::Peer)
+                .collect();
+            if round % 2 == 1 {
+                turns.reverse();
+            }
+            for i in turns {
+                let strategy = order[i];
+                let name = strategy.name();
+                eprintln!(
+                    "{} / {name}: deleting {due} due rows under {} rotations/s{}",
+                    layout.name(),
+                    options.rotate_rate,
+                    if options.repeat > 1 {
+                        format!(" (round {} of {})", round + 1, options.repeat)
+                    } else {
+                        String::new()
+                    }
+                );
+                let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
+                let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
+                let cap = options.peer_cap;
+                let due_sql = due_sql.as_str();
+                let run = measure(&copy, traffic, |client| async move {
+                    strategy.purge(&client, due_sql, cap).await
+                })
+                .await?;
+                scratch.drop(&suffix).await;
+                runs[i].push(run);
+            }
         }
+        let strategies = order
+            .iter()
+            .zip(&runs)
+            .map(|(strategy, runs)| StrategyResult::new(*strategy, runs, due))
+            .collect();
         scratch.drop(&template_suffix).await;
         layouts.push(LayoutResult::new(layout, due, strategies));
     }
@@ -300,6 +328,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         rotate_rate: options.rotate_rate,
         batch_size,
         pace: options.pace,
+        repeat: options.repeat.max(1),
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
         idle_rotate_failures: idle.failures,

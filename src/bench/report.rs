@@ -79,42 +79,79 @@ pub struct StrategyResult {
     pub rows_deleted: i64,
     /// Whether it deleted every due row.
     pub complete: bool,
-    /// Wall time.
+    /// Wall time: the median of `runs_seconds`.
     pub seconds: f64,
+    /// Wall time of each repetition (`--repeat`), in the order they ran.
+    pub runs_seconds: Vec<f64>,
     /// rows_deleted / seconds.
     pub rows_per_s: f64,
     /// rows_per_s relative to the baseline's (single-delete's).
     pub ratio_to_single_delete: f64,
     /// WAL written while it ran (the concurrent rotations' included).
     pub wal_bytes: i64,
-    /// Rotation latency while it ran, from each call's scheduled start.
+    /// Rotation latency while it ran, from each call's scheduled start
+    /// (the median over the repetitions).
     pub rotate_p50_ms: f64,
-    /// 99th percentile of the same.
+    /// 99th percentile of the same (the median over the repetitions).
     pub rotate_p99_ms: f64,
-    /// Rotations that failed while it ran.
+    /// Rotations that failed while it ran, over every repetition.
     pub rotate_failures: usize,
 }
 
 impl StrategyResult {
-    pub(super) fn new(strategy: &dyn Strategy, run: Measured, due: i64) -> Self {
+    /// One strategy's numbers over its repetitions `runs` (at least one):
+    /// the median of each measure, failures summed; rows, completeness and
+    /// WAL from the run of median time.
+    pub(super) fn new(strategy: &dyn Strategy, runs: &[Measured], due: i64) -> Self {
+        let seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+        let median_run = runs
+            .iter()
+            .find(|r| r.seconds == median(&seconds))
+            .unwrap_or(&runs[0]);
         Self {
             name: strategy.name().to_string(),
             role: strategy.role(),
-            rows_deleted: run.rows_deleted,
-            complete: run.rows_deleted >= due,
-            seconds: run.seconds,
-            rows_per_s: if run.seconds > 0.0 {
-                run.rows_deleted as f64 / run.seconds
+            rows_deleted: median_run.rows_deleted,
+            complete: median_run.rows_deleted >= due,
+            seconds: median_run.seconds,
+            runs_seconds: seconds,
+            rows_per_s: if median_run.seconds > 0.0 {
+                median_run.rows_deleted as f64 / median_run.seconds
             } else {
                 0.0
             },
             ratio_to_single_delete: 0.0,
-            wal_bytes: run.wal_bytes,
-            rotate_p50_ms: run.p50_ms,
-            rotate_p99_ms: run.p99_ms,
-            rotate_failures: run.failures,
+            wal_bytes: median_run.wal_bytes,
+            rotate_p50_ms: median(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
+            rotate_p99_ms: median(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+            rotate_failures: runs.iter().map(|r| r.failures).sum(),
         }
     }
+
+    /// "0.84", or "0.84 (0.84, 0.91, 0.80)" when it ran more than once.
+    fn seconds_with_runs(&self) -> String {
+        let median = format!("{:.2}", self.seconds);
+        if self.runs_seconds.len() < 2 {
+            return median;
+        }
+        let runs: Vec<String> = self
+            .runs_seconds
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect();
+        format!("{median} ({})", runs.join(", "))
+    }
+}
+
+/// The median of `values` (the lower middle one of an even count, so that
+/// it is always one of them); 0 when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// The strategies' numbers on one heap layout.
@@ -196,6 +233,9 @@ pub struct Report {
     pub batch_size: i32,
     /// auth.cleanup_policy.pace of the token-janitor runs.
     pub pace: bool,
+    /// Runs of single-delete and token-janitor per layout (`--repeat`), in
+    /// alternating order; their numbers are the medians.
+    pub repeat: usize,
     /// Rotation latency with no purge running.
     pub idle_rotate_p50_ms: f64,
     /// 99th percentile of the same.
@@ -217,13 +257,21 @@ impl Report {
     /// scaling.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}, pace {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.\n\n",
+            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}, pace {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.{}\n\n",
             self.rows,
             self.rotate_rate,
             self.batch_size,
             if self.pace { "on" } else { "off" },
             self.idle_rotate_p50_ms,
-            self.idle_rotate_p99_ms
+            self.idle_rotate_p99_ms,
+            if self.repeat > 1 {
+                format!(
+                    " single-delete and token-janitor ran {} times on each layout, in alternating order, on fresh copies: medians, each run's seconds in parentheses.",
+                    self.repeat
+                )
+            } else {
+                String::new()
+            }
         );
         out.push_str(
             "| layout | due rows | single-delete s | token-janitor s | token-janitor vs single-delete | rotate p99 ms single-delete / token-janitor | token-janitor p99 vs idle | failed rotations |\n\
@@ -234,11 +282,11 @@ impl Report {
                 continue;
             };
             out.push_str(&format!(
-                "| {} | {} | {:.2} | {:.2} | {:.2}x | {:.2} / {:.2} | {:.2}x | {} |\n",
+                "| {} | {} | {} | {} | {:.2}x | {:.2} / {:.2} | {:.2}x | {} |\n",
                 layout.layout.name(),
                 layout.due,
-                single.seconds,
-                janitor.seconds,
+                single.seconds_with_runs(),
+                janitor.seconds_with_runs(),
                 janitor.ratio_to_single_delete,
                 single.rotate_p99_ms,
                 janitor.rotate_p99_ms,
@@ -488,6 +536,7 @@ mod tests {
             rows_deleted: 0,
             complete: true,
             seconds: 0.0,
+            runs_seconds: vec![0.0],
             rows_per_s,
             ratio_to_single_delete: 0.0,
             wal_bytes: 0,
@@ -495,6 +544,42 @@ mod tests {
             rotate_p99_ms: 0.0,
             rotate_failures: 0,
         }
+    }
+
+    fn measured(seconds: f64, p99_ms: f64, failures: usize) -> Measured {
+        Measured {
+            rows_deleted: (seconds * 1000.0) as i64,
+            seconds,
+            wal_bytes: 0,
+            p50_ms: 0.0,
+            p99_ms,
+            failures,
+        }
+    }
+
+    /// Repetitions are summed up by their medians, each measure on its own;
+    /// rows come from the run of median time, failures from every run.
+    #[test]
+    fn repetitions_report_medians_and_every_failure() {
+        let runs = [
+            measured(2.0, 9.0, 0),
+            measured(1.0, 30.0, 1),
+            measured(3.0, 5.0, 2),
+        ];
+        let result = StrategyResult::new(&super::super::strategy::SingleDelete, &runs, 2000);
+        assert_eq!(result.seconds, 2.0);
+        assert_eq!(result.runs_seconds, [2.0, 1.0, 3.0]);
+        assert_eq!(result.rows_deleted, 2000);
+        assert!(result.complete);
+        assert_eq!(result.rotate_p99_ms, 9.0);
+        assert_eq!(result.rotate_failures, 3);
+        assert_eq!(result.seconds_with_runs(), "2.00 (2.00, 1.00, 3.00)");
+        assert_eq!(
+            median(&[4.0, 1.0]),
+            1.0,
+            "the lower middle of an even count"
+        );
+        assert_eq!(median(&[]), 0.0);
     }
 
     /// The baseline is found by its role wherever it ran in the order.
