@@ -20,6 +20,9 @@
 #                       as failed                                       (100)
 #     --pace            also a purge with auth.cleanup_policy.pace on, on a
 #                       third copy, after the one with pace off
+#     --batch-size N    auth.cleanup_policy.batch_size of the purges;
+#                       repeatable: one purge (on its own copy) per size, in
+#                       the order given                     (the policy's default)
 #
 # Latency is counted from each call's scheduled start (pgbench's latency plus
 # its schedule lag). The purge window's p99 covers the calls scheduled while
@@ -33,7 +36,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
-ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 PACE=false
+ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 PACE=false BATCH_SIZES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) ROWS="$2"; shift 2 ;;
@@ -44,10 +47,16 @@ while [ $# -gt 0 ]; do
         --purge-seconds) PURGE_S="$2"; shift 2 ;;
         --limit-ms) LIMIT_MS="$2"; shift 2 ;;
         --pace) PACE=true; shift ;;
+        --batch-size) BATCH_SIZES+=("$2"); shift 2 ;;
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
 case "$LAYOUT" in time|ties) ;; *) echo "pgbench-rotate.sh: --layout is time or ties" >&2; exit 2 ;; esac
+for size in "${BATCH_SIZES[@]}"; do
+    case "$size" in
+        '' | *[!0-9]*) echo "pgbench-rotate.sh: --batch-size takes a whole number of rows (1 to 100000), got '$size'" >&2; exit 2 ;;
+    esac
+done
 : "${DATABASE_URL:?set DATABASE_URL to any database on the server (scripts/pg.sh start prints one)}"
 if [ -z "${TJ:-}" ]; then
     cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin token-janitor
@@ -59,8 +68,8 @@ PREFIX="tj_pgbench_$$"
 WORK="$(mktemp -d)"
 SESSIONS=$((ROWS / 10))
 cleanup() {
-    for db in idle purge paced template; do
-        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS ${PREFIX}_$db WITH (FORCE)" >/dev/null 2>&1 || true
+    for db in $(psql -qXAt "$DATABASE_URL" -c "SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}\_%'" 2>/dev/null); do
+        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     done
     rm -rf "$WORK"
 }
@@ -146,12 +155,13 @@ from=$(now_us)
 load idle "$IDLE_S"
 read -r idle_p50 idle_p99 idle_n idle_skipped <<<"$(p99 idle "$((from + 1000000))" "$(now_us)")"
 
-# A purge on copy $1 with auth.cleanup_policy.pace = $2 under the same load;
-# prints its report line and leaves its skipped count in $WORK/$1.skipped.
+# A purge on copy $1 with auth.cleanup_policy.pace = $2 and batch_size $3
+# (empty: the default) under the same load; prints its report line and
+# leaves its skipped count in $WORK/$1.skipped.
 purge() {
-    echo "purge (pace $2): CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
+    echo "purge (pace $2, batch size ${3:-default}): CALL auth.run_token_cleanup() over $DUE due rows under the same load" >&2
     prepare_copy "$1"
-    sql "${PREFIX}_$1" "UPDATE auth.cleanup_policy SET pace = $2" >/dev/null
+    sql "${PREFIX}_$1" "UPDATE auth.cleanup_policy SET pace = $2, batch_size = coalesce(${3:-NULL}, batch_size)" >/dev/null
     load "$1" "$PURGE_S" &
     local loader=$! started finished p50 p99 n skipped run
     sleep 3
@@ -165,24 +175,27 @@ purge() {
     fi
     read -r p50 p99 n skipped <<<"$(p99 "$1" "$started" "$finished")"
     run=$(sql "${PREFIX}_$1" "SELECT status || ' ' || rotated_deleted || ' ' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1")
-    printf 'purge, pace %-5s p50 %s ms, p99 %s ms (%.2fx idle) over %s calls, %s skipped; run %s, %.2f s\n' \
-        "$2:" "$p50" "$p99" "$(awk -v a="$p99" -v b="$idle_p99" 'BEGIN { print a / b }')" "$n" "$skipped" \
+    printf 'purge, pace %-5s batch size %s: p50 %s ms, p99 %s ms (%.2fx idle) over %s calls, %s skipped; run %s, %.2f s\n' \
+        "$2," "$(sql "${PREFIX}_$1" "SELECT batch_size FROM auth.cleanup_policy")" "$p50" "$p99" "$(awk -v a="$p99" -v b="$idle_p99" 'BEGIN { print a / b }')" "$n" "$skipped" \
         "$(awk '{ printf "%s, %s rows in %s batches", $1, $2, $3 }' <<<"$run")" \
         "$(awk -v a="$started" -v b="$finished" 'BEGIN { print (b - a) / 1e6 }')"
 }
 
-lines=$(purge purge false)
-if [ "$PACE" = true ]; then
-    lines="$lines"$'\n'"$(purge paced true)"
-fi
+[ ${#BATCH_SIZES[@]} -gt 0 ] || BATCH_SIZES=("")
+lines=""
+for i in "${!BATCH_SIZES[@]}"; do
+    lines="$lines$(purge "purge_$i" false "${BATCH_SIZES[$i]}")"$'\n'
+    if [ "$PACE" = true ]; then
+        lines="$lines$(purge "paced_$i" true "${BATCH_SIZES[$i]}")"$'\n'
+    fi
+done
 aborted=$(cat "$WORK"/*.out | grep -c "aborted" || true)
 skipped=$(awk '{ s += $2 } END { print s + 0 }' "$WORK"/*.skipped)
 
 cat <<REPORT
 rows $ROWS, due $DUE, layout $LAYOUT, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
 idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped
-$lines
-pgbench clients aborted (a rotation that did not return 'rotated'): $aborted
+${lines}pgbench clients aborted (a rotation that did not return 'rotated'): $aborted
 load average: $(cut -d' ' -f1-3 /proc/loadavg)
 REPORT
 [ "$aborted" -eq 0 ] && [ "$skipped" -eq 0 ]

@@ -28,7 +28,10 @@
 --                     columns with $1 = now - retentions[1] (and, for
 --                     sessions, $6 = now - retentions[2])
 --   retentions        the auth.cleanup_policy settings of those cutoffs
---   indexes           the indexes (sql/indexes.sql) the kind's statements use
+--   indexes           the indexes the kind's statements use (sql/indexes.sql;
+--                     for a 'range' kind also the table's primary key, which
+--                     its batches follow on a heap in primary-key order:
+--                     auth._purge_order)
 --   empties_sessions  whether deleting a row can leave its session without
 --                     token rows: its deletes return session ids, which
 --                     'emptied' looks at
@@ -46,12 +49,12 @@ BEGIN
         ('expired', 'range', 'auth.refresh_tokens'::regclass, 'expires_at',
          ARRAY['session_id', 'generation'],
          'expires_at < $1',
-         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx'], true,
+         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx', 'refresh_tokens_pkey'], true,
          'expired_deleted'),
         ('revoked', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
          ARRAY['session_id', 'generation'],
          'revoke_reason <> ''rotated'' AND revoked_at < $1',
-         ARRAY['revoked_retention'], ARRAY['refresh_tokens_revoked_purge_idx'], true,
+         ARRAY['revoked_retention'], ARRAY['refresh_tokens_revoked_purge_idx', 'refresh_tokens_pkey'], true,
          'revoked_deleted'),
         -- The bulk of the purge. A rotated row never empties its session (the
         -- session holds a newer token), so its deletes return nothing: a plain
@@ -59,7 +62,7 @@ BEGIN
         ('rotated', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
          ARRAY['session_id', 'generation'],
          'revoke_reason = ''rotated'' AND revoked_at < $1',
-         ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx'], false,
+         ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx', 'refresh_tokens_pkey'], false,
          'rotated_deleted'),
         ('security_events', 'oldest', 'auth.security_events'::regclass, 'occurred_at',
          ARRAY['id'],

@@ -31,7 +31,8 @@ BEGIN
     FOR kind, step IN
         SELECT t.kind, s.step
         FROM auth.purge_targets() WITH ORDINALITY t
-        CROSS JOIN LATERAL unnest(CASE t.shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all']
+        CROSS JOIN LATERAL unnest(CASE t.shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all',
+                                                                        'pk_bound', 'pk_range', 'pk_all']
                                                WHEN 'oldest' THEN ARRAY['oldest']
                                                ELSE ARRAY['touched', 'sweep'] END) WITH ORDINALITY s (step, n)
         ORDER BY t.ordinality, s.n
@@ -43,7 +44,7 @@ BEGIN
         v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 0);
         -- As auth._purge_delete plans the deletes (bitmap scans only for
         -- the ranges).
-        PERFORM set_config('enable_indexscan', (step NOT IN ('range', 'within', 'all'))::text, true);
+        PERFORM set_config('enable_indexscan', (step NOT IN ('range', 'within', 'all', 'pk_range', 'pk_all'))::text, true);
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth._purge_statement(kind, step)
             USING v_cutoffs[1], v_bound, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
@@ -79,7 +80,6 @@ AS $$
 DECLARE
     v_policy  auth.cleanup_policy%ROWTYPE;
     v_cutoffs timestamptz[];
-    v_plan    json;
 BEGIN
     SELECT * INTO v_policy FROM auth.cleanup_policy;
     exact := coalesce(p_exact, (SELECT c.reltuples < 100000 FROM pg_class c
@@ -98,10 +98,7 @@ BEGIN
                 INTO due_rows USING v_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
                                     auth._purge_start(), v_cutoffs[2];
         ELSE
-            EXECUTE 'EXPLAIN (FORMAT JSON) ' || auth._purge_statement(kind, 'due')
-                INTO v_plan USING v_cutoffs[1], NULL::auth.purge_position, NULL::bigint, NULL::uuid[],
-                                  auth._purge_start(), v_cutoffs[2];
-            due_rows := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric::bigint;
+            due_rows := auth._purge_estimate(kind, v_cutoffs);
         END IF;
         RETURN NEXT;
     END LOOP;

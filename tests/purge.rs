@@ -83,6 +83,41 @@ async fn surviving(
     (tokens, sessions.into_iter().collect())
 }
 
+/// What the model says a purge of `families` (seeded as `ids`) at `now`
+/// leaves: due rows per kind (expired, revoked, rotated), and the tokens and
+/// sessions that stay.
+fn model(
+    families: &[Family],
+    ids: &[uuid::Uuid],
+    policy: Policy,
+    now: i64,
+) -> ([i64; 3], BTreeSet<(uuid::Uuid, i32)>, BTreeSet<uuid::Uuid>) {
+    let mut expected = [0i64; 3];
+    let mut tokens_left = BTreeSet::new();
+    for (id, family) in ids.iter().zip(families) {
+        for (generation, token) in family.tokens.iter().enumerate() {
+            match token.due(policy, at(now)) {
+                Some(Kind::Expired) => expected[0] += 1,
+                Some(Kind::Revoked) => expected[1] += 1,
+                Some(Kind::Rotated) => expected[2] += 1,
+                None => {
+                    tokens_left.insert((*id, generation as i32));
+                }
+            }
+        }
+    }
+    let sessions_left = ids
+        .iter()
+        .zip(families)
+        .filter(|(id, f)| {
+            let has_tokens = tokens_left.iter().any(|(s, _)| s == *id);
+            !f.session().due(policy, at(now), has_tokens)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    (expected, tokens_left, sessions_left)
+}
+
 /// Invariants 1 and 2: exactly the model's due rows are deleted, counted by
 /// kind, a second either side of every boundary, for default and zero
 /// retention, in one call and in small batches.
@@ -101,29 +136,7 @@ async fn exactly_the_due_rows_are_deleted(#[case] policy: Policy, #[case] limit:
     let families = world(policy, now);
     let ids = seed(c, &families).await;
 
-    let mut expected = [0i64; 3];
-    let mut tokens_left = BTreeSet::new();
-    for (id, family) in ids.iter().zip(&families) {
-        for (generation, token) in family.tokens.iter().enumerate() {
-            match token.due(policy, at(now)) {
-                Some(Kind::Expired) => expected[0] += 1,
-                Some(Kind::Revoked) => expected[1] += 1,
-                Some(Kind::Rotated) => expected[2] += 1,
-                None => {
-                    tokens_left.insert((*id, generation as i32));
-                }
-            }
-        }
-    }
-    let sessions_left: BTreeSet<uuid::Uuid> = ids
-        .iter()
-        .zip(&families)
-        .filter(|(id, f)| {
-            let has_tokens = tokens_left.iter().any(|(s, _)| s == *id);
-            !f.session().due(policy, at(now), has_tokens)
-        })
-        .map(|(id, _)| *id)
-        .collect();
+    let (expected, tokens_left, sessions_left) = model(&families, &ids, policy, now);
     assert!(
         expected.iter().all(|&n| n > 0),
         "the world has rows of every kind due: {expected:?}"
@@ -399,6 +412,122 @@ async fn a_run_purges_thousands_of_rows_on_one_timestamp_across_batches() {
     assert_eq!(recorded, ("ok", 110, 1000, 1000, 9000, 2000));
     assert_eq!(live_tokens(c).await, (3000, 3000, 3000));
     assert_eq!(counts(c).await, (3000, 3000));
+}
+
+/// 2,000 families of five tokens, every family's rows together in the heap
+/// in primary-key order (CLUSTER: as after a restore), generations 0-3
+/// rotated at distinct times in generation order (so the heap does not
+/// follow revoked_at) and generation 4 live; the first `expired_families`
+/// expired as a whole, months ago, at distinct times in generation order.
+async fn seed_in_primary_key_order(
+    c: &tokio_postgres::Client,
+    expired_families: usize,
+) -> (Vec<Family>, Vec<uuid::Uuid>) {
+    let far = at(3650 * DAY);
+    let families: Vec<Family> = (0..2000i64)
+        .map(|i| {
+            let expires = |g: i64| {
+                if (i as usize) < expired_families {
+                    at(DAY + g * 2000 + i)
+                } else {
+                    far
+                }
+            };
+            let mut tokens: Vec<TokenRow> = (0..4i64)
+                .map(|g| TokenRow {
+                    expires_at: expires(g),
+                    revoked: Some(Reason::Rotated.at(at(HOUR + g * 2000 + i))),
+                })
+                .collect();
+            tokens.push(TokenRow::expiring(expires(4)));
+            Family::new(format!("pk-{i}"), at(0), tokens)
+        })
+        .collect();
+    let ids = seed(c, &families).await;
+    c.batch_execute(
+        "CLUSTER auth.refresh_tokens USING refresh_tokens_pkey;
+         ANALYZE auth.refresh_tokens",
+    )
+    .await
+    .unwrap();
+    (families, ids)
+}
+
+/// Whether a run would delete `kind` in primary-key order at `now`.
+async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> bool {
+    c.query_one(
+        "SELECT auth._purge_order($1, auth._purge_cutoffs(p, t.retentions, $2))
+         FROM auth.cleanup_policy p, auth.purge_targets($1) t",
+        &[&kind, &at(now)],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// On a heap in primary-key order with most rows of a kind due, batches of
+/// that kind follow the primary key (auth._purge_order); they still delete
+/// exactly the model's due rows, never more than p_limit a call or
+/// batch_size a batch, and no live token. Rotated rows (no RETURNING) and
+/// expired rows (whose deletes return the sessions they empty) both.
+#[rstest]
+#[case::rotated(0, "rotated")]
+#[case::expired(2000, "expired")]
+#[tokio::test]
+async fn a_heap_in_primary_key_order_is_purged_in_that_order(
+    #[case] expired_families: usize,
+    #[case] kind: &str,
+) {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    // The server's clock, which the scheduled run below uses: every row
+    // the seed revokes or expires is months past its retention by then.
+    let now = server_now(c).await.duration_since(at(0)).unwrap().as_secs() as i64;
+    let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
+    assert!(primary_key_order(c, kind, now).await, "{kind}");
+    let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
+
+    let mut total = [0i64; 4];
+    loop {
+        let (e, r, t, s) = purge(c, at(now), Some(700)).await;
+        assert!(e + r + t <= 700, "a call deletes at most p_limit rows");
+        total = [total[0] + e, total[1] + r, total[2] + t, total[3] + s];
+        if e + r + t + s == 0 {
+            break;
+        }
+    }
+    assert_eq!(total[..3], expected);
+    assert_eq!(total[3], (families.len() - sessions_left.len()) as i64);
+    assert_eq!(surviving(c).await, (tokens_left, sessions_left));
+
+    // A scheduled run keeps the order from batch to batch.
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
+    let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
+    c.batch_execute("UPDATE auth.cleanup_policy SET batch_size = 300")
+        .await
+        .unwrap();
+    c.execute("CALL auth.run_token_cleanup()", &[])
+        .await
+        .unwrap();
+    let run = c
+        .query_one(
+            "SELECT status, batches, ARRAY[expired_deleted, revoked_deleted, rotated_deleted]
+             FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.get::<_, &str>(0), "ok");
+    let deleted: Vec<i64> = run.get(2);
+    assert_eq!(deleted, expected);
+    let batches: i32 = run.get(1);
+    assert!(
+        i64::from(batches) * 300 >= expected.iter().sum::<i64>(),
+        "no batch deleted more than batch_size ({batches} batches)"
+    );
+    assert_eq!(surviving(c).await, (tokens_left, sessions_left));
 }
 
 #[tokio::test]
