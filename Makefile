@@ -40,12 +40,12 @@ demo:
 	if [ -n "$${started:-}" ]; then $(PG) stop; fi
 
 ## bench: the purge vs single DELETE and peer shapes under rotation load
-## (1M rows, every heap layout, plus the scaling measurement); writes
+## (1M rows, every heap layout three times, plus the scaling measurement); writes
 ## target/bench.{json,md,png}
 bench:
 	export DATABASE_URL="$(DB)"; \
 	cargo build --release --quiet --bin token-janitor; \
-	target/release/token-janitor bench --rows 1000000 --layout all --scaling \
+	target/release/token-janitor bench --rows 1000000 --layout all --repeat 3 --scaling \
 		--json target/bench.json --markdown target/bench.md --png target/bench.png
 
 pg-start:
