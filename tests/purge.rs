@@ -444,6 +444,13 @@ async fn seed_in_primary_key_order(
         })
         .collect();
     let ids = seed(c, &families).await;
+    let now = seconds_since_t0(server_now(c).await);
+    for kind in ["expired", "rotated"] {
+        assert!(
+            !primary_key_order(c, kind, now).await,
+            "{kind}: the seeder's heap follows the login order, not the random session ids"
+        );
+    }
     c.batch_execute(
         "CLUSTER auth.refresh_tokens USING refresh_tokens_pkey;
          ANALYZE auth.refresh_tokens",
@@ -451,6 +458,11 @@ async fn seed_in_primary_key_order(
     .await
     .unwrap();
     (families, ids)
+}
+
+/// `t` as seconds from T0, the clock of `at`.
+fn seconds_since_t0(t: SystemTime) -> i64 {
+    t.duration_since(at(0)).unwrap().as_secs() as i64
 }
 
 /// Whether a run would delete `kind` in primary-key order at `now`.
@@ -472,7 +484,7 @@ async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> 
 /// expired rows (whose deletes return the sessions they empty) both.
 #[rstest]
 #[case::rotated(0, "rotated")]
-#[case::expired(2000, "expired")]
+#[case::expired(1600, "expired")]
 #[tokio::test]
 async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     #[case] expired_families: usize,
