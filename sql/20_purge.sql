@@ -205,7 +205,8 @@ $$;
 
 -- auth._purge_order: whether a run deletes 'range' kind p_kind in
 -- primary-key order instead of its key's: when the heap follows the primary
--- key (a session's rows together, as after a restore or a CLUSTER: planner
+-- key (a session's rows together, as after a CLUSTER, pg_repack or a load
+-- in key order: planner
 -- correlation of the primary key's first column >= 0.9) but not the key
 -- (< 0.9), and at least half the table is due (the planner's estimates).
 -- There a batch in key order takes a few rows from each of many pages and
@@ -216,7 +217,12 @@ $$;
 -- order is a run of consecutive rows: each page is visited once per run.
 -- With few rows due, a primary-key range would mostly read rows that stay,
 -- hence the share. A table filling in time order (production) keeps the
--- key's order. Reads pg_stats and pg_class (the owner's own table).
+-- key's order. So does a run after one that ended 'partial': a run in
+-- primary-key order starts from the first key, and would walk again over
+-- the live rows the last run left there (and with stale statistics, read
+-- much to delete little) before it reached what is due; the key order goes
+-- straight to the due rows. Reads pg_stats, pg_class (the owner's own
+-- table) and auth.cleanup_runs.
 CREATE OR REPLACE FUNCTION auth._purge_order(p_kind text, p_cutoffs timestamptz[])
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
@@ -230,6 +236,10 @@ DECLARE
     v_schema name;
     v_table  name;
 BEGIN
+    IF (SELECT r.status FROM auth.cleanup_runs r WHERE r.status IN ('ok', 'partial', 'failed')
+        ORDER BY r.id DESC LIMIT 1) = 'partial' THEN
+        RETURN false;
+    END IF;
     SELECT * INTO t FROM auth.purge_targets(p_kind);
     SELECT n.nspname, c.relname, c.reltuples INTO v_schema, v_table, v_rows
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -267,11 +277,12 @@ $$;
 -- its due rows; the batch stops once what is left of n is under 1/16 of the
 -- rows it read (at 90% due: two steps, 9,900 rows of 10,000, where filling
 -- it exactly took five statements more) or after reading 2 x n rows (work
--- bounded however few are due), but not before it deleted a row or saw the
--- end: like a batch in key order, it returns 0 only when nothing is due
--- (callers of purge_refresh_tokens loop until then), however many rows
--- an earlier call or run left at the start of the order. A batch never
--- deletes more than p_limit.
+-- bounded however few are due: such a batch may delete nothing and not be
+-- drained, and the run's next batch goes on from its resume). Only a run
+-- chooses this order (p_reorder): a one-off call starts from the first key
+-- every time, so a loop of purge_refresh_tokens calls would walk again over
+-- what the earlier calls left, and a call must return 0 only when nothing
+-- is due. A batch never deletes more than p_limit.
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
     p_shape   text,
@@ -279,6 +290,7 @@ CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_cutoffs timestamptz[],
     p_limit   bigint,
     p_from    auth.purge_position,
+    p_reorder boolean,
     OUT deleted bigint,
     OUT touched uuid[],
     OUT drained boolean,
@@ -328,7 +340,7 @@ BEGIN
         RETURN;
     END IF;
     IF p_from IS NULL THEN
-        v_pk_order := p_limit < 1000000000 AND auth._purge_order(p_kind, p_cutoffs);
+        v_pk_order := p_reorder AND auth._purge_order(p_kind, p_cutoffs);
         IF v_pk_order THEN
             resume.key := NULL;
         END IF;
@@ -337,7 +349,7 @@ BEGIN
     END IF;
     IF v_pk_order THEN
         v_bounds := auth._purge_statement(p_kind, 'pk_bound');
-        WHILE p_limit - deleted > v_read / 16 AND v_read < 2 * p_limit OR deleted = 0 LOOP
+        WHILE p_limit - deleted > v_read / 16 AND v_read < 2 * p_limit LOOP
             EXECUTE v_bounds INTO v_bound
                 USING p_cutoffs[1], NULL::auth.purge_position, p_limit - deleted, NULL::uuid[], resume, p_cutoffs[2];
             GET DIAGNOSTICS v_found = ROW_COUNT;
@@ -382,7 +394,8 @@ $$;
 -- deleted everything that was due (the run's stop signal) and where each
 -- kind's next batch may start (p_from: the previous batch's `resume`, one
 -- position per kind in auth.purge_targets order, NULL for anywhere). A row
--- due under several kinds is counted once, under the first.
+-- due under several kinds is counted once, under the first. p_reorder: a
+-- run's batch, whose kinds may go in primary-key order (auth._purge_kind).
 -- A kind the batch drains gets a resume at 'infinity', and the run's later
 -- batches skip it: their cutoffs are the same, so nothing more becomes due
 -- for it, and its queries cost even when they find nothing. Planning
@@ -401,7 +414,8 @@ CREATE OR REPLACE FUNCTION auth._purge_batch(
     p_now   timestamptz,
     p_limit bigint,
     p_from  auth.purge_position[] DEFAULT NULL,
-    p_kinds text[] DEFAULT NULL
+    p_kinds text[] DEFAULT NULL,
+    p_reorder boolean DEFAULT false
 )
 RETURNS TABLE (deleted jsonb, drained boolean, resume auth.purge_position[])
 LANGUAGE plpgsql VOLATILE
@@ -457,7 +471,7 @@ BEGIN
         ELSIF coalesce((p_from[v_target.n]).key <> 'infinity', true) THEN
             SELECT * INTO v_kind
             FROM auth._purge_kind(v_target.kind, v_target.shape, v_target.empties_sessions,
-                                  v_target.cutoffs, v_left, p_from[v_target.n]);
+                                  v_target.cutoffs, v_left, p_from[v_target.n], p_reorder);
             v_count := v_kind.deleted;
             v_left := greatest(v_left - v_count, 0);
             v_touched := v_touched || v_kind.touched;

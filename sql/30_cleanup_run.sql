@@ -72,7 +72,7 @@ DECLARE
     v_batch record;
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
-    SELECT * INTO v_batch FROM auth._purge_batch(p_started, p_limit, p_from);
+    SELECT * INTO v_batch FROM auth._purge_batch(p_started, p_limit, p_from, NULL, true);
     EXECUTE auth._run_counters() USING p_run, v_batch.deleted;
     RETURN QUERY SELECT v_batch.deleted, v_batch.drained, v_batch.resume,
                         clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);

@@ -477,11 +477,14 @@ async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> 
     .get(0)
 }
 
-/// On a heap in primary-key order with most rows of a kind due, batches of
-/// that kind follow the primary key (auth._purge_order); they still delete
-/// exactly the model's due rows, never more than p_limit a call or
-/// batch_size a batch, and no live token. Rotated rows (no RETURNING) and
-/// expired rows (whose deletes return the sessions they empty) both.
+/// On a heap in primary-key order with most rows of a kind due, a run's
+/// batches of that kind follow the primary key (auth._purge_order): every
+/// position they hand on has a NULL key. They still delete exactly the
+/// model's due rows, never more than batch_size a batch, and no live token;
+/// rotated rows (no RETURNING) and expired rows (whose deletes return the
+/// sessions they empty) both. One-off purge_refresh_tokens calls keep the
+/// key order (each starts from the first key) and return 0 only when nothing
+/// is due; a run after a 'partial' one keeps the key order too.
 #[rstest]
 #[case::rotated(0, "rotated")]
 #[case::expired(1600, "expired")]
@@ -494,11 +497,76 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     let c = &db.client;
     // The server's clock, which the scheduled run below uses: every row
     // the seed revokes or expires is months past its retention by then.
-    let now = server_now(c).await.duration_since(at(0)).unwrap().as_secs() as i64;
+    let now = seconds_since_t0(server_now(c).await);
     let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
     assert!(primary_key_order(c, kind, now).await, "{kind}");
     let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
 
+    // A run's batches, one transaction each, handing on their positions.
+    c.batch_execute("CREATE TEMP TABLE run (resume auth.purge_position[])")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO run VALUES (NULL)")
+        .await
+        .unwrap();
+    let mut total = [0i64; 3];
+    let mut batches = 0;
+    let mut in_primary_key_order = 0;
+    loop {
+        let row = c
+            .query_one(
+                "WITH b AS (SELECT * FROM auth._purge_batch($1, 300, (SELECT resume FROM run), NULL, true)),
+                      u AS (UPDATE run SET resume = b.resume FROM b)
+                 SELECT ARRAY[(b.deleted ->> 'expired')::bigint, (b.deleted ->> 'revoked')::bigint,
+                              (b.deleted ->> 'rotated')::bigint],
+                        b.drained,
+                        (SELECT CASE WHEN (b.resume[t.n]).key IS NULL AND (b.resume[t.n]).session_id IS NOT NULL
+                                     THEN 'primary key'
+                                     WHEN (b.resume[t.n]).key = 'infinity' THEN 'drained'
+                                     ELSE 'key' END
+                         FROM auth.purge_targets() WITH ORDINALITY t (kind, shape, relation, key_column,
+                              row_key, due, retentions, indexes, empties_sessions, run_column, n)
+                         WHERE t.kind = $2)
+                 FROM b",
+                &[&at(now), &kind],
+            )
+            .await
+            .unwrap();
+        let deleted: Vec<i64> = row.get(0);
+        let (drained, order): (bool, &str) = (row.get(1), row.get(2));
+        assert!(
+            deleted.iter().sum::<i64>() <= 300,
+            "a batch deletes at most batch_size rows: {deleted:?}"
+        );
+        for (sum, d) in total.iter_mut().zip(&deleted) {
+            *sum += d;
+        }
+        batches += 1;
+        assert_ne!(order, "key", "batch {batches} went in key order");
+        in_primary_key_order += usize::from(order == "primary key");
+        if drained {
+            break;
+        }
+    }
+    assert!(
+        in_primary_key_order > 10,
+        "{in_primary_key_order} of {batches} batches in primary-key order"
+    );
+    assert_eq!(total, expected);
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    assert_eq!(
+        surviving(c).await,
+        (tokens_left.clone(), sessions_left.clone()),
+        "the sessions the batches emptied go by the run's sweep"
+    );
+
+    // One-off calls: key order, exactly the model's rows, 0 only at the end.
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
+    let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
     let mut total = [0i64; 4];
     loop {
         let (e, r, t, s) = purge(c, at(now), Some(700)).await;
@@ -512,10 +580,28 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     assert_eq!(total[3], (families.len() - sessions_left.len()) as i64);
     assert_eq!(surviving(c).await, (tokens_left, sessions_left));
 
-    // A scheduled run keeps the order from batch to batch.
+    // A scheduled run, after one that ended 'partial' and then after an
+    // 'ok' one.
     let db = TestDb::migrated().await;
     let c = &db.client;
     let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
+    c.batch_execute(
+        "INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+         VALUES (now() - interval '10 minutes', now() - interval '8 minutes', 'partial')",
+    )
+    .await
+    .unwrap();
+    assert!(
+        !primary_key_order(c, kind, now).await,
+        "after a partial run"
+    );
+    c.batch_execute(
+        "INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
+         VALUES (now() - interval '5 minutes', now() - interval '4 minutes', 'ok')",
+    )
+    .await
+    .unwrap();
+    assert!(primary_key_order(c, kind, now).await, "after an ok run");
     let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
     c.batch_execute("UPDATE auth.cleanup_policy SET batch_size = 300")
         .await
@@ -525,20 +611,15 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
         .unwrap();
     let run = c
         .query_one(
-            "SELECT status, batches, ARRAY[expired_deleted, revoked_deleted, rotated_deleted]
+            "SELECT status, ARRAY[expired_deleted, revoked_deleted, rotated_deleted]
              FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
             &[],
         )
         .await
         .unwrap();
     assert_eq!(run.get::<_, &str>(0), "ok");
-    let deleted: Vec<i64> = run.get(2);
+    let deleted: Vec<i64> = run.get(1);
     assert_eq!(deleted, expected);
-    let batches: i32 = run.get(1);
-    assert!(
-        i64::from(batches) * 300 >= expected.iter().sum::<i64>(),
-        "no batch deleted more than batch_size ({batches} batches)"
-    );
     assert_eq!(surviving(c).await, (tokens_left, sessions_left));
 }
 
