@@ -37,6 +37,8 @@ async fn the_application_role_goes_through_functions_only() {
             "UPDATE auth.cleanup_policy SET batch_size = 1",
             "CALL auth.run_token_cleanup()",
             "SELECT * FROM auth.purge_refresh_tokens()",
+            "SELECT auth._purge_order('rotated', ARRAY[now()])",
+            "SELECT auth._purge_estimate('rotated', ARRAY[now()])",
         ],
     )
     .await;
@@ -92,6 +94,7 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
             "SELECT * FROM auth.list_sessions(p_user_id => 'user-1')",
             "DELETE FROM auth.refresh_tokens",
             "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')",
+            "SELECT auth._purge_order('rotated', ARRAY[now()])",
         ],
     )
     .await;
