@@ -205,10 +205,10 @@ $$;
 
 -- auth._purge_order: whether a run deletes 'range' kind p_kind in
 -- primary-key order instead of its key's: when the heap follows the primary
--- key (a session's rows together, as after a CLUSTER, pg_repack or a load
--- in key order: planner
--- correlation of the primary key's first column >= 0.9) but not the key
--- (< 0.9), and at least half the table is due (the planner's estimates).
+-- key (a session's rows together, as after a CLUSTER, pg_repack or a load in
+-- key order: planner correlation of the primary key's first column >= 0.9)
+-- but not the key (< 0.9), and at least half the table is due (the
+-- planner's estimates).
 -- There a batch in key order takes a few rows from each of many pages and
 -- every page comes back once per generation (measured on 1M rows, 900k due:
 -- 127k heap page visits by the deletes against 15.7k on a heap in time

@@ -234,6 +234,7 @@ async fn interrupted() -> Error {
 }
 
 async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report> {
+    let rounds = options.repeat.max(1);
     let mut idle = None;
     let mut batch_size = 0;
     let mut layouts = Vec::new();
@@ -275,7 +276,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             .filter(|s| n == 0 || s.role() != Role::Peer)
             .collect();
         let mut runs: Vec<Vec<Measured>> = order.iter().map(|_| Vec::new()).collect();
-        for round in 0..options.repeat.max(1) {
+        for round in 0..rounds {
             let mut turns: Vec<usize> = (0..order.len())
                 .filter(|&i| round == 0 || order[i].role() != Role::Peer)
                 .collect();
@@ -289,8 +290,8 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
                     "{} / {name}: deleting {due} due rows under {} rotations/s{}",
                     layout.name(),
                     options.rotate_rate,
-                    if options.repeat > 1 {
-                        format!(" (round {} of {})", round + 1, options.repeat)
+                    if rounds > 1 {
+                        format!(" (round {} of {rounds})", round + 1)
                     } else {
                         String::new()
                     }
@@ -328,7 +329,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         rotate_rate: options.rotate_rate,
         batch_size,
         pace: options.pace,
-        repeat: options.repeat.max(1),
+        repeat: rounds,
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
         idle_rotate_failures: idle.failures,

@@ -104,9 +104,10 @@ impl StrategyResult {
     /// WAL from the run of median time.
     pub(super) fn new(strategy: &dyn Strategy, runs: &[Measured], due: i64) -> Self {
         let seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+        let median_seconds = median(&seconds);
         let median_run = runs
             .iter()
-            .find(|r| r.seconds == median(&seconds))
+            .find(|r| r.seconds == median_seconds)
             .unwrap_or(&runs[0]);
         Self {
             name: strategy.name().to_string(),
