@@ -136,51 +136,151 @@ AS $$
     SELECT ROW('-infinity', '00000000-0000-0000-0000-000000000000', -2147483648)::auth.purge_position
 $$;
 
--- auth._purge_delete: runs p_statement, one delete step of
--- auth._purge_statement, with the kind's cutoffs; returns how many rows it
--- deleted and, when the statement returns them (p_returns: a 'range' kind
--- that empties sessions), from which sessions. Row locks: the deleted rows.
--- Plain index scans are off for the range steps (p_range): a bitmap scan
--- visits the batch's heap pages in physical order, which measured twice as
--- fast as visiting them in key order.
+-- auth._purge_delete: runs p_statement, a delete step of an 'oldest' or
+-- 'emptied' kind (auth._purge_statement), with the kind's cutoffs; returns
+-- how many rows it deleted. Row locks: the deleted rows. The 'range' kinds'
+-- steps, a run's hot path, go through auth._purge_step instead.
 CREATE OR REPLACE FUNCTION auth._purge_delete(
     p_statement text,
-    p_returns   boolean,
-    p_range     boolean,
     p_cutoffs   timestamptz[],
-    p_bound     auth.purge_position,
-    p_from      auth.purge_position,
     p_limit     bigint,
-    p_touched   uuid[],
-    OUT deleted bigint,
-    OUT touched uuid[]
+    p_touched   uuid[]
 )
+RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
-SET enable_indexscan = off
 AS $$
 -- @plpgsql_check_options: security_warnings = false, performance_warnings = false
 -- (plpgsql_check: every caller passes a text built by auth._purge_statement
 -- from the constant definitions of auth.purge_targets, values go through
 -- USING; and it cannot see that the dynamic statement deletes, so it would
 -- have this VOLATILE function IMMUTABLE.)
+DECLARE
+    v_deleted bigint;
 BEGIN
-    touched := '{}';
-    IF NOT p_range THEN
-        PERFORM set_config('enable_indexscan', 'on', true);
-    END IF;
-    IF p_returns THEN
-        EXECUTE p_statement INTO deleted, touched
-            USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
-    ELSE
-        EXECUTE p_statement
-            USING p_cutoffs[1], p_bound, p_limit, p_touched, p_from, p_cutoffs[2];
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-    END IF;
+    EXECUTE p_statement
+        USING p_cutoffs[1], NULL::auth.purge_position, p_limit, p_touched, NULL::auth.purge_position, p_cutoffs[2];
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
 END
 $$;
 
+-- auth._purge_step: runs step p_step of 'range' kind p_kind (the bound and
+-- delete steps of auth._purge_statement) with the statement's six
+-- parameters, which it takes first, in their order; returns the rows a
+-- delete step deleted and, for a kind that empties sessions, from which
+-- sessions; or the position a bound step found (found: whether there was
+-- one). Row locks: the deleted rows.
+-- Its body is compiled (auth._purge_compile, run by every migrate right
+-- below) from auth._purge_statement's texts as static statements, whose
+-- plans PL/pgSQL keeps for the session: a run's batches parse and analyze
+-- each statement once, not once a batch, and the bound queries reuse one
+-- generic plan (an index-only scan, as planned with values). Dynamic
+-- statements cost a run on the time layout 80-100 ms of its 1.0-1.2 s of
+-- CPU in parsing and planning (perf, 90 batches); the plan of the deletes
+-- still depends on their bounds (a custom plan per batch). Plain index
+-- scans are off for the delete steps: a bitmap scan visits the batch's heap
+-- pages in physical order, which measured twice as fast as visiting them in
+-- key order; the bound steps need them (index-only scans).
+CREATE OR REPLACE FUNCTION auth._purge_step(
+    p_cutoff   timestamptz,
+    p_bound    auth.purge_position,
+    p_count    bigint,
+    p_sessions uuid[],
+    p_from     auth.purge_position,
+    p_cutoff2  timestamptz,
+    p_kind     text,
+    p_step     text,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT bound auth.purge_position,
+    OUT found_bound boolean
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET enable_indexscan = off
+AS $$
+BEGIN
+    RAISE EXCEPTION 'auth._purge_step(%, %) is not compiled yet: run token-janitor migrate', p_kind, p_step;
+END
+$$;
+
+-- auth._purge_compile: (re)writes auth._purge_step's body from the 'range'
+-- kinds of auth.purge_targets, one static statement per kind and step.
+-- Called by every migrate, after the definitions above.
+CREATE OR REPLACE FUNCTION auth._purge_compile()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: the EXECUTEd text is built by auth._purge_statement from
+-- the constant definitions of auth.purge_targets, and format()ted with %L.)
+DECLARE
+    v_kind record;
+    v_step text;
+    v_body text := '';
+    v_text text;
+BEGIN
+    FOR v_kind IN
+        SELECT t.kind, t.empties_sessions FROM auth.purge_targets() t WHERE t.shape = 'range'
+    LOOP
+        v_body := v_body || format(E'    %s p_kind = %L THEN\n', CASE v_body WHEN '' THEN 'IF' ELSE 'ELSIF' END,
+                                   v_kind.kind);
+        FOREACH v_step IN ARRAY ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all'] LOOP
+            v_text := auth._purge_statement(v_kind.kind, v_step);
+            v_body := v_body || format(E'        %s p_step = %L THEN\n            ',
+                                       CASE v_step WHEN 'bound' THEN 'IF' ELSE 'ELSIF' END, v_step)
+                || CASE WHEN v_step IN ('bound', 'pk_bound')
+                        THEN v_text || E' INTO bound;\n            found_bound := FOUND;\n'
+                        WHEN v_kind.empties_sessions
+                        THEN v_text || E' INTO deleted, touched;\n'
+                        ELSE v_text || E';\n            GET DIAGNOSTICS deleted = ROW_COUNT;\n' END
+                || E'            RETURN;\n';
+        END LOOP;
+        v_body := v_body || E'        END IF;\n';
+    END LOOP;
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION auth._purge_step(
+    p_cutoff   timestamptz,
+    p_bound    auth.purge_position,
+    p_count    bigint,
+    p_sessions uuid[],
+    p_from     auth.purge_position,
+    p_cutoff2  timestamptz,
+    p_kind     text,
+    p_step     text,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT bound auth.purge_position,
+    OUT found_bound boolean
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET enable_indexscan = off
+AS $body$
+-- Compiled by auth._purge_compile() from auth.purge_targets: do not edit.
+-- @plpgsql_check_options: extra_warnings = false
+-- (plpgsql_check: every step takes the six parameters of every statement,
+-- which leaves some unused by the kinds at hand, and SELECT INTO assigns
+-- the composite OUT value bound whole.)
+BEGIN
+    deleted := 0;
+    touched := '{}';
+    found_bound := false;
+    IF p_step IN ('bound', 'pk_bound') THEN
+        PERFORM set_config('enable_indexscan', 'on', true);
+    END IF;
+%s    END IF;
+    RAISE EXCEPTION 'no purge step %% for kind %%', quote_literal(p_step), quote_literal(p_kind);
+END
+$body$
+$f$, v_body);
+END
+$$;
 -- auth._purge_estimate: the planner's estimate of kind p_kind's due rows
 -- under p_cutoffs (free on any table size: EXPLAIN only).
 CREATE OR REPLACE FUNCTION auth._purge_estimate(p_kind text, p_cutoffs timestamptz[])
@@ -260,8 +360,7 @@ END
 $$;
 
 -- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
--- p_shape ('range' or 'oldest'; p_returns: its deletes return session ids),
--- from position p_from on (NULL: from the start), in key order; returns how
+-- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the start), in key order; returns how
 -- many, from which sessions, whether it saw the end of the kind's due rows,
 -- and where the next call may start (every due row before `resume` is
 -- gone). Row locks: the deleted rows, until the caller's transaction ends.
@@ -286,7 +385,6 @@ $$;
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
     p_shape   text,
-    p_returns boolean,
     p_cutoffs timestamptz[],
     p_limit   bigint,
     p_from    auth.purge_position,
@@ -301,18 +399,13 @@ SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 -- @plpgsql_check_options: security_warnings = false, other_warnings = false, extra_warnings = false
--- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
+-- (plpgsql_check: the EXECUTEd text is built by auth._purge_statement from
 -- the constant definitions of auth.purge_targets, no caller's value reaches
--- it except through USING; it cannot see the row type a dynamic statement
--- returns into v_bound, nor that the composite OUT value resume is assigned
--- whole.)
+-- it except through USING; it cannot see that the composite OUT value
+-- resume is assigned whole.)
 DECLARE
     v_bound   auth.purge_position;
-    v_bounds  text;
-    v_found   bigint;
-    v_step    text;
-    v_deleted bigint;
-    v_touched uuid[];
+    v_step    record;
     v_read    bigint := 0::bigint;
     v_pk_order boolean;
 BEGIN
@@ -321,9 +414,7 @@ BEGIN
     drained := false;
     resume := coalesce(p_from, auth._purge_start());
     IF p_shape = 'oldest' THEN
-        SELECT * INTO deleted, touched
-        FROM auth._purge_delete(auth._purge_statement(p_kind, 'oldest'), false, false,
-                                p_cutoffs, NULL, NULL, p_limit, NULL);
+        deleted := auth._purge_delete(auth._purge_statement(p_kind, 'oldest'), p_cutoffs, p_limit, NULL);
         drained := deleted < p_limit;
         IF NOT drained THEN
             -- As the bound of a 'range' kind: is there a row after these?
@@ -348,38 +439,32 @@ BEGIN
         v_pk_order := (p_from).key IS NULL;
     END IF;
     IF v_pk_order THEN
-        v_bounds := auth._purge_statement(p_kind, 'pk_bound');
         WHILE p_limit - deleted > v_read / 16 AND v_read < 2 * p_limit LOOP
-            EXECUTE v_bounds INTO v_bound
-                USING p_cutoffs[1], NULL::auth.purge_position, p_limit - deleted, NULL::uuid[], resume, p_cutoffs[2];
-            GET DIAGNOSTICS v_found = ROW_COUNT;
-            drained := v_found = 0;
-            SELECT * INTO v_deleted, v_touched
-            FROM auth._purge_delete(auth._purge_statement(p_kind, CASE WHEN drained THEN 'pk_all' ELSE 'pk_range' END),
-                                    p_returns, true, p_cutoffs, v_bound, resume, NULL, NULL);
+            v_step := auth._purge_step(p_cutoffs[1], NULL, p_limit - deleted, NULL, resume, p_cutoffs[2],
+                                       p_kind, 'pk_bound');
+            drained := NOT v_step.found_bound;
+            v_bound := v_step.bound;
+            v_step := auth._purge_step(p_cutoffs[1], v_bound, NULL, NULL, resume, p_cutoffs[2],
+                                       p_kind, CASE WHEN drained THEN 'pk_all' ELSE 'pk_range' END);
             v_read := v_read + (p_limit - deleted);
-            deleted := deleted + v_deleted;
-            touched := touched || v_touched;
+            deleted := deleted + v_step.deleted;
+            touched := touched || v_step.touched;
             EXIT WHEN drained;
             resume := v_bound;
         END LOOP;
         RETURN;
     END IF;
-    v_bounds := auth._purge_statement(p_kind, 'bound');
     WHILE deleted < p_limit LOOP
-        EXECUTE v_bounds INTO v_bound
-            USING p_cutoffs[1], NULL::auth.purge_position, p_limit - deleted, NULL::uuid[], resume, p_cutoffs[2];
-        -- EXECUTE leaves FOUND alone; its row count says whether there was a bound.
-        GET DIAGNOSTICS v_found = ROW_COUNT;
-        drained := v_found = 0;
-        v_step := CASE WHEN drained THEN 'all'
-                       WHEN (v_bound).key = (resume).key THEN 'within'
-                       ELSE 'range' END;
-        SELECT * INTO v_deleted, v_touched
-        FROM auth._purge_delete(auth._purge_statement(p_kind, v_step), p_returns, true,
-                                p_cutoffs, v_bound, resume, NULL, NULL);
-        deleted := deleted + v_deleted;
-        touched := touched || v_touched;
+        v_step := auth._purge_step(p_cutoffs[1], NULL, p_limit - deleted, NULL, resume, p_cutoffs[2],
+                                   p_kind, 'bound');
+        drained := NOT v_step.found_bound;
+        v_bound := v_step.bound;
+        v_step := auth._purge_step(p_cutoffs[1], v_bound, NULL, NULL, resume, p_cutoffs[2], p_kind,
+                                   CASE WHEN drained THEN 'all'
+                                        WHEN (v_bound).key = (resume).key THEN 'within'
+                                        ELSE 'range' END);
+        deleted := deleted + v_step.deleted;
+        touched := touched || v_step.touched;
         EXIT WHEN drained;
         resume := v_bound;
     END LOOP;
@@ -427,6 +512,7 @@ DECLARE
     v_left    bigint;
     v_touched uuid[] := '{}'::uuid[];
     v_target  record;
+    v_cutoffs timestamptz[];
     v_kind    record;
     v_count   bigint;
 BEGIN
@@ -445,9 +531,8 @@ BEGIN
     resume := '{}';
 
     FOR v_target IN
-        SELECT t.kind, t.shape, t.empties_sessions, t.ordinality AS n,
-               p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included,
-               auth._purge_cutoffs(v_policy, t.retentions, v_now) AS cutoffs
+        SELECT t.kind, t.shape, t.retentions, t.ordinality AS n,
+               p_kinds IS NULL OR t.kind = ANY (p_kinds) AS included
         FROM auth.purge_targets() WITH ORDINALITY t
         ORDER BY t.ordinality
     LOOP
@@ -460,18 +545,22 @@ BEGIN
             -- once nothing else is due, every dead session without tokens.
             -- A batch that emptied none (rotated rows alone never do) has
             -- nothing to look at until the sweep.
+            IF cardinality(v_touched) > 0 OR drained THEN
+                v_cutoffs := auth._purge_cutoffs(v_policy, v_target.retentions, v_now);
+            END IF;
             IF cardinality(v_touched) > 0 THEN
-                v_count := (auth._purge_delete(auth._purge_statement(v_target.kind, 'touched'),
-                    false, false, v_target.cutoffs, NULL, NULL, NULL, v_touched)).deleted;
+                v_count := auth._purge_delete(auth._purge_statement(v_target.kind, 'touched'),
+                                              v_cutoffs, NULL, v_touched);
             END IF;
             IF drained THEN
-                v_count := v_count + (auth._purge_delete(auth._purge_statement(v_target.kind, 'sweep'),
-                    false, false, v_target.cutoffs, NULL, NULL, NULL, NULL)).deleted;
+                v_count := v_count + auth._purge_delete(auth._purge_statement(v_target.kind, 'sweep'),
+                                                        v_cutoffs, NULL, NULL);
             END IF;
         ELSIF coalesce((p_from[v_target.n]).key <> 'infinity', true) THEN
             SELECT * INTO v_kind
-            FROM auth._purge_kind(v_target.kind, v_target.shape, v_target.empties_sessions,
-                                  v_target.cutoffs, v_left, p_from[v_target.n], p_reorder);
+            FROM auth._purge_kind(v_target.kind, v_target.shape,
+                                  auth._purge_cutoffs(v_policy, v_target.retentions, v_now), v_left,
+                                  p_from[v_target.n], p_reorder);
             v_count := v_kind.deleted;
             v_left := greatest(v_left - v_count, 0);
             v_touched := v_touched || v_kind.touched;
@@ -501,3 +590,6 @@ AS $$
            (b.deleted ->> 'rotated')::bigint, (b.deleted ->> 'sessions')::bigint
     FROM auth._purge_batch(p_now, p_limit, NULL, ARRAY['expired', 'revoked', 'rotated', 'sessions']) b
 $$;
+
+-- auth._purge_step's statements, from the definitions as they stand now.
+SELECT auth._purge_compile();

@@ -42,8 +42,8 @@ BEGIN
         -- A batch's range lies within the due rows, below the cutoff.
         v_from := ROW(v_cutoffs[1] - interval '1 hour', gen_random_uuid(), 0);
         v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 0);
-        -- As auth._purge_delete plans the deletes (bitmap scans only for
-        -- the ranges).
+        -- As auth._purge_step plans its steps (bitmap scans only for the
+        -- deletes).
         PERFORM set_config('enable_indexscan', (step NOT IN ('range', 'within', 'all', 'pk_range', 'pk_all'))::text, true);
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth._purge_statement(kind, step)

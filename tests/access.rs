@@ -39,6 +39,8 @@ async fn the_application_role_goes_through_functions_only() {
             "SELECT * FROM auth.purge_refresh_tokens()",
             "SELECT auth._purge_order('rotated', ARRAY[now()])",
             "SELECT auth._purge_estimate('rotated', ARRAY[now()])",
+            "SELECT * FROM auth._purge_step(now(), NULL, 1, NULL, NULL, NULL, 'rotated', 'bound')",
+            "SELECT auth._purge_compile()",
         ],
     )
     .await;
@@ -95,6 +97,8 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
             "DELETE FROM auth.refresh_tokens",
             "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'), p_ttl => '1 day')",
             "SELECT auth._purge_order('rotated', ARRAY[now()])",
+            "SELECT * FROM auth._purge_step(now(), NULL, 1, NULL, NULL, NULL, 'rotated', 'bound')",
+            "SELECT auth._purge_compile()",
         ],
     )
     .await;

@@ -170,3 +170,66 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
         "{text}"
     );
 }
+
+/// A run executes the statements `explain_purge` plans: auth._purge_step,
+/// compiled by migrate, holds `_purge_statement`'s text for every step of
+/// every 'range' kind. Its bound queries run on a generic plan after five
+/// batches (PL/pgSQL's plan cache), and that plan is an index-only scan too.
+#[tokio::test]
+async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_scans() {
+    let db = TestDb::migrated().await;
+    let compiled: String = db
+        .client
+        .query_one(
+            "SELECT prosrc FROM pg_proc WHERE oid = 'auth._purge_step'::regproc",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let steps = db
+        .client
+        .query(
+            "SELECT t.kind, s.step, auth._purge_statement(t.kind, s.step)
+             FROM auth.purge_targets() t
+             CROSS JOIN unnest(ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all']) s (step)
+             WHERE t.shape = 'range'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(steps.len(), 21);
+    for row in &steps {
+        let (kind, step, statement): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
+        assert!(
+            compiled.contains(statement),
+            "{kind}/{step} is not compiled as planned: {statement}"
+        );
+        if step.ends_with("bound") {
+            db.client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     SET LOCAL plan_cache_mode = force_generic_plan;
+                     SET LOCAL enable_seqscan = off;
+                     PREPARE generic_bound (timestamptz, auth.purge_position, bigint, uuid[],
+                                            auth.purge_position, timestamptz) AS {statement};"
+                ))
+                .await
+                .unwrap();
+            let plan = column::<String>(
+                &db.client,
+                "EXPLAIN EXECUTE generic_bound (now(), NULL, 10, NULL, auth._purge_start(), now())",
+            )
+            .await
+            .join("\n");
+            db.client
+                .batch_execute("DEALLOCATE generic_bound; ROLLBACK")
+                .await
+                .unwrap();
+            assert!(
+                plan.contains("Index Only Scan") && !plan.contains("Sort"),
+                "{kind}/{step} generic plan:\n{plan}"
+            );
+        }
+    }
+}
