@@ -150,6 +150,7 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET enable_indexscan = on
 AS $$
 -- @plpgsql_check_options: security_warnings = false, performance_warnings = false
 -- (plpgsql_check: every caller passes a text built by auth._purge_statement
@@ -175,14 +176,16 @@ $$;
 -- Its body is compiled (auth._purge_compile, run by every migrate right
 -- below) from auth._purge_statement's texts as static statements, whose
 -- plans PL/pgSQL keeps for the session: a run's batches parse and analyze
--- each statement once, not once a batch, and the bound queries reuse one
--- generic plan (an index-only scan, as planned with values). Dynamic
--- statements cost a run on the time layout 80-100 ms of its 1.0-1.2 s of
--- CPU in parsing and planning (perf, 90 batches); the plan of the deletes
--- still depends on their bounds (a custom plan per batch). Plain index
--- scans are off for the delete steps: a bitmap scan visits the batch's heap
--- pages in physical order, which measured twice as fast as visiting them in
--- key order; the bound steps need them (index-only scans).
+-- each statement once, not once a batch (perf of a run on the time layout,
+-- 90 batches: parsing, analysis, planning and executor start-up 95-103 ms
+-- of CPU with dynamic statements, 52-57 ms compiled, of 0.9-1.2 s). The
+-- plan modes are pinned, whatever the database or role sets: the bound
+-- queries reuse one generic plan (an index-only scan, tested on a populated
+-- table), the deletes get a custom plan per batch (a generic plan of
+-- 'within' could scan the primary key over a range of unknown width). Plain
+-- index scans are off for the delete steps: a bitmap scan visits the
+-- batch's heap pages in physical order, which measured twice as fast as
+-- visiting them in key order; the bound steps need them (index-only scans).
 CREATE OR REPLACE FUNCTION auth._purge_step(
     p_cutoff   timestamptz,
     p_bound    auth.purge_position,
@@ -200,7 +203,7 @@ CREATE OR REPLACE FUNCTION auth._purge_step(
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
-SET enable_indexscan = off
+SET enable_indexscan = off SET plan_cache_mode = force_custom_plan
 AS $$
 BEGIN
     RAISE EXCEPTION 'auth._purge_step(%, %) is not compiled yet: run token-janitor migrate', p_kind, p_step;
@@ -242,26 +245,12 @@ BEGIN
         END LOOP;
         v_body := v_body || E'        END IF;\n';
     END LOOP;
-    EXECUTE format($f$
-CREATE OR REPLACE FUNCTION auth._purge_step(
-    p_cutoff   timestamptz,
-    p_bound    auth.purge_position,
-    p_count    bigint,
-    p_sessions uuid[],
-    p_from     auth.purge_position,
-    p_cutoff2  timestamptz,
-    p_kind     text,
-    p_step     text,
-    OUT deleted bigint,
-    OUT touched uuid[],
-    OUT bound auth.purge_position,
-    OUT found_bound boolean
-)
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
-SET enable_indexscan = off
-AS $body$
+    IF v_body <> '' THEN
+        v_body := v_body || E'    END IF;\n';
+    END IF;
+    -- The stub's signature and settings, with the compiled body.
+    v_text := pg_get_functiondef('auth._purge_step'::regproc);
+    EXECUTE left(v_text, strpos(v_text, 'AS $function$') - 1) || format($f$AS $body$
 -- Compiled by auth._purge_compile() from auth.purge_targets: do not edit.
 -- @plpgsql_check_options: extra_warnings = false
 -- (plpgsql_check: every step takes the six parameters of every statement,
@@ -272,15 +261,16 @@ BEGIN
     touched := '{}';
     found_bound := false;
     IF p_step IN ('bound', 'pk_bound') THEN
-        PERFORM set_config('enable_indexscan', 'on', true);
+        PERFORM set_config('enable_indexscan', 'on', true),
+                set_config('plan_cache_mode', 'force_generic_plan', true);
     END IF;
-%s    END IF;
-    RAISE EXCEPTION 'no purge step %% for kind %%', quote_literal(p_step), quote_literal(p_kind);
+%s    RAISE EXCEPTION 'no purge step %% for kind %%', quote_literal(p_step), quote_literal(p_kind);
 END
 $body$
 $f$, v_body);
 END
 $$;
+
 -- auth._purge_estimate: the planner's estimate of kind p_kind's due rows
 -- under p_cutoffs (free on any table size: EXPLAIN only).
 CREATE OR REPLACE FUNCTION auth._purge_estimate(p_kind text, p_cutoffs timestamptz[])
@@ -360,9 +350,9 @@ END
 $$;
 
 -- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
--- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the start), in key order; returns how
--- many, from which sessions, whether it saw the end of the kind's due rows,
--- and where the next call may start (every due row before `resume` is
+-- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the
+-- start), in key order; returns how many, from which sessions, whether it
+-- saw the end of the kind's due rows, and where the next call may start (every due row before `resume` is
 -- gone). Row locks: the deleted rows, until the caller's transaction ends.
 -- A 'range' step deletes the range up to the position of the (n + 1)-th
 -- due row (n: what is left of p_limit), one index range scan with no

@@ -6,7 +6,10 @@
 
 -- auth.explain_purge: the plan of every query the purge runs, for every
 -- kind of auth.purge_targets and every step of its shape, with the policy's
--- cutoffs at p_now, planned the way the purge plans them. Runs EXPLAIN only
+-- cutoffs at p_now, planned the way the purge plans them (with values, as
+-- a run plans its deletes; its bound queries reuse one generic plan of the
+-- same texts, which tests/purge_targets.rs holds to the same index-only
+-- scan). Runs EXPLAIN only
 -- (nothing executes); seq_scan tells whether any node is a sequential scan,
 -- which a healthy install never has. SECURITY DEFINER since EXPLAIN of a
 -- DELETE needs DELETE privilege, which monitoring must not have.
