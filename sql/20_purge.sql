@@ -126,6 +126,19 @@ BEGIN
 END
 $$;
 
+-- auth._purge_steps: the steps of auth._purge_statement a batch runs for a
+-- kind of shape p_shape (besides 'due', for counting): what explain_purge
+-- plans and auth._purge_compile compiles.
+CREATE OR REPLACE FUNCTION auth._purge_steps(p_shape text)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all']
+                        WHEN 'oldest' THEN ARRAY['oldest']
+                        ELSE ARRAY['touched', 'sweep'] END
+$$;
+
 -- auth._purge_start: the position before every row, where a kind's first
 -- batch starts.
 CREATE OR REPLACE FUNCTION auth._purge_start()
@@ -228,14 +241,15 @@ DECLARE
     v_text text;
 BEGIN
     FOR v_kind IN
-        SELECT t.kind, t.empties_sessions FROM auth.purge_targets() t WHERE t.shape = 'range'
+        SELECT t.kind, t.empties_sessions, auth._purge_steps(t.shape) AS steps
+        FROM auth.purge_targets() t WHERE t.shape = 'range'
     LOOP
         v_body := v_body || format(E'    %s p_kind = %L THEN\n', CASE v_body WHEN '' THEN 'IF' ELSE 'ELSIF' END,
                                    v_kind.kind);
-        FOREACH v_step IN ARRAY ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all'] LOOP
+        FOREACH v_step IN ARRAY v_kind.steps LOOP
             v_text := auth._purge_statement(v_kind.kind, v_step);
             v_body := v_body || format(E'        %s p_step = %L THEN\n            ',
-                                       CASE v_step WHEN 'bound' THEN 'IF' ELSE 'ELSIF' END, v_step)
+                                       CASE v_step WHEN v_kind.steps[1] THEN 'IF' ELSE 'ELSIF' END, v_step)
                 || CASE WHEN v_step IN ('bound', 'pk_bound')
                         THEN v_text || E' INTO bound;\n            found_bound := FOUND;\n'
                         WHEN v_kind.empties_sessions

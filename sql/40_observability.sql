@@ -34,10 +34,7 @@ BEGIN
     FOR kind, step IN
         SELECT t.kind, s.step
         FROM auth.purge_targets() WITH ORDINALITY t
-        CROSS JOIN LATERAL unnest(CASE t.shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all',
-                                                                        'pk_bound', 'pk_range', 'pk_all']
-                                               WHEN 'oldest' THEN ARRAY['oldest']
-                                               ELSE ARRAY['touched', 'sweep'] END) WITH ORDINALITY s (step, n)
+        CROSS JOIN LATERAL unnest(auth._purge_steps(t.shape)) WITH ORDINALITY s (step, n)
         ORDER BY t.ordinality, s.n
     LOOP
         v_cutoffs := auth._purge_cutoffs(v_policy, (SELECT t.retentions FROM auth.purge_targets(kind) t),

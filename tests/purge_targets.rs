@@ -198,7 +198,7 @@ async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_sca
         .query(
             "SELECT t.kind, s.step, auth._purge_statement(t.kind, s.step)
              FROM auth.purge_targets() t
-             CROSS JOIN unnest(ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all']) s (step)
+             CROSS JOIN unnest(auth._purge_steps(t.shape)) s (step)
              WHERE t.shape = 'range'",
             &[],
         )
