@@ -251,7 +251,9 @@ BEGIN
             v_body := v_body || format(E'        %s p_step = %L THEN\n            ',
                                        CASE v_step WHEN v_kind.steps[1] THEN 'IF' ELSE 'ELSIF' END, v_step)
                 || CASE WHEN v_step IN ('bound', 'pk_bound')
-                        THEN v_text || E' INTO bound;\n            found_bound := FOUND;\n'
+                        THEN E'PERFORM set_config(''enable_indexscan'', ''on'', true),\n'
+                             || E'                    set_config(''plan_cache_mode'', ''force_generic_plan'', true);\n'
+                             || E'            ' || v_text || E' INTO bound;\n            found_bound := FOUND;\n'
                         WHEN v_kind.empties_sessions
                         THEN v_text || E' INTO deleted, touched;\n'
                         ELSE v_text || E';\n            GET DIAGNOSTICS deleted = ROW_COUNT;\n' END
@@ -274,10 +276,6 @@ BEGIN
     deleted := 0;
     touched := '{}';
     found_bound := false;
-    IF p_step IN ('bound', 'pk_bound') THEN
-        PERFORM set_config('enable_indexscan', 'on', true),
-                set_config('plan_cache_mode', 'force_generic_plan', true);
-    END IF;
 %s    RAISE EXCEPTION 'no purge step %% for kind %%', quote_literal(p_step), quote_literal(p_kind);
 END
 $body$
@@ -366,8 +364,9 @@ $$;
 -- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
 -- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the
 -- start), in key order; returns how many, from which sessions, whether it
--- saw the end of the kind's due rows, and where the next call may start (every due row before `resume` is
--- gone). Row locks: the deleted rows, until the caller's transaction ends.
+-- saw the end of the kind's due rows, and where the next call may start
+-- (every due row before `resume` is gone). Row locks: the deleted rows,
+-- until the caller's transaction ends.
 -- A 'range' step deletes the range up to the position of the (n + 1)-th
 -- due row (n: what is left of p_limit), one index range scan with no
 -- per-row lookups, whether or not those rows share a timestamp. A step
