@@ -205,6 +205,27 @@ async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_sca
         .await
         .unwrap();
     assert_eq!(steps.len(), 21);
+    // The plan modes hold whatever the database or role sets: deletes on a
+    // custom plan with plain index scans off, each bound step generic.
+    let settings: Vec<String> = column(
+        &db.client,
+        "SELECT unnest(proconfig) FROM pg_proc WHERE oid = 'auth._purge_step'::regproc",
+    )
+    .await;
+    for pinned in ["plan_cache_mode=force_custom_plan", "enable_indexscan=off"] {
+        assert!(
+            settings.iter().any(|s| s == pinned),
+            "{pinned}: {settings:?}"
+        );
+    }
+    assert_eq!(
+        compiled.matches("'force_generic_plan'").count(),
+        steps
+            .iter()
+            .filter(|r| r.get::<_, &str>(1).ends_with("bound"))
+            .count(),
+        "one generic plan setting per bound step"
+    );
     for row in &steps {
         let (kind, step, statement): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
         assert!(
