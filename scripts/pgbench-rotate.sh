@@ -18,8 +18,8 @@
 #     --limit-ms MS     pgbench --latency-limit: a call still waiting this
 #                       long past its scheduled start is skipped and counted
 #                       as failed                                       (100)
-#     --pace            also a purge with auth.cleanup_policy.pace on, on a
-#                       third copy, after the one with pace off
+#     --unpaced         also a purge with auth.cleanup_policy.pace off, on
+#                       a third copy, after the one with pace on (the default)
 #     --batch-size N    auth.cleanup_policy.batch_size of the purges;
 #                       repeatable: one purge (on its own copy) per size, in
 #                       the order given                     (the policy's default)
@@ -36,7 +36,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
-ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 PACE=false BATCH_SIZES=()
+ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 UNPACED=false BATCH_SIZES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) ROWS="$2"; shift 2 ;;
@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
         --idle-seconds) IDLE_S="$2"; shift 2 ;;
         --purge-seconds) PURGE_S="$2"; shift 2 ;;
         --limit-ms) LIMIT_MS="$2"; shift 2 ;;
-        --pace) PACE=true; shift ;;
+        --unpaced) UNPACED=true; shift ;;
         --batch-size) BATCH_SIZES+=("$2"); shift 2 ;;
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
@@ -184,9 +184,9 @@ purge() {
 [ ${#BATCH_SIZES[@]} -gt 0 ] || BATCH_SIZES=("")
 lines=""
 for i in "${!BATCH_SIZES[@]}"; do
-    lines="$lines$(purge "purge_$i" false "${BATCH_SIZES[$i]}")"$'\n'
-    if [ "$PACE" = true ]; then
-        lines="$lines$(purge "paced_$i" true "${BATCH_SIZES[$i]}")"$'\n'
+    lines="$lines$(purge "purge_$i" true "${BATCH_SIZES[$i]}")"$'\n'
+    if [ "$UNPACED" = true ]; then
+        lines="$lines$(purge "unpaced_$i" false "${BATCH_SIZES[$i]}")"$'\n'
     fi
 done
 aborted=$(cat "$WORK"/*.out | grep -c "aborted" || true)

@@ -79,29 +79,54 @@ BEGIN
 END
 $$;
 
--- auth._run_pace: called between a run's batches when the policy's `pace`
--- is on; the run's share of the machine adapts to the token traffic it
--- sees. It counts the other backends that are inside a transaction on auth.refresh_tokens at this moment
--- (pg_locks, which every role may read, unlike other roles' rows of
--- pg_stat_activity) and waits as long as the last batch took (since
--- p_batch_started) for each, up to four batch lengths: with nothing else
--- running it returns at once. Locks: none (reading pg_locks takes the lock
--- manager's partition locks for a moment).
-CREATE OR REPLACE FUNCTION auth._run_pace(p_batch_started timestamptz)
-RETURNS void
+-- auth._run_pace: the size of a run's next batch when the policy's `pace` is
+-- on, after a pause when other backends use auth.refresh_tokens. A batch
+-- writes WAL as fast as the disk takes it and takes a core, and a rotation
+-- that commits meanwhile waits for that WAL to be flushed before its own
+-- commit record is, and for a core: the longer the stretch of the purge's
+-- WAL between two flushes, the longer the wait. So while other backends use
+-- the table, and until the run has seen none for a tenth of a second,
+-- batches take an eighth of batch_size, so that the run's own commits flush
+-- its WAL in short stretches, and before each one the run waits as long as
+-- the previous batch took (p_batch_started: when it started), leaving the
+-- disk and a core to the traffic half the time (docs/design.md §5 has the
+-- measurements). A run starts with small batches, as if it had just seen
+-- traffic (one check misses a rotation between two calls more often than
+-- not; a tenth of a second of checks does not), but waits only once it has
+-- seen some; with nothing else on the table it goes on at full speed:
+-- whole batches, no wait. Other backends are read from pg_locks, which every
+-- role may read (pg_stat_activity hides other roles' rows), in a mode that
+-- reads or writes rows: autovacuum, ANALYZE and index builds (SHARE UPDATE
+-- EXCLUSIVE) are not traffic. p_traffic_at: when the run last saw traffic
+-- (NULL: not yet), returned updated. Locks: none (reading pg_locks takes the
+-- lock manager's partition locks for a moment).
+CREATE OR REPLACE FUNCTION auth._run_pace(
+    p_batch_size    pg_catalog.int4,
+    p_run_started   pg_catalog.timestamptz,
+    p_batch_started pg_catalog.timestamptz,
+    INOUT p_traffic_at pg_catalog.timestamptz,
+    OUT batch_limit pg_catalog.int4
+)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_busy bigint;
+    c_window constant interval := interval '0.1 second';
 BEGIN
-    SELECT count(DISTINCT l.pid) INTO v_busy
-    FROM pg_locks l
-    WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
-      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-      AND l.pid <> pg_backend_pid();
-    IF v_busy > 0 THEN
-        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started) * least(v_busy, 4));
+    IF EXISTS (SELECT FROM pg_locks l
+               WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
+                 AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                 AND l.mode IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
+                 AND l.pid <> pg_backend_pid()) THEN
+        p_traffic_at := clock_timestamp();
+    END IF;
+    IF coalesce(p_traffic_at, p_run_started) <= clock_timestamp() - c_window THEN
+        batch_limit := p_batch_size;
+        RETURN;
+    END IF;
+    batch_limit := greatest(p_batch_size / 8, 1);
+    IF p_traffic_at IS NOT NULL AND p_batch_started IS NOT NULL THEN
+        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started));
     END IF;
 END
 $$;
@@ -175,11 +200,13 @@ AS $$
 DECLARE
     c_lock    constant pg_catalog.int4 := auth._lock_key('cleanup run'::pg_catalog.text);
     v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+    v_batch_size pg_catalog.int4;
     v_limit   pg_catalog.int4;
     v_pace    pg_catalog.bool;
+    v_traffic_at pg_catalog.timestamptz;
+    v_batch_started pg_catalog.timestamptz;
     v_run     pg_catalog.int8;
     v_batch   pg_catalog.record;
-    v_batch_started pg_catalog.timestamptz;
     v_from    auth.purge_position[];
     v_status  pg_catalog.text;
     v_state   pg_catalog.text;
@@ -197,10 +224,15 @@ BEGIN
         RETURN;
     END IF;
     v_run := auth._start_run(v_started);
-    SELECT p.batch_size, p.pace INTO v_limit, v_pace FROM auth.cleanup_policy p;
+    SELECT p.batch_size, p.pace INTO v_batch_size, v_pace FROM auth.cleanup_policy p;
+    v_limit := v_batch_size;
     COMMIT;
 
     LOOP
+        IF v_pace THEN
+            SELECT r.p_traffic_at, r.batch_limit INTO v_traffic_at, v_limit
+            FROM auth._run_pace(v_batch_size, v_started, v_batch_started, v_traffic_at) r;
+        END IF;
         v_batch_started := pg_catalog.clock_timestamp();
         BEGIN
             SELECT * INTO v_batch FROM auth._run_batch(v_run, v_started, v_limit, v_from);
@@ -224,9 +256,6 @@ BEGIN
             v_status := 'partial';
         END IF;
         EXIT WHEN v_status IS NOT NULL;
-        IF v_pace THEN
-            PERFORM auth._run_pace(v_batch_started);
-        END IF;
     END LOOP;
 
     PERFORM auth._finish_run(v_run, v_status, v_state, v_error);

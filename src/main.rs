@@ -174,11 +174,11 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100_000))]
     batch_size: Option<i32>,
 
-    /// Measure the token-janitor runs with auth.cleanup_policy.pace on:
-    /// between batches the run waits while other transactions use the
-    /// token table (default: the policy's default, off).
-    #[arg(long)]
-    pace: bool,
+    /// auth.cleanup_policy.pace for the token-janitor runs, on or off: with
+    /// it on, a run takes batches of an eighth of batch_size while other
+    /// transactions use the token table (default: the policy's, on).
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pace: Option<bool>,
 
     /// Runs of single-delete and token-janitor on each layout, each on a
     /// fresh copy in alternating order; the report gives each one's median
@@ -227,6 +227,14 @@ fn share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=0.9).contains(&v) => Ok(v),
         _ => Err(format!("'{text}' is not a share between 0 and 0.9")),
+    }
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{text}' is neither on nor off")),
     }
 }
 

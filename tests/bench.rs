@@ -59,6 +59,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "--layout",
             "all",
             "--pace",
+            "off",
             "--repeat",
             "2",
             "--scaling",
@@ -80,7 +81,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["rows"], 5000);
     assert_eq!(report["batch_size"], 700);
-    assert_eq!(report["pace"], true);
+    assert_eq!(report["pace"], false);
     assert!(report["idle_rotate_p99_ms"].as_f64().unwrap() > 0.0);
     assert!(report["machine"]["cores"].as_u64().unwrap() > 0);
     let layouts = report["layouts"].as_array().unwrap();
@@ -108,7 +109,12 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         for s in strategies {
             assert_eq!(s["rows_deleted"], layout["due"], "{s}");
             assert_eq!(s["runs_seconds"].as_array().unwrap().len(), 2, "{s}");
+            assert_eq!(s["loaded_runs_seconds"].as_array().unwrap().len(), 2, "{s}");
             assert!(s["ratio_to_single_delete"].as_f64().unwrap() > 0.0, "{s}");
+            assert!(
+                s["loaded_ratio_to_single_delete"].as_f64().unwrap() > 0.0,
+                "{s}"
+            );
         }
     }
     let strategies = layouts[0]["strategies"].as_array().unwrap();
@@ -132,6 +138,9 @@ async fn bench_reports_every_strategy_and_cleans_up() {
             "rows_per_s",
             "ratio_to_single_delete",
             "wal_bytes",
+            "loaded_seconds",
+            "loaded_rows_per_s",
+            "loaded_ratio_to_single_delete",
             "rotate_p50_ms",
             "rotate_p99_ms",
         ] {
@@ -141,6 +150,7 @@ async fn bench_reports_every_strategy_and_cleans_up() {
         assert_eq!(s["rotate_failures"], 0, "{s}");
     }
     assert_eq!(strategies[0]["ratio_to_single_delete"], 1.0);
+    assert_eq!(strategies[0]["loaded_ratio_to_single_delete"], 1.0);
     let roles: Vec<&str> = strategies
         .iter()
         .map(|s| s["role"].as_str().unwrap())
@@ -183,6 +193,7 @@ async fn bench_refuses_bad_flags() {
         ["bench", "--batch-size", "0"],
         ["bench", "--layout", "sideways"],
         ["bench", "--repeat", "0"],
+        ["bench", "--pace", "maybe"],
     ] {
         let out = run_cli(&args, "postgres://postgres@127.0.0.1:1/x").await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");

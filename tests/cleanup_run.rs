@@ -79,7 +79,8 @@ async fn a_run_deletes_in_committed_batches_and_records_itself() {
     let db = TestDb::migrated().await;
     let c = &db.client;
     seed_rotated(c, 250).await;
-    set(c, "batch_size = 100").await;
+    // Whole batches from the first (a paced run starts with small ones).
+    set(c, "batch_size = 100, pace = false").await;
     c.batch_execute("CALL auth.run_token_cleanup()")
         .await
         .unwrap();
@@ -101,30 +102,53 @@ async fn a_run_deletes_in_committed_batches_and_records_itself() {
     assert!(finished);
 }
 
-/// With `pace` on, a run that sees another transaction on the token table
-/// between its batches waits a little and still finishes every batch.
+/// With `pace` on, a run takes batches of an eighth of batch_size while
+/// another transaction reads or writes the token table, every batch of it;
+/// with nothing else on the table, or only maintenance (autovacuum's,
+/// ANALYZE's or an index build's SHARE UPDATE EXCLUSIVE), it starts with
+/// small batches and goes on with whole ones once it has seen no traffic for
+/// a tenth of a second; with `pace` off every batch is whole. Every due row
+/// goes each time.
 #[tokio::test]
-async fn a_paced_run_waits_on_traffic_and_still_finishes() {
-    let db = TestDb::migrated().await;
-    let c = &db.client;
-    seed_rotated(c, 250).await;
-    set(c, "batch_size = 100, pace = true").await;
-    let mut other = db.connect().await;
-    let traffic = other.transaction().await.unwrap();
-    traffic
-        .execute("SELECT 1 FROM auth.refresh_tokens LIMIT 1", &[])
-        .await
-        .unwrap();
-    c.batch_execute("CALL auth.run_token_cleanup()")
-        .await
-        .unwrap();
-    traffic.rollback().await.unwrap();
-    let run = &runs(c).await[0];
-    assert_eq!(
-        (run.status.as_str(), run.rotated, run.batches),
-        ("ok", 250, 3)
-    );
-    assert_eq!(live_tokens(c).await, 250);
+async fn a_paced_run_takes_small_batches_while_other_transactions_use_the_table() {
+    const ROWS: i64 = 6000;
+    let read = "SELECT 1 FROM auth.refresh_tokens LIMIT 1";
+    let maintenance = "LOCK TABLE auth.refresh_tokens IN SHARE UPDATE EXCLUSIVE MODE";
+    let mut batches = Vec::new();
+    for (pace, other) in [
+        (true, Some(read)),
+        (true, None),
+        (true, Some(maintenance)),
+        (false, Some(read)),
+    ] {
+        let db = TestDb::migrated().await;
+        let c = &db.client;
+        seed_rotated(c, ROWS).await;
+        set(c, &format!("batch_size = 100, pace = {pace}")).await;
+        let mut holder = db.connect().await;
+        let traffic = holder.transaction().await.unwrap();
+        if let Some(statement) = other {
+            traffic.batch_execute(statement).await.unwrap();
+        }
+        c.batch_execute("CALL auth.run_token_cleanup()")
+            .await
+            .unwrap();
+        traffic.rollback().await.unwrap();
+        let run = &runs(c).await[0];
+        assert_eq!(
+            (run.status.as_str(), run.rotated),
+            ("ok", ROWS),
+            "pace {pace}, other transaction: {other:?}"
+        );
+        assert_eq!(live_tokens(c).await, ROWS);
+        batches.push(run.batches);
+    }
+    // 6000 rows in batches of 12 (500) or of 100 (60).
+    let (traffic, quiet, maintenance, unpaced) = (batches[0], batches[1], batches[2], batches[3]);
+    assert_eq!((traffic, unpaced), (500, 60), "{batches:?}");
+    for alone in [quiet, maintenance] {
+        assert!(alone > unpaced && alone < traffic, "{batches:?}");
+    }
 }
 
 /// Invariant 4: while one run holds the lock, another returns at once, 'skipped'.

@@ -304,7 +304,8 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V2__cleanup_policy_and_runs",
             "V3__smaller_default_batch",
             "V4__trustworthy_tokens",
-            "V5__purge_position"
+            "V5__purge_position",
+            "V6__pace_by_default"
         ]
     );
 }

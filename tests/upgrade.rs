@@ -44,8 +44,19 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_eq!(
         report.applied,
-        vec!["V4__trustworthy_tokens", "V5__purge_position"]
+        vec![
+            "V4__trustworthy_tokens",
+            "V5__purge_position",
+            "V6__pace_by_default"
+        ]
     );
+    let paced: bool = db
+        .client
+        .query_one("SELECT pace FROM auth.cleanup_policy", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(paced, "an install on the old default (off) takes pace on");
     assert_eq!(
         report.indexes_retired,
         vec![

@@ -1,6 +1,7 @@
 //! `bench`: the purge against the cleanup shapes of other auth servers, side
-//! by side on identical copies of one seeded table, under concurrent token
-//! rotations. The README's Performance section has the results.
+//! by side on identical copies of one seeded table, each alone and under
+//! concurrent token rotations. The README's Performance section has the
+//! results.
 
 mod load;
 mod report;
@@ -51,9 +52,9 @@ pub struct BenchOptions {
     /// The heap layouts to measure, in order; every strategy runs on the
     /// first, single-delete and token-janitor on each. Default: time.
     pub layouts: Vec<Layout>,
-    /// auth.cleanup_policy.pace for the token-janitor runs. Default: false
-    /// (the policy's default).
-    pub pace: bool,
+    /// auth.cleanup_policy.pace for the token-janitor runs. Default: the
+    /// policy's (on).
+    pub pace: Option<bool>,
     /// Runs of every strategy but the peers on each layout, each on a fresh
     /// copy, the order reversed every other round so that neither side
     /// always goes first; the report gives the medians. Default: 1.
@@ -133,7 +134,7 @@ impl Default for BenchOptions {
             scaling: None,
             batch_size: None,
             layouts: vec![Layout::Time],
-            pace: false,
+            pace: None,
             repeat: 1,
         }
     }
@@ -237,21 +238,22 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
     let rounds = options.repeat.max(1);
     let mut idle = None;
     let mut batch_size = 0;
+    let mut pace = false;
     let mut layouts = Vec::new();
     for (n, layout) in options.layouts.iter().copied().enumerate() {
         let template_suffix = format!("{}_template", layout.name());
         let template = scratch.create(&template_suffix, None).await?;
         eprintln!("layout {}: seeding {} rows", layout.name(), options.rows);
-        let (due, policy_batch_size, due_sql) = prepare(
+        let (due, policy, due_sql) = prepare(
             &template,
             layout.shape(options.rows, options.due_share),
             options.batch_size,
             options.pace,
         )
         .await?;
-        batch_size = policy_batch_size;
+        (batch_size, pace) = policy;
         let targets = live_tokens(&template).await?;
-        let traffic = Some((&targets, options.rotate_rate));
+        let traffic = (&targets, options.rotate_rate);
 
         if idle.is_none() {
             eprintln!(
@@ -260,7 +262,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             );
             let idle_db = scratch.create("idle", Some(&template_suffix)).await?;
             idle = Some(
-                measure(&idle_db, traffic, |_| async {
+                measure(&idle_db, Some(traffic), |_| async {
                     tokio::time::sleep(Duration::from_secs_f64(options.idle_seconds)).await;
                     Ok(0)
                 })
@@ -275,7 +277,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             .copied()
             .filter(|s| n == 0 || s.role() != Role::Peer)
             .collect();
-        let mut runs: Vec<Vec<Measured>> = order.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<Passes> = order.iter().map(|_| Passes::default()).collect();
         for round in 0..rounds {
             let mut turns: Vec<usize> = (0..order.len())
                 .filter(|&i| round == 0 || order[i].role() != Role::Peer)
@@ -286,32 +288,42 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
             for i in turns {
                 let strategy = order[i];
                 let name = strategy.name();
-                eprintln!(
-                    "{} / {name}: deleting {due} due rows under {} rotations/s{}",
-                    layout.name(),
-                    options.rotate_rate,
-                    if rounds > 1 {
-                        format!(" (round {} of {rounds})", round + 1)
+                for loaded in [false, true] {
+                    eprintln!(
+                        "{} / {name}: deleting {due} due rows {}{}",
+                        layout.name(),
+                        if loaded {
+                            format!("under {} rotations/s", options.rotate_rate)
+                        } else {
+                            "with nothing else running".to_string()
+                        },
+                        if rounds > 1 {
+                            format!(" (round {} of {rounds})", round + 1)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
+                    let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
+                    let cap = options.peer_cap;
+                    let due_sql = due_sql.as_str();
+                    let run = measure(&copy, loaded.then_some(traffic), |client| async move {
+                        strategy.purge(&client, due_sql, cap).await
+                    })
+                    .await?;
+                    scratch.drop(&suffix).await;
+                    if loaded {
+                        runs[i].loaded.push(run);
                     } else {
-                        String::new()
+                        runs[i].quiet.push(run);
                     }
-                );
-                let suffix = format!("{}_{}", layout.name(), name.replace('-', "_"));
-                let copy = scratch.create(&suffix, Some(&template_suffix)).await?;
-                let cap = options.peer_cap;
-                let due_sql = due_sql.as_str();
-                let run = measure(&copy, traffic, |client| async move {
-                    strategy.purge(&client, due_sql, cap).await
-                })
-                .await?;
-                scratch.drop(&suffix).await;
-                runs[i].push(run);
+                }
             }
         }
         let strategies = order
             .iter()
             .zip(&runs)
-            .map(|(strategy, runs)| StrategyResult::new(*strategy, runs, due))
+            .map(|(strategy, runs)| StrategyResult::new(*strategy, &runs.quiet, &runs.loaded, due))
             .collect();
         scratch.drop(&template_suffix).await;
         layouts.push(LayoutResult::new(layout, due, strategies));
@@ -328,7 +340,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         rows: options.rows,
         rotate_rate: options.rotate_rate,
         batch_size,
-        pace: options.pace,
+        pace,
         repeat: rounds,
         idle_rotate_p50_ms: idle.p50_ms,
         idle_rotate_p99_ms: idle.p99_ms,
@@ -339,15 +351,15 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
     })
 }
 
-/// Migrates, seeds and checkpoints a template, with `batch_size` (when
-/// given) and `pace` in its policy; returns its due row count, the policy's
-/// batch size and the due rows' predicate ([`strategy::due_predicate`]).
+/// Migrates, seeds and checkpoints a template, with `batch_size` and `pace`
+/// (when given) in its policy; returns its due row count, the policy's batch
+/// size and pace, and the due rows' predicate ([`strategy::due_predicate`]).
 async fn prepare(
     url: &DatabaseUrl,
     shape: seed::Shape,
     batch_size: Option<i32>,
-    pace: bool,
-) -> Result<(i64, i32, String)> {
+    pace: Option<bool>,
+) -> Result<(i64, (i32, bool), String)> {
     let mut client = url.connect().await?;
     migrate(
         &mut client,
@@ -358,20 +370,24 @@ async fn prepare(
     )
     .await?;
     let due = seed::seed(&client, shape, 1).await?;
-    let batch_size: i32 = client
+    let policy = client
         .query_one(
-            "UPDATE auth.cleanup_policy SET batch_size = coalesce($1, batch_size), pace = $2
-             RETURNING batch_size",
+            "UPDATE auth.cleanup_policy
+             SET batch_size = coalesce($1, batch_size), pace = coalesce($2, pace)
+             RETURNING batch_size, pace",
             &[&batch_size, &pace],
         )
         .await
-        .map_err(db("setting the policy's batch size"))?
-        .get(0);
+        .map_err(db("setting the policy's batch size and pace"))?;
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm; CHECKPOINT")
         .await
         .map_err(db("preparing the template"))?;
-    Ok((due, batch_size, strategy::due_predicate(&client).await?))
+    Ok((
+        due,
+        (policy.get(0), policy.get(1)),
+        strategy::due_predicate(&client).await?,
+    ))
 }
 
 async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
@@ -394,15 +410,23 @@ async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
     )))
 }
 
-/// What happened while one strategy (or nothing) ran under rotation load.
+/// One strategy's runs on one layout: alone, and under rotation load.
+#[derive(Default)]
+struct Passes {
+    quiet: Vec<Measured>,
+    loaded: Vec<Measured>,
+}
+
+/// What happened while one strategy (or nothing) ran, alone or under
+/// rotation load.
 pub struct Measured {
     /// Rows the strategy deleted.
     pub rows_deleted: i64,
     /// Its wall time.
     pub seconds: f64,
-    /// WAL written meanwhile (rotations included).
+    /// WAL written meanwhile (rotations' included, under load).
     pub wal_bytes: i64,
-    /// Rotation latency quantiles over the strategy's window.
+    /// Rotation latency quantiles over the strategy's window (0 alone).
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
@@ -501,7 +525,7 @@ async fn scale(
             order: seed::Order::Time,
             ties: false,
         };
-        let (_, _, due_sql) = prepare(&url, shape, batch_size, false).await?;
+        let (_, _, due_sql) = prepare(&url, shape, batch_size, None).await?;
         let due_sql = due_sql.as_str();
         let run = measure(&url, None, |client| async move {
             strategy::TokenJanitor

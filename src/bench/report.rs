@@ -68,27 +68,38 @@ impl Machine {
     }
 }
 
-/// One strategy's numbers.
+/// One strategy's numbers. Each run of it went twice, on fresh copies:
+/// alone (its speed with nothing else running: seconds, rows/s, the ratio,
+/// WAL) and under rotation load (`loaded_*` and the rotations' latency).
 #[derive(Debug, Clone, Serialize)]
 pub struct StrategyResult {
     /// The strategy's name (see [`super::strategy::ALL`]).
     pub name: String,
     /// What it is in the comparison.
     pub role: Role,
-    /// Rows it deleted (a peer may stop at its time cap).
+    /// Rows it deleted alone (a peer may stop at its time cap).
     pub rows_deleted: i64,
     /// Whether it deleted every due row.
     pub complete: bool,
-    /// Wall time: the median of `runs_seconds`.
+    /// Wall time alone: the median of `runs_seconds`.
     pub seconds: f64,
-    /// Wall time of each repetition (`--repeat`), in the order they ran.
+    /// Wall time alone of each repetition (`--repeat`), in the order they
+    /// ran.
     pub runs_seconds: Vec<f64>,
     /// rows_deleted / seconds.
     pub rows_per_s: f64,
-    /// rows_per_s relative to the baseline's (single-delete's).
+    /// rows_per_s relative to the baseline's (single-delete's), both alone.
     pub ratio_to_single_delete: f64,
-    /// WAL written while it ran (the concurrent rotations' included).
+    /// WAL written while it ran alone.
     pub wal_bytes: i64,
+    /// Wall time under rotation load: the median of `loaded_runs_seconds`.
+    pub loaded_seconds: f64,
+    /// Wall time under rotation load of each repetition.
+    pub loaded_runs_seconds: Vec<f64>,
+    /// Rows per second under rotation load.
+    pub loaded_rows_per_s: f64,
+    /// loaded_rows_per_s relative to the baseline's under the same load.
+    pub loaded_ratio_to_single_delete: f64,
     /// Rotation latency while it ran, from each call's scheduled start
     /// (the median over the repetitions).
     pub rotate_p50_ms: f64,
@@ -98,34 +109,53 @@ pub struct StrategyResult {
     pub rotate_failures: usize,
 }
 
+/// The run of median wall time among `runs` (at least one), the seconds of
+/// every run in order, and the median run's rows per second.
+fn median_run(runs: &[Measured]) -> (&Measured, Vec<f64>, f64) {
+    let seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+    let median_seconds = median(&seconds);
+    let run = runs
+        .iter()
+        .find(|r| r.seconds == median_seconds)
+        .unwrap_or(&runs[0]);
+    let rate = if run.seconds > 0.0 {
+        run.rows_deleted as f64 / run.seconds
+    } else {
+        0.0
+    };
+    (run, seconds, rate)
+}
+
 impl StrategyResult {
-    /// One strategy's numbers over its repetitions `runs` (at least one):
-    /// the median of each measure, failures summed; rows, completeness and
-    /// WAL from the run of median time.
-    pub(super) fn new(strategy: &dyn Strategy, runs: &[Measured], due: i64) -> Self {
-        let seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
-        let median_seconds = median(&seconds);
-        let median_run = runs
-            .iter()
-            .find(|r| r.seconds == median_seconds)
-            .unwrap_or(&runs[0]);
+    /// One strategy's numbers over its repetitions alone (`quiet`) and
+    /// under load (`loaded`), at least one each: the median of each measure,
+    /// failures summed; rows, completeness and WAL from the quiet run of
+    /// median time.
+    pub(super) fn new(
+        strategy: &dyn Strategy,
+        quiet: &[Measured],
+        loaded: &[Measured],
+        due: i64,
+    ) -> Self {
+        let (quiet_run, seconds, rows_per_s) = median_run(quiet);
+        let (loaded_run, loaded_seconds, loaded_rows_per_s) = median_run(loaded);
         Self {
             name: strategy.name().to_string(),
             role: strategy.role(),
-            rows_deleted: median_run.rows_deleted,
-            complete: median_run.rows_deleted >= due,
-            seconds: median_run.seconds,
+            rows_deleted: quiet_run.rows_deleted,
+            complete: quiet_run.rows_deleted >= due,
+            seconds: quiet_run.seconds,
             runs_seconds: seconds,
-            rows_per_s: if median_run.seconds > 0.0 {
-                median_run.rows_deleted as f64 / median_run.seconds
-            } else {
-                0.0
-            },
+            rows_per_s,
             ratio_to_single_delete: 0.0,
-            wal_bytes: median_run.wal_bytes,
-            rotate_p50_ms: median(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
-            rotate_p99_ms: median(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
-            rotate_failures: runs.iter().map(|r| r.failures).sum(),
+            wal_bytes: quiet_run.wal_bytes,
+            loaded_seconds: loaded_run.seconds,
+            loaded_runs_seconds: loaded_seconds,
+            loaded_rows_per_s,
+            loaded_ratio_to_single_delete: 0.0,
+            rotate_p50_ms: median(&loaded.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
+            rotate_p99_ms: median(&loaded.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+            rotate_failures: loaded.iter().map(|r| r.failures).sum(),
         }
     }
 
@@ -168,23 +198,22 @@ pub struct LayoutResult {
 }
 
 impl LayoutResult {
-    /// The results on `layout`, each one's ratio set against the baseline's
-    /// rate (0 without a baseline or when it deleted nothing).
+    /// The results on `layout`, each one's ratios set against the
+    /// baseline's rates, alone and under load (0 without a baseline or when
+    /// it deleted nothing).
     pub(super) fn new(
         layout: super::Layout,
         due: i64,
         mut strategies: Vec<StrategyResult>,
     ) -> Self {
+        let ratio = |rate: f64, baseline: f64| if baseline > 0.0 { rate / baseline } else { 0.0 };
         let baseline = strategies
             .iter()
             .find(|s| s.role == Role::Baseline)
-            .map_or(0.0, |s| s.rows_per_s);
+            .map_or((0.0, 0.0), |s| (s.rows_per_s, s.loaded_rows_per_s));
         for s in &mut strategies {
-            s.ratio_to_single_delete = if baseline > 0.0 {
-                s.rows_per_s / baseline
-            } else {
-                0.0
-            };
+            s.ratio_to_single_delete = ratio(s.rows_per_s, baseline.0);
+            s.loaded_ratio_to_single_delete = ratio(s.loaded_rows_per_s, baseline.1);
         }
         Self {
             layout,
@@ -258,16 +287,16 @@ impl Report {
     /// scaling.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{} token rows per layout; rotate_token at {}/s throughout; token-janitor batch_size {}, pace {}; idle rotate p50 {:.2} ms, p99 {:.2} ms.{}\n\n",
+            "{} token rows per layout; token-janitor batch_size {}, pace {}. Every purge ran twice, each time on a fresh copy: alone (seconds, rows/s and ratios: its speed with nothing else running) and under rotate_token at {}/s (seconds under load, and the rotations' latency against an idle p50 of {:.2} ms and p99 of {:.2} ms).{}\n\n",
             self.rows,
-            self.rotate_rate,
             self.batch_size,
             if self.pace { "on" } else { "off" },
+            self.rotate_rate,
             self.idle_rotate_p50_ms,
             self.idle_rotate_p99_ms,
             if self.repeat > 1 {
                 format!(
-                    " single-delete and token-janitor ran {} times on each layout, in alternating order, on fresh copies: medians, each run's seconds in parentheses.",
+                    " single-delete and token-janitor ran {} times on each layout, in alternating order: medians, each run's seconds alone in parentheses.",
                     self.repeat
                 )
             } else {
@@ -275,20 +304,23 @@ impl Report {
             }
         );
         out.push_str(
-            "| layout | due rows | single-delete s | token-janitor s | token-janitor vs single-delete | rotate p99 ms single-delete / token-janitor | token-janitor p99 vs idle | failed rotations |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| layout | due rows | single-delete s | token-janitor s | token-janitor vs single-delete | under load: single-delete s / token-janitor s (ratio) | rotate p99 ms single-delete / token-janitor | token-janitor p99 vs idle | failed rotations |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for layout in &self.layouts {
             let (Some(single), Some(janitor)) = (layout.baseline(), layout.token_janitor()) else {
                 continue;
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2}x | {:.2} / {:.2} | {:.2}x | {} |\n",
+                "| {} | {} | {} | {} | {:.2}x | {:.2} / {:.2} ({:.2}x) | {:.2} / {:.2} | {:.2}x | {} |\n",
                 layout.layout.name(),
                 layout.due,
                 single.seconds_with_runs(),
                 janitor.seconds_with_runs(),
                 janitor.ratio_to_single_delete,
+                single.loaded_seconds,
+                janitor.loaded_seconds,
+                janitor.loaded_ratio_to_single_delete,
                 single.rotate_p99_ms,
                 janitor.rotate_p99_ms,
                 self.vs_idle(janitor.rotate_p99_ms),
@@ -302,12 +334,12 @@ impl Report {
                 first.due
             ));
             out.push_str(
-                "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                "| strategy | rows deleted | seconds | rows/s | vs single-delete | WAL MiB | under load s (vs single-delete) | rotate p50 ms | rotate p99 ms | p99 vs idle | failed rotations |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             );
             for s in &first.strategies {
                 out.push_str(&format!(
-                    "| {}{} | {} | {:.2} | {:.0} | {:.2}x | {:.1} | {:.2} | {:.2} | {:.2}x | {} |\n",
+                    "| {}{} | {} | {:.2} | {:.0} | {:.2}x | {:.1} | {:.2} ({:.2}x) | {:.2} | {:.2} | {:.2}x | {} |\n",
                     s.name,
                     if s.complete { "" } else { " (capped)" },
                     s.rows_deleted,
@@ -315,6 +347,8 @@ impl Report {
                     s.rows_per_s,
                     s.ratio_to_single_delete,
                     s.wal_bytes as f64 / 1_048_576.0,
+                    s.loaded_seconds,
+                    s.loaded_ratio_to_single_delete,
                     s.rotate_p50_ms,
                     s.rotate_p99_ms,
                     self.vs_idle(s.rotate_p99_ms),
@@ -368,7 +402,7 @@ impl Report {
         let rates: Vec<f64> = strategies.iter().map(|s| s.rows_per_s).collect();
         bars(
             &panels[0],
-            "rows deleted per second (log scale)",
+            "rows deleted per second, alone (log scale)",
             &names,
             &rates,
             &Scale::Log,
@@ -379,7 +413,7 @@ impl Report {
         latencies.extend(strategies.iter().map(|s| s.rotate_p99_ms));
         bars(
             &panels[1],
-            "rotate_token p99 ms (line: 2x idle)",
+            "rotate_token p99 ms during each purge (line: 2x idle)",
             &latency_names,
             &latencies,
             &Scale::Linear {
@@ -394,7 +428,7 @@ impl Report {
             .collect();
         bars(
             &panels[2],
-            "token-janitor / single DELETE by layout (line: 0.6x)",
+            "token-janitor / single DELETE by layout, alone (line: 0.6x)",
             &layout_names,
             &ratios,
             &Scale::Linear { line: Some(0.6) },
@@ -530,7 +564,7 @@ fn bars(
 mod tests {
     use super::*;
 
-    fn result(role: Role, rows_per_s: f64) -> StrategyResult {
+    fn result(role: Role, rows_per_s: f64, loaded_rows_per_s: f64) -> StrategyResult {
         StrategyResult {
             name: format!("{role:?}"),
             role,
@@ -541,6 +575,10 @@ mod tests {
             rows_per_s,
             ratio_to_single_delete: 0.0,
             wal_bytes: 0,
+            loaded_seconds: 0.0,
+            loaded_runs_seconds: vec![0.0],
+            loaded_rows_per_s,
+            loaded_ratio_to_single_delete: 0.0,
             rotate_p50_ms: 0.0,
             rotate_p99_ms: 0.0,
             rotate_failures: 0,
@@ -558,20 +596,31 @@ mod tests {
         }
     }
 
-    /// Repetitions are summed up by their medians, each measure on its own;
-    /// rows come from the run of median time, failures from every run.
+    /// Repetitions are summed up by their medians, each measure on its own:
+    /// speed from the runs alone, latency and failures (every run's) from
+    /// the runs under load; rows come from the run alone of median time.
     #[test]
     fn repetitions_report_medians_and_every_failure() {
-        let runs = [
-            measured(2.0, 9.0, 0),
-            measured(1.0, 30.0, 1),
-            measured(3.0, 5.0, 2),
+        let quiet = [
+            measured(2.0, 0.0, 0),
+            measured(1.0, 0.0, 0),
+            measured(3.0, 0.0, 0),
         ];
-        let result = StrategyResult::new(&super::super::strategy::SingleDelete, &runs, 2000);
+        let loaded = [
+            measured(4.0, 9.0, 0),
+            measured(5.0, 30.0, 1),
+            measured(8.0, 5.0, 2),
+        ];
+        let result =
+            StrategyResult::new(&super::super::strategy::SingleDelete, &quiet, &loaded, 2000);
         assert_eq!(result.seconds, 2.0);
         assert_eq!(result.runs_seconds, [2.0, 1.0, 3.0]);
         assert_eq!(result.rows_deleted, 2000);
+        assert_eq!(result.rows_per_s, 1000.0);
         assert!(result.complete);
+        assert_eq!(result.loaded_seconds, 5.0);
+        assert_eq!(result.loaded_runs_seconds, [4.0, 5.0, 8.0]);
+        assert_eq!(result.loaded_rows_per_s, 1000.0);
         assert_eq!(result.rotate_p99_ms, 9.0);
         assert_eq!(result.rotate_failures, 3);
         assert_eq!(result.seconds_with_runs(), "2.00 (2.00, 1.00, 3.00)");
@@ -590,17 +639,17 @@ mod tests {
             super::super::Layout::Time,
             0,
             vec![
-                result(Role::Peer, 10.0),
-                result(Role::Subject, 60.0),
-                result(Role::Baseline, 100.0),
+                result(Role::Peer, 10.0, 5.0),
+                result(Role::Subject, 60.0, 20.0),
+                result(Role::Baseline, 100.0, 50.0),
             ],
         );
-        let ratios: Vec<f64> = layout
+        let ratios: Vec<(f64, f64)> = layout
             .strategies
             .iter()
-            .map(|s| s.ratio_to_single_delete)
+            .map(|s| (s.ratio_to_single_delete, s.loaded_ratio_to_single_delete))
             .collect();
-        assert_eq!(ratios, [0.1, 0.6, 1.0]);
+        assert_eq!(ratios, [(0.1, 0.1), (0.6, 0.4), (1.0, 1.0)]);
         assert_eq!(layout.baseline().map(|s| s.role), Some(Role::Baseline));
         assert_eq!(layout.token_janitor().map(|s| s.role), Some(Role::Subject));
     }

@@ -60,8 +60,8 @@ pub struct SoakOptions {
     pub rotate_rate: f64,
     /// auth.cleanup_policy.batch_size. Default: the policy's default.
     pub batch_size: Option<i32>,
-    /// auth.cleanup_policy.pace. Default: false (the policy's default).
-    pub pace: bool,
+    /// auth.cleanup_policy.pace. Default: the policy's (on).
+    pub pace: Option<bool>,
 }
 
 impl Default for SoakOptions {
@@ -71,7 +71,7 @@ impl Default for SoakOptions {
             sessions: 1500,
             rotate_rate: 300.0,
             batch_size: None,
-            pace: false,
+            pace: None,
         }
     }
 }
@@ -174,7 +174,7 @@ async fn run_in(
         },
     )
     .await?;
-    let batch_size = set_policy(&client, &policy, options).await?;
+    let (batch_size, pace) = set_policy(&client, &policy, options).await?;
     let naptime_s = autovacuum_naptime(&client, &policy).await?;
 
     eprintln!(
@@ -252,7 +252,7 @@ async fn run_in(
         rotate_rate: options.rotate_rate,
         warmup_s: warm.elapsed_s,
         batch_size,
-        pace: options.pace,
+        pace,
         autovacuum_naptime_s: naptime_s,
         size_growth: ratio(
             last.heap_bytes + last.index_bytes,
@@ -301,17 +301,21 @@ async fn joined<T>(task: JoinHandle<Result<T>>) -> Result<T> {
 }
 
 /// Sets the compressed retentions, and the options' batch size and pace, in
-/// the policy; returns the batch size in effect.
-async fn set_policy(client: &Client, policy: &SoakPolicy, options: &SoakOptions) -> Result<i32> {
-    Ok(client
+/// the policy; returns the batch size and pace in effect.
+async fn set_policy(
+    client: &Client,
+    policy: &SoakPolicy,
+    options: &SoakOptions,
+) -> Result<(i32, bool)> {
+    let row = client
         .query_one(
             "UPDATE auth.cleanup_policy SET
                  rotated_retention = make_interval(secs => $1),
                  expired_retention = make_interval(secs => $2),
                  revoked_retention = make_interval(secs => $3),
                  batch_size = coalesce($4, batch_size),
-                 pace = $5
-             RETURNING batch_size",
+                 pace = coalesce($5, pace)
+             RETURNING batch_size, pace",
             &[
                 &policy.rotated_retention_s,
                 &policy.expired_retention_s,
@@ -321,8 +325,8 @@ async fn set_policy(client: &Client, policy: &SoakPolicy, options: &SoakOptions)
             ],
         )
         .await
-        .map_err(db("setting the soak's policy"))?
-        .get(0))
+        .map_err(db("setting the soak's policy"))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// The server's autovacuum_naptime in seconds. Autovacuum runs at the
