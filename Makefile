@@ -39,7 +39,7 @@ demo:
 	target/release/token-janitor verify; \
 	if [ -n "$${started:-}" ]; then $(PG) stop; fi
 
-## bench: the purge vs single DELETE and peer shapes under rotation load
+## bench: the purge vs single DELETE and peer shapes, alone and under rotation load
 ## (1M rows, every heap layout three times, plus the scaling measurement); writes
 ## target/bench.{json,md,png}
 bench:

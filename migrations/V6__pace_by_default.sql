@@ -14,5 +14,6 @@
 ALTER TABLE auth.cleanup_policy ALTER COLUMN pace SET DEFAULT true;
 
 -- Before this release off was the default and pace slept; the new pace costs
--- nothing without traffic, so every install takes it.
+-- a run alone only its first tenth of a second of small batches, so every
+-- install takes it.
 UPDATE auth.cleanup_policy SET pace = true WHERE NOT pace;

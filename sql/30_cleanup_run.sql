@@ -88,22 +88,25 @@ $$;
 -- the table, and until the run has seen none for a tenth of a second,
 -- batches take an eighth of batch_size, so that the run's own commits flush
 -- its WAL in short stretches, and before each one the run waits as long as
--- the previous batch took (p_batch_started: when it started), leaving the
--- disk and a core to the traffic half the time (docs/design.md §5 has the
--- measurements). A run starts with small batches, as if it had just seen
--- traffic (one check misses a rotation between two calls more often than
--- not; a tenth of a second of checks does not), but waits only once it has
--- seen some; with nothing else on the table it goes on at full speed:
--- whole batches, no wait. Other backends are read from pg_locks, which every
--- role may read (pg_stat_activity hides other roles' rows), in a mode that
--- reads or writes rows: autovacuum, ANALYZE and index builds (SHARE UPDATE
--- EXCLUSIVE) are not traffic. p_traffic_at: when the run last saw traffic
--- (NULL: not yet), returned updated. Locks: none (reading pg_locks takes the
--- lock manager's partition locks for a moment).
+-- the previous batch took (p_batch_started: when it started; NULL before
+-- the first), at most a tenth of a second, leaving the disk and a core to
+-- the traffic about half the time (docs/design.md §5 has the measurements).
+-- A run starts with small batches, as if it had just seen traffic, for a
+-- tenth of a second from its first check (p_watch_from, set by the first
+-- call): one check misses a rotation between two calls more often than not,
+-- a tenth of a second of checks does not. It waits only once it has seen
+-- some; with nothing else on the table it goes on at full speed: whole
+-- batches, no wait. Other backends are read from pg_locks, which every role
+-- may read (pg_stat_activity hides other roles' rows), holding or awaiting
+-- a lock on the table in a mode that reads or writes rows (ACCESS SHARE,
+-- ROW SHARE, ROW EXCLUSIVE): autovacuum, ANALYZE and index builds (SHARE
+-- UPDATE EXCLUSIVE) are not traffic. p_traffic_at: when the run last saw
+-- traffic (NULL: not yet), returned updated. Locks: none (reading pg_locks
+-- takes the lock manager's partition locks for a moment).
 CREATE OR REPLACE FUNCTION auth._run_pace(
     p_batch_size    pg_catalog.int4,
-    p_run_started   pg_catalog.timestamptz,
     p_batch_started pg_catalog.timestamptz,
+    INOUT p_watch_from pg_catalog.timestamptz,
     INOUT p_traffic_at pg_catalog.timestamptz,
     OUT batch_limit pg_catalog.int4
 )
@@ -113,6 +116,7 @@ AS $$
 DECLARE
     c_window constant interval := interval '0.1 second';
 BEGIN
+    p_watch_from := coalesce(p_watch_from, clock_timestamp());
     IF EXISTS (SELECT FROM pg_locks l
                WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
                  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
@@ -120,13 +124,13 @@ BEGIN
                  AND l.pid <> pg_backend_pid()) THEN
         p_traffic_at := clock_timestamp();
     END IF;
-    IF coalesce(p_traffic_at, p_run_started) <= clock_timestamp() - c_window THEN
+    IF greatest(p_traffic_at, p_watch_from) <= clock_timestamp() - c_window THEN
         batch_limit := p_batch_size;
         RETURN;
     END IF;
     batch_limit := greatest(p_batch_size / 8, 1);
     IF p_traffic_at IS NOT NULL AND p_batch_started IS NOT NULL THEN
-        PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - p_batch_started));
+        PERFORM pg_sleep(extract(epoch FROM least(clock_timestamp() - p_batch_started, c_window)));
     END IF;
 END
 $$;
@@ -183,8 +187,10 @@ END
 $$;
 
 -- auth.run_token_cleanup: the scheduled entry point (pg_cron job
--- refresh-token-cleanup). One run: batches of batch_size, each committed,
--- until nothing is due or max_runtime is spent; recorded in auth.cleanup_runs.
+-- refresh-token-cleanup). One run: batches of batch_size (with pace on, an
+-- eighth of it after a short pause while other transactions use the token
+-- table: auth._run_pace), each committed, until nothing is due or
+-- max_runtime is spent; recorded in auth.cleanup_runs.
 -- Locks: session advisory lock 'cleanup run' (sql/00_locks.sql) for the whole run (a second run
 -- records 'skipped' and returns at once); each batch's deleted rows until its
 -- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
@@ -203,6 +209,7 @@ DECLARE
     v_batch_size pg_catalog.int4;
     v_limit   pg_catalog.int4;
     v_pace    pg_catalog.bool;
+    v_watch_from pg_catalog.timestamptz;
     v_traffic_at pg_catalog.timestamptz;
     v_batch_started pg_catalog.timestamptz;
     v_run     pg_catalog.int8;
@@ -229,12 +236,13 @@ BEGIN
     COMMIT;
 
     LOOP
-        IF v_pace THEN
-            SELECT r.p_traffic_at, r.batch_limit INTO v_traffic_at, v_limit
-            FROM auth._run_pace(v_batch_size, v_started, v_batch_started, v_traffic_at) r;
-        END IF;
-        v_batch_started := pg_catalog.clock_timestamp();
         BEGIN
+            IF v_pace THEN
+                SELECT r.p_watch_from, r.p_traffic_at, r.batch_limit
+                INTO v_watch_from, v_traffic_at, v_limit
+                FROM auth._run_pace(v_batch_size, v_batch_started, v_watch_from, v_traffic_at) r;
+            END IF;
+            v_batch_started := pg_catalog.clock_timestamp();
             SELECT * INTO v_batch FROM auth._run_batch(v_run, v_started, v_limit, v_from);
         EXCEPTION
             WHEN lock_not_available THEN

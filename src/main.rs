@@ -109,7 +109,7 @@ enum Command {
     },
 
     /// Benchmark the purge against a single DELETE and the cleanup shapes of
-    /// other auth servers, under concurrent rotations, on scratch databases
+    /// other auth servers, alone and under concurrent rotations, on scratch databases
     /// it creates on the server and drops afterwards; or, with --soak, the
     /// storage over time under token traffic with time compressed.
     Bench(BenchArgs),

@@ -103,18 +103,18 @@ async fn a_run_deletes_in_committed_batches_and_records_itself() {
 }
 
 /// With `pace` on, a run takes batches of an eighth of batch_size while
-/// another transaction reads or writes the token table, every batch of it;
-/// with nothing else on the table, or only maintenance (autovacuum's,
-/// ANALYZE's or an index build's SHARE UPDATE EXCLUSIVE), it starts with
-/// small batches and goes on with whole ones once it has seen no traffic for
-/// a tenth of a second; with `pace` off every batch is whole. Every due row
-/// goes each time.
+/// another transaction reads or writes the token table, every batch of it,
+/// and pauses between them; with nothing else on the table, or only
+/// maintenance (autovacuum's, ANALYZE's or an index build's SHARE UPDATE
+/// EXCLUSIVE), it starts with small batches, goes on with whole ones once it
+/// has seen no traffic for a tenth of a second, and never pauses; with
+/// `pace` off every batch is whole. Every due row goes each time.
 #[tokio::test]
-async fn a_paced_run_takes_small_batches_while_other_transactions_use_the_table() {
+async fn a_paced_run_takes_small_batches_and_pauses_while_other_transactions_use_the_table() {
     const ROWS: i64 = 6000;
     let read = "SELECT 1 FROM auth.refresh_tokens LIMIT 1";
     let maintenance = "LOCK TABLE auth.refresh_tokens IN SHARE UPDATE EXCLUSIVE MODE";
-    let mut batches = Vec::new();
+    let mut seen = Vec::new();
     for (pace, other) in [
         (true, Some(read)),
         (true, None),
@@ -130,9 +130,27 @@ async fn a_paced_run_takes_small_batches_while_other_transactions_use_the_table(
         if let Some(statement) = other {
             traffic.batch_execute(statement).await.unwrap();
         }
-        c.batch_execute("CALL auth.run_token_cleanup()")
-            .await
-            .unwrap();
+        let runner = db.connect().await;
+        let run =
+            tokio::spawn(
+                async move { runner.batch_execute("CALL auth.run_token_cleanup()").await },
+            );
+        // Whether the run was ever seen pausing, sampled until it ends.
+        let mut paused = false;
+        while !run.is_finished() {
+            paused |= c
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event = 'PgSleep'
+                       AND query LIKE 'CALL auth.run_token_cleanup%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, bool>(0);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        run.await.unwrap().unwrap();
         traffic.rollback().await.unwrap();
         let run = &runs(c).await[0];
         assert_eq!(
@@ -141,13 +159,15 @@ async fn a_paced_run_takes_small_batches_while_other_transactions_use_the_table(
             "pace {pace}, other transaction: {other:?}"
         );
         assert_eq!(live_tokens(c).await, ROWS);
-        batches.push(run.batches);
+        seen.push((run.batches, paused));
     }
     // 6000 rows in batches of 12 (500) or of 100 (60).
-    let (traffic, quiet, maintenance, unpaced) = (batches[0], batches[1], batches[2], batches[3]);
-    assert_eq!((traffic, unpaced), (500, 60), "{batches:?}");
+    let [traffic, quiet, maintenance, unpaced] = seen[..] else {
+        unreachable!()
+    };
+    assert_eq!((traffic, unpaced), ((500, true), (60, false)), "{seen:?}");
     for alone in [quiet, maintenance] {
-        assert!(alone > unpaced && alone < traffic, "{batches:?}");
+        assert!(!alone.1 && alone.0 > 60 && alone.0 < 500, "{seen:?}");
     }
 }
 
