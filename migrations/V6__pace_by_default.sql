@@ -1,10 +1,12 @@
 -- V6 pace_by_default
 -- auth.cleanup_policy.pace is on by default, with a new meaning
 -- (auth._run_pace): while other transactions use auth.refresh_tokens, and
--- until a run has seen none for a tenth of a second, its batches take an
--- eighth of batch_size and each waits as long as the one before took; with
--- nothing else on the table, whole batches and no wait. The pace of V5 slept
--- between whole batches, and bought nothing measurable. Measured with
+-- until a run has seen none for a tenth of a second (a run starts that
+-- way), its batches take an eighth of batch_size and, once it has seen
+-- traffic, each waits as long as the one before took (at most a tenth of a
+-- second); with nothing else on the table, whole batches and no wait. The
+-- pace of V5 slept between whole batches, and bought nothing measurable.
+-- Measured with
 -- scripts/pgbench-rotate.sh --rows 1000000 (900k due, 300 rotations/s from
 -- 2 pgbench clients, 2 cores), paced and unpaced purges alternating on
 -- copies of one table: the rotations' p99 during the purge was 1.07x and
