@@ -86,12 +86,11 @@ $$;
 -- commit record is, and for a core: the longer the stretch of the purge's
 -- WAL between two flushes, the longer the wait. So while other backends use
 -- the table, and until the run has seen none for a tenth of a second,
--- batches take a twentieth of batch_size (1,250 rows at the default), so
--- that the run's own commits flush its WAL in short stretches, and before
--- each one the run waits as long as the previous batch took
--- (p_batch_started: when it started; NULL before the first), at most a
--- tenth of a second, leaving the disk and a core to the traffic about half
--- the time (docs/design.md §5 has the measurements).
+-- batches take an eighth of batch_size, so that the run's own commits flush
+-- its WAL in short stretches, and before each one the run waits as long as
+-- the previous batch took (p_batch_started: when it started; NULL before
+-- the first), at most a tenth of a second, leaving the disk and a core to
+-- the traffic about half the time (docs/design.md §5 has the measurements).
 -- A run starts with small batches, as if it had just seen traffic, for a
 -- tenth of a second from its first check (p_watch_from, set by the first
 -- call): one check misses a rotation between two calls more often than not,
@@ -129,7 +128,7 @@ BEGIN
         batch_limit := p_batch_size;
         RETURN;
     END IF;
-    batch_limit := greatest(p_batch_size / 20, 1);
+    batch_limit := greatest(p_batch_size / 8, 1);
     IF p_traffic_at IS NOT NULL AND p_batch_started IS NOT NULL THEN
         PERFORM pg_sleep(extract(epoch FROM least(clock_timestamp() - p_batch_started, c_window)));
     END IF;
@@ -188,8 +187,8 @@ END
 $$;
 
 -- auth.run_token_cleanup: the scheduled entry point (pg_cron job
--- refresh-token-cleanup). One run: batches of batch_size (with pace on, a
--- twentieth of it after a short pause while other transactions use the token
+-- refresh-token-cleanup). One run: batches of batch_size (with pace on, an
+-- eighth of it after a short pause while other transactions use the token
 -- table: auth._run_pace), each committed, until nothing is due or
 -- max_runtime is spent; recorded in auth.cleanup_runs.
 -- Locks: session advisory lock 'cleanup run' (sql/00_locks.sql) for the whole run (a second run

@@ -305,29 +305,24 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V3__smaller_default_batch",
             "V4__trustworthy_tokens",
             "V5__purge_position",
-            "V6__pace_by_default",
-            "V7__larger_default_batch"
+            "V6__pace_by_default"
         ]
     );
 }
 
-/// An install migrated up to V2 or V6: V3 (50,000 to 10,000) and V7 (10,000
-/// to 25,000) move a batch_size still at the default of its day to the next
-/// one and keep one chosen by hand; new rows default to the newest value
-/// either way.
+/// An install migrated up to V2: V3 moves a batch_size still at the old
+/// default to the new one and keeps one chosen by hand; new rows default to
+/// the new value either way.
 #[rstest::rstest]
-#[case::v2_default(2, 50000, 25000)]
-#[case::v2_chosen_by_hand(2, 20000, 20000)]
-#[case::v6_default(6, 10000, 25000)]
-#[case::v6_chosen_by_hand(6, 50000, 50000)]
+#[case::old_default(50000, 10000)]
+#[case::chosen_by_hand(20000, 20000)]
 #[tokio::test]
-async fn a_batch_size_at_the_old_default_moves_to_the_new_one_and_a_chosen_one_stays(
-    #[case] version: i32,
+async fn v3_moves_the_old_default_batch_size_and_keeps_a_chosen_one(
     #[case] before: i32,
     #[case] after: i32,
 ) {
     let mut db = TestDb::empty().await;
-    migrate_to(&mut db.client, version).await;
+    migrate_to(&mut db.client, 2).await;
     db.client
         .batch_execute(&format!(
             "UPDATE auth.cleanup_policy SET batch_size = {before}"
@@ -335,7 +330,7 @@ async fn a_batch_size_at_the_old_default_moves_to_the_new_one_and_a_chosen_one_s
         .await
         .unwrap();
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(report.applied.last().unwrap(), "V7__larger_default_batch");
+    assert_eq!(report.applied[0], "V3__smaller_default_batch");
     let batch_size: Vec<i32> =
         column(&db.client, "SELECT batch_size FROM auth.cleanup_policy").await;
     assert_eq!(batch_size, vec![after]);
@@ -346,7 +341,7 @@ async fn a_batch_size_at_the_old_default_moves_to_the_new_one_and_a_chosen_one_s
          WHERE d.adrelid = 'auth.cleanup_policy'::regclass AND a.attname = 'batch_size'",
     )
     .await;
-    assert_eq!(default, vec!["25000"]);
+    assert_eq!(default, vec!["10000"]);
 }
 
 #[tokio::test]

@@ -47,8 +47,7 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
         vec![
             "V4__trustworthy_tokens",
             "V5__purge_position",
-            "V6__pace_by_default",
-            "V7__larger_default_batch"
+            "V6__pace_by_default"
         ]
     );
     let paced: bool = db
