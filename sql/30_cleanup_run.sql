@@ -80,27 +80,33 @@ END
 $$;
 
 -- auth._run_pace: the size of a run's next batch when the policy's `pace` is
--- on, after a pause when other backends use auth.refresh_tokens. A batch
--- writes WAL as fast as the disk takes it and takes a core, and a rotation
--- that commits meanwhile waits for that WAL to be flushed before its own
--- commit record is, and for a core: the longer the stretch of the purge's
--- WAL between two flushes, the longer the wait. So while other backends use
--- the table, and until the run has seen none for a tenth of a second,
--- batches take an eighth of batch_size, so that the run's own commits flush
--- its WAL in short stretches, and before each one the run waits as long as
--- the previous batch took (p_batch_started: when it started; NULL before
--- the first), at most a tenth of a second, leaving the disk and a core to
--- the traffic about half the time (docs/design.md §5 has the measurements).
--- A run starts with small batches, as if it had just seen traffic, for a
--- tenth of a second from its first check (p_watch_from, set by the first
--- call): one check misses a rotation between two calls more often than not,
--- a tenth of a second of checks does not. It waits only once it has seen
--- some; with nothing else on the table it goes on at full speed: whole
--- batches, no wait. Other backends are read from pg_locks, which every role
--- may read (pg_stat_activity hides other roles' rows), holding or awaiting
--- a lock on the table in a mode that reads or writes rows (ACCESS SHARE,
--- ROW SHARE, ROW EXCLUSIVE): autovacuum, ANALYZE and index builds (SHARE
--- UPDATE EXCLUSIVE) are not traffic. p_traffic_at: when the run last saw
+-- on, after a pause when other transactions use auth.refresh_tokens. A
+-- batch writes WAL as fast as the disk takes it and takes a core, and a
+-- rotation that commits meanwhile waits for that WAL to be flushed before
+-- its own commit record is, and for a core: the longer the stretch of the
+-- purge's WAL between two flushes, the longer the wait. So while
+-- transactions come and go on the table, and until the run has seen no new
+-- one for a tenth of a second, batches take an eighth of batch_size, so
+-- that the run's own commits flush its WAL in short stretches, and before
+-- each one the run waits as long as the previous batch took
+-- (p_batch_started: when it started; NULL before the first), at most a
+-- tenth of a second, leaving the disk and a core to the traffic about half
+-- the time (docs/design.md §5 has the measurements). A run starts with
+-- small batches, as if it had just seen traffic, for a tenth of a second
+-- from its first check (p_watch_from, set by the first call): one check
+-- misses a rotation between two calls more often than not, a tenth of a
+-- second of checks does not. It waits only once it has seen some; with
+-- nothing else on the table it goes on at full speed: whole batches, no
+-- wait.
+-- Traffic is read from pg_locks, which every role may read
+-- (pg_stat_activity hides other roles' rows): transactions holding or
+-- awaiting a lock on the table in a mode that reads or writes rows (ACCESS
+-- SHARE, ROW SHARE, ROW EXCLUSIVE; autovacuum, ANALYZE and index builds
+-- take SHARE UPDATE EXCLUSIVE and are not traffic). Only a transaction that
+-- was not there at the previous check counts (p_holders: the transactions
+-- seen then, returned updated): rotations are short and each is new, while
+-- one left open on the table, idle in a pool or a pg_dump, counts once, so
+-- it cannot keep every run slow. p_traffic_at: when the run last saw
 -- traffic (NULL: not yet), returned updated. Locks: none (reading pg_locks
 -- takes the lock manager's partition locks for a moment).
 CREATE OR REPLACE FUNCTION auth._run_pace(
@@ -108,6 +114,7 @@ CREATE OR REPLACE FUNCTION auth._run_pace(
     p_batch_started pg_catalog.timestamptz,
     INOUT p_watch_from pg_catalog.timestamptz,
     INOUT p_traffic_at pg_catalog.timestamptz,
+    INOUT p_holders pg_catalog.text[],
     OUT batch_limit pg_catalog.int4
 )
 LANGUAGE plpgsql VOLATILE
@@ -115,15 +122,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     c_window constant interval := interval '0.1 second';
+    v_holders text[];
 BEGIN
     p_watch_from := coalesce(p_watch_from, clock_timestamp());
-    IF EXISTS (SELECT FROM pg_locks l
-               WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
-                 AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-                 AND l.mode IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
-                 AND l.pid <> pg_backend_pid()) THEN
+    SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}') INTO v_holders
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.relation = 'auth.refresh_tokens'::regclass
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.mode IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
+      AND l.pid <> pg_backend_pid();
+    IF NOT v_holders <@ coalesce(p_holders, '{}') THEN
         p_traffic_at := clock_timestamp();
     END IF;
+    p_holders := v_holders;
     IF greatest(p_traffic_at, p_watch_from) <= clock_timestamp() - c_window THEN
         batch_limit := p_batch_size;
         RETURN;
@@ -188,8 +199,8 @@ $$;
 
 -- auth.run_token_cleanup: the scheduled entry point (pg_cron job
 -- refresh-token-cleanup). One run: batches of batch_size (with pace on, an
--- eighth of it after a short pause while other transactions use the token
--- table: auth._run_pace), each committed, until nothing is due or
+-- eighth of it after a short pause while transactions come and go on the
+-- token table: auth._run_pace), each committed, until nothing is due or
 -- max_runtime is spent; recorded in auth.cleanup_runs.
 -- Locks: session advisory lock 'cleanup run' (sql/00_locks.sql) for the whole run (a second run
 -- records 'skipped' and returns at once); each batch's deleted rows until its
@@ -211,6 +222,7 @@ DECLARE
     v_pace    pg_catalog.bool;
     v_watch_from pg_catalog.timestamptz;
     v_traffic_at pg_catalog.timestamptz;
+    v_holders pg_catalog.text[];
     v_batch_started pg_catalog.timestamptz;
     v_run     pg_catalog.int8;
     v_batch   pg_catalog.record;
@@ -238,9 +250,10 @@ BEGIN
     LOOP
         BEGIN
             IF v_pace THEN
-                SELECT r.p_watch_from, r.p_traffic_at, r.batch_limit
-                INTO v_watch_from, v_traffic_at, v_limit
-                FROM auth._run_pace(v_batch_size, v_batch_started, v_watch_from, v_traffic_at) r;
+                SELECT r.p_watch_from, r.p_traffic_at, r.p_holders, r.batch_limit
+                INTO v_watch_from, v_traffic_at, v_holders, v_limit
+                FROM auth._run_pace(v_batch_size, v_batch_started, v_watch_from, v_traffic_at,
+                                    v_holders) r;
             END IF;
             v_batch_started := pg_catalog.clock_timestamp();
             SELECT * INTO v_batch FROM auth._run_batch(v_run, v_started, v_limit, v_from);

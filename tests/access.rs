@@ -41,7 +41,7 @@ async fn the_application_role_goes_through_functions_only() {
             "SELECT auth._purge_estimate('rotated', ARRAY[now()])",
             "SELECT * FROM auth._purge_step(now(), NULL, 1, NULL, NULL, NULL, 'rotated', 'bound')",
             "SELECT auth._purge_compile()",
-            "SELECT * FROM auth._run_pace(1, now(), now(), now())",
+            "SELECT * FROM auth._run_pace(1, now(), now(), now(), '{}')",
         ],
     )
     .await;
@@ -100,7 +100,7 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
             "SELECT auth._purge_order('rotated', ARRAY[now()])",
             "SELECT * FROM auth._purge_step(now(), NULL, 1, NULL, NULL, NULL, 'rotated', 'bound')",
             "SELECT auth._purge_compile()",
-            "SELECT * FROM auth._run_pace(1, now(), now(), now())",
+            "SELECT * FROM auth._run_pace(1, now(), now(), now(), '{}')",
         ],
     )
     .await;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -102,34 +104,74 @@ async fn a_run_deletes_in_committed_batches_and_records_itself() {
     assert!(finished);
 }
 
+/// What uses the token table while a run goes, in
+/// `a_paced_run_takes_small_batches_and_pauses_while_transactions_come_and_go`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Other {
+    Nothing,
+    /// Transactions that read the table and commit, one after another, as
+    /// rotations do.
+    Traffic,
+    /// One transaction that read the table and stays open, idle (a pooled
+    /// connection left in a transaction, a pg_dump).
+    IdleTransaction,
+    /// SHARE UPDATE EXCLUSIVE, as autovacuum, ANALYZE or an index build.
+    Maintenance,
+}
+
 /// With `pace` on, a run takes batches of an eighth of batch_size while
-/// another transaction reads or writes the token table, every batch of it,
-/// and pauses between them; with nothing else on the table, or only
-/// maintenance (autovacuum's, ANALYZE's or an index build's SHARE UPDATE
-/// EXCLUSIVE), it starts with small batches, goes on with whole ones once it
-/// has seen no traffic for a tenth of a second, and never pauses; with
-/// `pace` off every batch is whole. Every due row goes each time.
+/// transactions come and go on the token table, every batch of it, and
+/// pauses between them; with nothing else on the table, or only maintenance,
+/// it starts with small batches, goes on with whole ones once it has seen no
+/// traffic for a tenth of a second, and never pauses; a transaction left
+/// open on the table counts only when it first shows up, so it cannot keep a
+/// run slow; with `pace` off every batch is whole. Every due row goes each
+/// time.
 #[tokio::test]
-async fn a_paced_run_takes_small_batches_and_pauses_while_other_transactions_use_the_table() {
+async fn a_paced_run_takes_small_batches_and_pauses_while_transactions_come_and_go() {
     const ROWS: i64 = 6000;
-    let read = "SELECT 1 FROM auth.refresh_tokens LIMIT 1";
-    let maintenance = "LOCK TABLE auth.refresh_tokens IN SHARE UPDATE EXCLUSIVE MODE";
     let mut seen = Vec::new();
     for (pace, other) in [
-        (true, Some(read)),
-        (true, None),
-        (true, Some(maintenance)),
-        (false, Some(read)),
+        (true, Other::Traffic),
+        (true, Other::Nothing),
+        (true, Other::Maintenance),
+        (true, Other::IdleTransaction),
+        (false, Other::Traffic),
     ] {
         let db = TestDb::migrated().await;
         let c = &db.client;
         seed_rotated(c, ROWS).await;
         set(c, &format!("batch_size = 100, pace = {pace}")).await;
         let mut holder = db.connect().await;
-        let traffic = holder.transaction().await.unwrap();
-        if let Some(statement) = other {
-            traffic.batch_execute(statement).await.unwrap();
+        let held = holder.transaction().await.unwrap();
+        match other {
+            Other::IdleTransaction => held
+                .batch_execute("SELECT 1 FROM auth.refresh_tokens LIMIT 1")
+                .await
+                .unwrap(),
+            Other::Maintenance => held
+                .batch_execute("LOCK TABLE auth.refresh_tokens IN SHARE UPDATE EXCLUSIVE MODE")
+                .await
+                .unwrap(),
+            Other::Nothing | Other::Traffic => {}
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = if other == Other::Traffic {
+            let (client, stop) = (db.connect().await, stop.clone());
+            Some(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client
+                        .batch_execute(
+                            "BEGIN; SELECT 1 FROM auth.refresh_tokens LIMIT 1;
+                             SELECT pg_sleep(0.005); COMMIT",
+                        )
+                        .await
+                        .unwrap();
+                }
+            }))
+        } else {
+            None
+        };
         let runner = db.connect().await;
         let run =
             tokio::spawn(
@@ -151,24 +193,29 @@ async fn a_paced_run_takes_small_batches_and_pauses_while_other_transactions_use
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         run.await.unwrap().unwrap();
-        traffic.rollback().await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        if let Some(traffic) = traffic {
+            traffic.await.unwrap();
+        }
+        held.rollback().await.unwrap();
         let run = &runs(c).await[0];
         assert_eq!(
             (run.status.as_str(), run.rotated),
             ("ok", ROWS),
-            "pace {pace}, other transaction: {other:?}"
+            "pace {pace}, {other:?}"
         );
         assert_eq!(live_tokens(c).await, ROWS);
         seen.push((run.batches, paused));
     }
     // 6000 rows in batches of 12 (500) or of 100 (60).
-    let [traffic, quiet, maintenance, unpaced] = seen[..] else {
+    let [traffic, quiet, maintenance, idle, unpaced] = seen[..] else {
         unreachable!()
     };
     assert_eq!((traffic, unpaced), ((500, true), (60, false)), "{seen:?}");
     for alone in [quiet, maintenance] {
         assert!(!alone.1 && alone.0 > 60 && alone.0 < 500, "{seen:?}");
     }
+    assert!(idle.0 > 60 && idle.0 < 500, "{seen:?}");
 }
 
 /// Invariant 4: while one run holds the lock, another returns at once, 'skipped'.
