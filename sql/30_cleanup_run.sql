@@ -106,15 +106,17 @@ $$;
 -- was not there at the previous check counts (p_holders: the transactions
 -- seen then, returned updated): rotations are short and each is new, while
 -- one left open on the table, idle in a pool or a pg_dump, counts once, so
--- it cannot keep every run slow. p_traffic_at: when the run last saw
--- traffic (NULL: not yet), returned updated. Locks: none (reading pg_locks
--- takes the lock manager's partition locks for a moment).
+-- it cannot keep every run slow (its default lets a run that started
+-- before this parameter existed go on through a migrate). p_traffic_at:
+-- when the run last saw traffic (NULL: not yet), returned updated. Locks:
+-- none (reading pg_locks takes the lock manager's partition locks for a
+-- moment).
 CREATE OR REPLACE FUNCTION auth._run_pace(
     p_batch_size    pg_catalog.int4,
     p_batch_started pg_catalog.timestamptz,
     INOUT p_watch_from pg_catalog.timestamptz,
     INOUT p_traffic_at pg_catalog.timestamptz,
-    INOUT p_holders pg_catalog.text[],
+    INOUT p_holders pg_catalog.text[] DEFAULT NULL,
     OUT batch_limit pg_catalog.int4
 )
 LANGUAGE plpgsql VOLATILE

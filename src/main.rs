@@ -175,8 +175,9 @@ struct BenchArgs {
     batch_size: Option<i32>,
 
     /// auth.cleanup_policy.pace for the token-janitor runs, on or off: with
-    /// it on, a run takes batches of an eighth of batch_size while other
-    /// transactions use the token table (default: the policy's, on).
+    /// it on, a run takes batches of an eighth of batch_size while
+    /// transactions come and go on the token table (default: the policy's,
+    /// on).
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pace: Option<bool>,
 
