@@ -76,31 +76,14 @@ cleanup() {
 trap cleanup EXIT
 sql() { psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$1" -c "$2"; }
 
-# The template: migrated, then SESSIONS families of ten tokens, generations
-# 0-8 rotated between two days and two hours ago (all due under the default
-# one-hour rotated_retention), generation 9 live. Token hashes are
-# sha256('<session>/<generation>'), which the rotation script recomputes.
+# The template: migrated, then seeded (scripts/seed-layout.sql: SESSIONS
+# families of ten tokens, 90% due; token hashes that the rotation script
+# recomputes).
 echo "seeding $ROWS token rows ($LAYOUT layout)" >&2
 psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_template"
 DATABASE_URL="$SERVER/${PREFIX}_template" "$TJ" migrate --no-schedule >/dev/null
-if [ "$LAYOUT" = time ]; then
-    ORDER="g, s" REVOKED="now() - interval '2 days' + (g * $SESSIONS + s) * (interval '46 hours' / ($SESSIONS * 9))"
-else
-    ORDER="md5(s::text)::uuid, g" REVOKED="now() - interval '2 days' + g * interval '1 hour'"
-fi
-psql -qX -v ON_ERROR_STOP=1 "$SERVER/${PREFIX}_template" <<SQL
-INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at)
-SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days'
-FROM generate_series(0, $SESSIONS - 1) s;
-INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
-SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' || g, 'UTF8')),
-       now() - interval '3 days', now() + interval '30 days',
-       CASE WHEN g < 9 THEN $REVOKED END, CASE WHEN g < 9 THEN 'rotated' END
-FROM generate_series(0, $SESSIONS - 1) s, generate_series(0, 9) g
-ORDER BY $ORDER;
-VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
-CHECKPOINT;
-SQL
+psql -qX -v ON_ERROR_STOP=1 -v sessions="$SESSIONS" -v layout="$LAYOUT" "$SERVER/${PREFIX}_template" \
+    -f "$ROOT/scripts/seed-layout.sql"
 DUE=$(sql "${PREFIX}_template" "SELECT count(*) FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'")
 
 # One rotation: each client takes sessions of its own (k ≡ client_id modulo

@@ -1,0 +1,27 @@
+-- seed-layout.sql — a migrated, empty database filled for the scripts'
+-- measurements: :sessions families of ten tokens, generations 0-8 rotated
+-- between two days and two hours ago (all due under the default one-hour
+-- rotated_retention), generation 9 live. Token hashes are
+-- sha256('<session>/<generation>'), which a rotation can recompute.
+--
+--   psql -v ON_ERROR_STOP=1 -v sessions=N -v layout=time|ties -f scripts/seed-layout.sql
+--
+-- Layouts (as `token-janitor bench` names them):
+--   time  rows in the order they were revoked, each at its own instant;
+--   ties  a session's rows together, each generation's due rows revoked at
+--         one instant (a mass revocation).
+INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at)
+SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days'
+FROM generate_series(0, :sessions - 1) s;
+INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' || g, 'UTF8')),
+       now() - interval '3 days', now() + interval '30 days',
+       CASE WHEN g < 9 THEN
+           CASE :'layout' WHEN 'time' THEN now() - interval '2 days' + (g * :sessions + s) * (interval '46 hours' / (:sessions * 9))
+                          ELSE now() - interval '2 days' + g * interval '1 hour' END
+       END,
+       CASE WHEN g < 9 THEN 'rotated' END
+FROM generate_series(0, :sessions - 1) s, generate_series(0, 9) g
+ORDER BY CASE :'layout' WHEN 'time' THEN g END, CASE :'layout' WHEN 'time' THEN s END, md5(s::text)::uuid, g;
+VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
+CHECKPOINT;
