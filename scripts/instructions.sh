@@ -4,12 +4,13 @@
 # machine the same run's seconds move by a third from one run to the next;
 # valgrind's callgrind counts the instructions the server executes, which do
 # not move with what else the machine is doing (two runs of the script
-# counted the same purge within 1,100 instructions of 5.1 billion). Use it to tell whether a change to
-# the engine made it cheaper; the seconds that the issue's targets speak of
-# still come from bench.
+# counted the same run within 2,000 instructions of 4.6 billion). Use it to
+# tell whether a change to the engine made it cheaper; the seconds that the
+# targets speak of still come from bench.
 #
 #   scripts/instructions.sh [options]
-#     --rows N          token rows to seed, ten per session, 90% due (1000000)
+#     --rows N          token rows to seed, a multiple of ten (ten per session),
+#                       90% due                                        (1000000)
 #     --layout L        time or ties (scripts/seed-layout.sql)           (time)
 #     --pace on|off     auth.cleanup_policy.pace of the purge   (the default, on)
 #     --batch-size N    auth.cleanup_policy.batch_size of the purge
@@ -21,23 +22,30 @@
 # first free port from 54500 up; PostgreSQL 15 server binaries, no pg_cron
 # needed), seeds one template database and stops the server. Then, for each of
 # three measurements, it copies the template and starts one backend in
-# single-user mode under callgrind on the copy: the same start-up and
-# pg_prewarm of the token tables alone (the baseline), then with one `DELETE`
-# of the due rows (bench's: the rotated kind's due predicate with the
-# retention read from the policy, as the planner plans it), then with
-# `CALL auth.run_token_cleanup()`. It prints each
-# one's instructions net of the baseline and their ratio, after checking that
-# both deleted the same rows. In single-user mode nothing else runs: no
-# autovacuum, no other backend, so pace sees no traffic. Under callgrind the
-# backend runs about 50 times slower than usual, and pace's first tenth of a
-# second of small batches (wall-clock time) covers fewer batches: with pace
-# on, the count leaves out about 50 small batches' overhead (the
-# --batch-size 1250 --pace off run measures it per batch). About three
-# minutes for 1M rows.
+# single-user mode under callgrind on the copy: start-up and pg_prewarm of the
+# auth schema's tables and indexes alone (the baseline), then with one
+# `DELETE` of the due rows (bench's: the rotated kind's due predicate with
+# the retention read from the policy, as the planner plans it), then with
+# `CALL auth.run_token_cleanup()`. Each count stops where the backend's
+# shutdown checkpoint starts (writing the pages the command dirtied is the
+# checkpointer's work in a running server, not the statement's). A second
+# backend, not counted, then checks on the same copy that the run ended 'ok'
+# and that both left the same number of token rows. The script prints each
+# count net of the baseline and their ratio. In single-user mode nothing
+# else runs: no autovacuum, no other backend, so pace sees no traffic. Under
+# callgrind the backend runs about 50 times slower than usual, so pace's
+# first tenth of a second of small batches (wall-clock time) covers one or
+# two batches where a real run takes about 50: with pace on, the count
+# leaves out that overhead (about 1.75 M instructions a batch, which the
+# --batch-size 1250 --pace off run measures) and moves by that much with the
+# machine's speed. The run's max_runtime is lifted for the same reason.
+# The seed is scripts/seed-layout.sql, not bench's: the layouts match in
+# shape (heap order, shared revoke times), not in every timestamp. About
+# three minutes for 1M rows.
 #
 # Needs valgrind, psql and the PostgreSQL 15 server binaries; builds
-# token-janitor (debug) when TJ is not set. Run as root, the server runs as
-# the postgres user.
+# token-janitor (debug: it only runs migrate) when TJ is not set. Run as
+# root, the server runs as the postgres user.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,11 +62,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 die() { echo "instructions.sh: $*" >&2; exit 2; }
+fail() { echo "instructions.sh: $*" >&2; exit 1; }
 case "$LAYOUT" in time|ties) ;; *) die "--layout is time or ties, got '$LAYOUT'" ;; esac
 case "$PACE" in ''|on|off) ;; *) die "--pace is on or off, got '$PACE'" ;; esac
-case "$ROWS" in '' | *[!0-9]*) die "--rows takes a whole number, got '$ROWS'" ;; esac
-[ "$ROWS" -ge 10 ] || die "--rows must be at least 10 (one family of ten tokens)"
-case "$BATCH_SIZE" in *[!0-9]*) die "--batch-size takes a whole number of rows (1 to 100000), got '$BATCH_SIZE'" ;; esac
+[[ "$ROWS" =~ ^[1-9][0-9]*0$ ]] || die "--rows takes a multiple of ten (ten tokens per session), got '$ROWS'"
+[[ "$BATCH_SIZE" =~ ^([1-9][0-9]*)?$ ]] || die "--batch-size takes a whole number of rows (1 to 100000), got '$BATCH_SIZE'"
 [ -z "$KEEP" ] || mkdir -p "$KEEP" || die "cannot create --keep folder $KEEP"
 command -v valgrind >/dev/null || die "valgrind is missing: apt-get install valgrind"
 [ -x "$PGBIN/postgres" ] || die "no PostgreSQL server binaries in $PGBIN: apt-get install postgresql-15, or set PGBIN"
@@ -72,14 +80,14 @@ as_owner() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 WORK="$(mktemp -d /var/tmp/tj-instructions.XXXXXX)"
-chmod 755 "$WORK"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$WORK"
 PGDATA="$WORK/data"
 cleanup() {
     as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+chmod 755 "$WORK"
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$WORK"; fi
 
 PORT=54500
 while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
@@ -95,7 +103,8 @@ shared_buffers = 1GB
 max_wal_size = 4GB
 autovacuum = off
 CONF
-as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/server.log" -w start >/dev/null
+as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -l "$WORK/server.log" -w start >/dev/null ||
+    { cat "$WORK/server.log" >&2; fail "the throwaway server did not start"; }
 SERVER="postgres://postgres@127.0.0.1:$PORT"
 echo "seeding $ROWS token rows ($LAYOUT layout)" >&2
 psql -qX -v ON_ERROR_STOP=1 "$SERVER/postgres" -c "CREATE DATABASE template_tj"
@@ -106,7 +115,8 @@ psql -qX -v ON_ERROR_STOP=1 -v sessions="$((ROWS / 10))" -v layout="$LAYOUT" "$S
 psql -qX -v ON_ERROR_STOP=1 -v pace="$PACE" -v batch_size="$BATCH_SIZE" "$SERVER/template_tj" >/dev/null <<'SQL'
 CREATE EXTENSION pg_prewarm;
 UPDATE auth.cleanup_policy SET pace = coalesce(nullif(:'pace', '')::boolean, pace),
-                               batch_size = coalesce(nullif(:'batch_size', '')::int, batch_size);
+                               batch_size = coalesce(nullif(:'batch_size', '')::int, batch_size),
+                               max_runtime = interval '1 day';
 SQL
 # The rotated kind's due rows, written as bench's single-delete writes them.
 DUE_SQL=$(psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/template_tj" -c "SELECT replace(t.due, '\$1',
@@ -114,48 +124,69 @@ DUE_SQL=$(psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/template_tj" -c "SELECT replace
 POLICY=$(psql -qXAt "$SERVER/template_tj" -c "SELECT 'batch_size ' || batch_size || ', pace ' || CASE WHEN pace THEN 'on' ELSE 'off' END FROM auth.cleanup_policy")
 as_owner "$PGBIN/pg_ctl" -D "$PGDATA" -w stop >/dev/null
 
-# One backend in single-user mode on a fresh copy of the template, under
-# callgrind: start-up, pg_prewarm of the token tables, then the commands
-# $2... (each its own statement, ending in ';'); writes to $WORK/$1.result, on
-# one line, the instructions it executed and the values its commands returned
-# (single-user mode's output).
-single() {
-    printf '%s\n' "DROP DATABASE IF EXISTS copy_tj;" "" "CREATE DATABASE copy_tj TEMPLATE template_tj STRATEGY = FILE_COPY;" "" |
-        as_owner "$PGBIN/postgres" --single -j -D "$PGDATA" postgres >/dev/null 2>"$WORK/copy.err" ||
-        { cat "$WORK/copy.err" >&2; die "could not copy the template"; }
-    {
-        echo "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i');"
-        echo
-        printf '%s\n\n' "${@:2}"
-    } >"$WORK/$1.sql"
-    as_owner valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$1" \
-        "$PGBIN/postgres" --single -j -D "$PGDATA" copy_tj <"$WORK/$1.sql" >"$WORK/$1.out" 2>"$WORK/$1.err" ||
-        { cat "$WORK/$1.err" >&2; die "the $1 backend failed"; }
-    if grep -q "ERROR:" "$WORK/$1.out" "$WORK/$1.err"; then
-        grep -h "ERROR:" "$WORK/$1.out" "$WORK/$1.err" >&2
-        die "the $1 commands failed"
+# A backend in single-user mode on database $1 running the commands $3...
+# (each its own statement, ending in ';'), under the program prefix $2 (none,
+# or valgrind's); its output in $WORK/<label $4>.out and .err. Fails on any
+# ERROR (a single-user backend exits 0 after one).
+backend() {
+    local db="$1" prefix="$2" label="$3"
+    shift 3
+    printf '%s\n\n' "$@" >"$WORK/$label.sql"
+    as_owner $prefix "$PGBIN/postgres" --single -j -D "$PGDATA" "$db" \
+        <"$WORK/$label.sql" >"$WORK/$label.out" 2>"$WORK/$label.err" ||
+        { cat "$WORK/$label.err" >&2; fail "the $label backend failed"; }
+    if grep -q "ERROR:" "$WORK/$label.out" "$WORK/$label.err"; then
+        grep -h "ERROR:" "$WORK/$label.out" "$WORK/$label.err" >&2
+        fail "the $label commands failed"
     fi
-    echo >"$WORK/$1.result" "$(grep -o 'Collected : [0-9]*' "$WORK/$1.err" | awk '{ print $3 }')" \
-        "$(grep -o '= "[^"]*"' "$WORK/$1.out" | tail -n +2 | tr -d '="' | tr '\n' ' ')"
 }
 
+# The instructions of start-up, pg_prewarm of the auth schema's tables and
+# indexes and the commands $2... in a backend on a fresh copy of the template,
+# up to its shutdown checkpoint (callgrind dumps the count before
+# ShutdownXLOG into callgrind.$1.1); then the values that $CHECK returns on
+# that copy, from a backend that is not counted, into $WORK/$1.check.
+count() {
+    local label="$1" total
+    shift
+    backend postgres "" "copy_$label" "DROP DATABASE IF EXISTS copy_tj;" \
+        "CREATE DATABASE copy_tj TEMPLATE template_tj STRATEGY = FILE_COPY;"
+    backend copy_tj "valgrind --tool=callgrind --dump-before=ShutdownXLOG --callgrind-out-file=$WORK/callgrind.$label" \
+        "$label" "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i');" "$@"
+    total=$(awk '/^summary:/ { print $2 }' "$WORK/callgrind.$label.1" 2>/dev/null)
+    [[ "$total" =~ ^[0-9]+$ ]] || fail "no instruction count for the $label backend in $WORK/callgrind.$label.1"
+    echo "$total" >"$WORK/$label.count"
+    backend copy_tj "" "check_$label" "$CHECK"
+    echo "$(grep -o '= "[^"]*"' "$WORK/check_$label.out" | tr -d '="' | tr '\n' ' ')" >"$WORK/$label.check"
+}
+
+# What each measurement left: token rows, and the last run's status, rows
+# deleted and batches ('none' where no run).
+CHECK="SELECT (SELECT count(*) FROM auth.refresh_tokens),
+              coalesce((SELECT status || '/' || rotated_deleted || '/' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1), 'none');"
+
 echo "measuring under callgrind: baseline, one DELETE, the purge ($POLICY)" >&2
-single baseline "SELECT 1;"
-single delete "DELETE FROM auth.refresh_tokens WHERE $DUE_SQL;" "SELECT count(*) FROM auth.refresh_tokens;"
-single purge "CALL auth.run_token_cleanup();" \
-    "SELECT (SELECT count(*) FROM auth.refresh_tokens),
-            (SELECT status || '/' || rotated_deleted || '/' || batches FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1);"
-read -r base _ <"$WORK/baseline.result"
-read -r delete delete_left <"$WORK/delete.result"
-read -r purge purge_left purge_run <"$WORK/purge.result"
+count baseline "SELECT 1;"
+count delete "DELETE FROM auth.refresh_tokens WHERE $DUE_SQL;"
+count purge "CALL auth.run_token_cleanup();"
 [ -z "$KEEP" ] || cp "$WORK"/callgrind.* "$KEEP"/
-[ "$delete_left" = "$purge_left" ] ||
-    die "the DELETE left $delete_left token rows and the purge $purge_left: they did not delete the same rows"
+read -r base <"$WORK/baseline.count"
+read -r delete <"$WORK/delete.count"
+read -r purge <"$WORK/purge.count"
+read -r seeded _ <"$WORK/baseline.check"
+read -r delete_left _ <"$WORK/delete.check"
+read -r purge_left purge_run <"$WORK/purge.check"
 IFS=/ read -r status deleted batches <<<"$purge_run"
-[ "$status" = ok ] || die "the purge ended '$status', not 'ok'"
+[ "$status" = ok ] || fail "the purge ended '$status', not 'ok' (the server log of a single-user backend is in its .err)"
+[ "$delete_left" = "$purge_left" ] ||
+    fail "the DELETE left $delete_left token rows and the purge $purge_left: they did not delete as many rows"
+[ "$((seeded - delete_left))" = "$deleted" ] ||
+    fail "the DELETE deleted $((seeded - delete_left)) rows and the purge recorded $deleted"
+[ "$delete" -gt "$base" ] && [ "$purge" -gt "$base" ] ||
+    fail "a measurement counted no more than the baseline ($base): delete $delete, purge $purge"
 
 cat <<REPORT
-rows $ROWS ($LAYOUT layout), $deleted due deleted by each; purge: $POLICY, $batches batches
+rows $seeded ($LAYOUT layout), $deleted due deleted by each; purge: $POLICY, $batches batches
 baseline (start-up, pg_prewarm): $base instructions
 one DELETE:                      $((delete - base)) instructions
 CALL auth.run_token_cleanup():   $((purge - base)) instructions
