@@ -44,8 +44,8 @@
 # three minutes for 1M rows.
 #
 # Needs valgrind, psql and the PostgreSQL 15 server binaries; builds
-# token-janitor (debug: it only runs migrate) when TJ is not set. Run as
-# root, the server runs as the postgres user.
+# token-janitor (debug: it only runs migrate) when TJ is not set. As root,
+# it runs the server as the postgres user.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,7 +92,7 @@ if [ "$(id -u)" -eq 0 ]; then chown postgres: "$WORK"; fi
 PORT=54500
 while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
     PORT=$((PORT + 1))
-    [ "$PORT" -le 54599 ] || die "no free port from 54500 to 54599"
+    [ "$PORT" -le 54599 ] || fail "no free port from 54500 to 54599"
 done
 as_owner "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
 cat >>"$PGDATA/postgresql.conf" <<CONF
@@ -109,7 +109,7 @@ SERVER="postgres://postgres@127.0.0.1:$PORT"
 echo "seeding $ROWS token rows ($LAYOUT layout)" >&2
 psql -qX -v ON_ERROR_STOP=1 "$SERVER/postgres" -c "CREATE DATABASE template_tj"
 DATABASE_URL="$SERVER/template_tj" "$TJ" migrate --no-schedule >"$WORK/migrate.log" 2>&1 ||
-    { cat "$WORK/migrate.log" >&2; die "token-janitor migrate failed"; }
+    { cat "$WORK/migrate.log" >&2; fail "token-janitor migrate failed"; }
 psql -qX -v ON_ERROR_STOP=1 -v sessions="$((ROWS / 10))" -v layout="$LAYOUT" "$SERVER/template_tj" \
     -f "$ROOT/scripts/seed-layout.sql"
 psql -qX -v ON_ERROR_STOP=1 -v pace="$PACE" -v batch_size="$BATCH_SIZE" "$SERVER/template_tj" >/dev/null <<'SQL'
