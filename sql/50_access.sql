@@ -10,7 +10,8 @@
 --   p_app_role      EXECUTE on the lifecycle functions listed below, nothing
 --                   else: no table privilege, so it cannot read a hash or
 --                   delete a row
---   p_monitor_role  SELECT on the policy and the run history, and EXECUTE on
+--   p_monitor_role  SELECT on the policy, the run history and the migration
+--                   history (verify compares it), and EXECUTE on
 --                   the SECURITY DEFINER helpers that show counts, plans, the
 --                   self-test and the job: no session id, user id or hash
 -- and USAGE on schema auth to both when the owner role owns it (migrate
@@ -39,7 +40,8 @@ DECLARE
         'auth.security_event_summary(timestamptz)',
         'auth.token_counts(boolean)',
         'auth.purge_targets(text)'];
-    c_monitor_tables constant text[] := ARRAY['auth.cleanup_policy', 'auth.cleanup_runs'];
+    c_monitor_tables constant text[] := ARRAY['auth.cleanup_policy', 'auth.cleanup_runs',
+                                              'auth.token_janitor_migrations'];
     v_owner  oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user);
     v_object text;
 BEGIN

@@ -96,6 +96,15 @@ struct Tls {
     connector: MakeRustlsConnect,
 }
 
+/// The startup `options` every connection token-janitor opens carries, after
+/// any the URL gives: its search_path holds only `pg_catalog` and the
+/// session's own `pg_temp`, so no name token-janitor runs resolves in a
+/// schema another role can write (`public` belongs to the database owner),
+/// from the first statement on. A startup option outranks the database's and
+/// the role's settings (`ALTER DATABASE … SET search_path`), and the last
+/// `-c` of a name wins over one the URL gave.
+pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
+
 /// A parsed database URL. Its `Display` never shows the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
@@ -123,6 +132,11 @@ impl DatabaseUrl {
         if config.get_application_name().is_none() {
             config.application_name("token-janitor");
         }
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {PINNED_OPTIONS}"),
+            _ => PINNED_OPTIONS.to_string(),
+        };
+        config.options(options);
         let mode = mode.unwrap_or(SslMode::Prefer);
         config.ssl_mode(match mode {
             SslMode::Disable => DriverSslMode::Disable,
@@ -257,13 +271,15 @@ impl DatabaseUrl {
     }
 }
 
-/// Pins the session's search_path to `public` (behind the implicit
-/// `pg_catalog`) for token-janitor's own queries, whatever the database or
-/// the role sets: a database owner who puts a schema of theirs first on the
-/// database's path (a domain `text`, a function `now()`, an operator) must
-/// not run code in a superuser's migrate, verify or status. `public` is
-/// where refinery keeps its history. Returns the path the session had, for
-/// [`restore_search_path`].
+/// Pins the session's search_path to `pg_catalog, pg_temp` for token-janitor's
+/// own queries on a client it did not open (an application's connection given
+/// to [`crate::migrate()`] or [`crate::status::status`]); connections from
+/// [`DatabaseUrl`] carry the same pin from their start ([`PINNED_OPTIONS`]).
+/// Every name token-janitor runs is then found in `pg_catalog` or named with
+/// its schema: nothing a database owner plants in `public` or puts first on
+/// the database's path (a domain `text`, a function `unnest(text[])`, an
+/// operator) runs in a superuser's migrate, verify or status. Returns the
+/// path the session had, for [`restore_search_path`].
 ///
 /// # Errors
 /// [`Error::Db`] when the setting cannot be read or set.
@@ -274,7 +290,7 @@ pub async fn pin_search_path(client: &Client) -> Result<String> {
         .map_err(crate::error::db("reading the session's search_path"))?
         .get(0);
     client
-        .batch_execute("SET search_path = public")
+        .batch_execute("SET search_path = pg_catalog, pg_temp")
         .await
         .map_err(crate::error::db("pinning the session's search_path"))?;
     Ok(previous)

@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod db;
 pub mod error;
+pub mod history;
 pub mod locks;
 pub mod migrate;
 pub mod owner;

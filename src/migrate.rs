@@ -2,12 +2,12 @@
 //! `sql/`, the purge's indexes (built CONCURRENTLY) and the pg_cron job, all
 //! under one advisory lock so that several instances can deploy at once.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, db};
+use crate::history;
 use crate::locks;
 use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule;
@@ -107,7 +107,12 @@ fn record() -> Vec<Declared> {
         .collect();
     let mut definitions: Vec<&str> = DEFINITIONS.iter().map(|(_, sql)| *sql).collect();
     definitions.push(INDEXES);
-    owner::record(&migrations, &definitions, RETIRED_ROUTINES)
+    owner::record(
+        &migrations,
+        &definitions,
+        &[history::TABLE_NAME],
+        RETIRED_ROUTINES,
+    )
 }
 
 /// Default name of the role applications use (EXECUTE on the lifecycle
@@ -266,15 +271,20 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         monitor: &options.monitor_role,
         schedule: options.schedule.is_some(),
     };
-    let applied = applied_versions(client).await?;
-    let deployment = owner::preflight(client, &roles, &record, &applied).await?;
+    let owner_role = owner::owner_role(client, roles.owner).await?;
+    let history = history::read(client, &owner_role).await?;
+    let deployment = owner::preflight(client, &roles, &record, &history.versions()).await?;
     owner::ensure_roles(client, &deployment).await?;
+    history::prepare(client, &history, &deployment.owner).await?;
 
     let mut report = MigrateReport {
         owner: deployment.owner.clone(),
         ..MigrateReport::default()
     };
-    let applied = migrations::runner().run_async(client).await?;
+    let applied = migrations::runner()
+        .set_migration_table_name(history::TABLE)
+        .run_async(client)
+        .await?;
     report.applied = applied
         .applied_migrations()
         .iter()
@@ -292,7 +302,7 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         &options.monitor_role,
     )
     .await?;
-    apply_definitions(client, options, &deployment).await?;
+    apply_definitions(client, options, &deployment, &record).await?;
 
     for index in index_statements() {
         build_index(client, &index, &mut report).await?;
@@ -312,41 +322,20 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     Ok(report)
 }
 
-/// The versions refinery has recorded as applied (none on a fresh database).
-async fn applied_versions(client: &Client) -> Result<BTreeSet<i64>> {
-    let context = "reading the applied migrations from refinery_schema_history";
-    let exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('refinery_schema_history') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(db(context))?
-        .get(0);
-    if !exists {
-        return Ok(BTreeSet::new());
-    }
-    Ok(client
-        .query("SELECT version::int8 FROM refinery_schema_history", &[])
-        .await
-        .map_err(db(context))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect())
-}
-
 /// Replaces the owner role's functions and procedures in schema auth with the
 /// ones in `sql/`, as the owner role, in one transaction: dropping them first
 /// lets a release change a signature or return type, which `CREATE OR
 /// REPLACE` refuses, and callers see the old set or the new one, never a mix.
-/// Only the owner role's routines go (anyone else's in auth stay, with their
-/// grants and comments); trigger functions belong to the versioned
-/// migrations and stay too. The grants go with them (a dropped function
+/// Only routines of token-janitor's record owned by the owner role go
+/// (anyone else's in auth, and the owner role's own under other names, stay
+/// with their grants and comments); trigger functions belong to the
+/// versioned migrations and stay too. The grants go with them (a dropped function
 /// loses its grants) and `auth._apply_grants` sets them again.
 async fn apply_definitions(
     client: &mut Client,
     options: &MigrateOptions,
     deployment: &Deployment,
+    record: &[Declared],
 ) -> Result<()> {
     let tx = client
         .transaction()
@@ -357,25 +346,27 @@ async fn apply_definitions(
             .await
             .map_err(db(format!("acting as the owner role {}", deployment.owner)))?;
     }
-    tx.batch_execute(
-        "DO $$
-         DECLARE r record;
-         BEGIN
-             FOR r IN SELECT p.oid::pg_catalog.regprocedure AS routine, p.prokind
-                      FROM pg_catalog.pg_proc p
-                      WHERE p.pronamespace = 'auth'::pg_catalog.regnamespace
-                        AND p.prokind IN ('f', 'p')
-                        AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
-                        AND p.proowner = (SELECT o.oid FROM pg_catalog.pg_roles o
-                                          WHERE o.rolname = current_user)
-             LOOP
-                 EXECUTE pg_catalog.format('DROP %s %s',
-                     CASE r.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, r.routine);
-             END LOOP;
-         END $$",
-    )
-    .await
-    .map_err(db("dropping the previous sql/ definitions"))?;
+    let previous = tx
+        .query(
+            "SELECT pg_catalog.format('DROP %s %s',
+                        CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+                        p.oid::pg_catalog.regprocedure)
+             FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace = 'auth'::pg_catalog.regnamespace
+               AND p.prokind IN ('f', 'p')
+               AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
+               AND p.proowner = (SELECT o.oid FROM pg_catalog.pg_roles o
+                                 WHERE o.rolname = current_user)
+               AND p.proname = ANY ($1)",
+            &[&owner::routine_names(record)],
+        )
+        .await
+        .map_err(db("listing the previous sql/ definitions"))?;
+    for drop in previous {
+        tx.batch_execute(drop.get(0))
+            .await
+            .map_err(db("dropping the previous sql/ definitions"))?;
+    }
     for (file, sql) in DEFINITIONS {
         tx.batch_execute(sql)
             .await
@@ -389,16 +380,7 @@ async fn apply_definitions(
     .map_err(db(
         "granting access to the application and monitoring roles",
     ))?;
-    tx.commit().await.map_err(db("applying sql/ definitions"))?;
-    client
-        .batch_execute(&format!(
-            "GRANT SELECT ON refinery_schema_history TO {}",
-            ident(&options.monitor_role)
-        ))
-        .await
-        .map_err(db(
-            "letting the monitoring role read refinery_schema_history",
-        ))
+    tx.commit().await.map_err(db("applying sql/ definitions"))
 }
 
 /// One index from `sql/indexes.sql`.

@@ -105,12 +105,14 @@ fn declarations(sql: &str, migration: Option<i64>) -> Vec<Declared> {
     found
 }
 
-/// Everything token-janitor's SQL creates in `auth`: the versioned
-/// migrations (with their versions), the re-applied files, and the routines
-/// earlier releases' files defined under names since retired.
+/// Everything token-janitor creates in `auth`: what the versioned migrations
+/// (with their versions) and the re-applied files declare, the tables migrate
+/// creates itself (its migration history), and the routines earlier
+/// releases' files defined under names since retired.
 pub fn record(
     migrations: &[(i64, String)],
     definitions: &[&str],
+    tables: &[&str],
     retired_routines: &[&str],
 ) -> Vec<Declared> {
     let mut all: Vec<Declared> = migrations
@@ -118,12 +120,26 @@ pub fn record(
         .flat_map(|(version, sql)| declarations(sql, Some(*version)))
         .collect();
     all.extend(definitions.iter().flat_map(|sql| declarations(sql, None)));
+    all.extend(tables.iter().map(|name| Declared {
+        kind: Kind::Table,
+        name: (*name).to_string(),
+        migration: None,
+    }));
     all.extend(retired_routines.iter().map(|name| Declared {
         kind: Kind::Routine,
         name: (*name).to_string(),
         migration: None,
     }));
     all
+}
+
+/// The names of the routines in `record`: the only routines migrate may drop.
+pub fn routine_names(record: &[Declared]) -> Vec<String> {
+    record
+        .iter()
+        .filter(|d| d.kind == Kind::Routine)
+        .map(|d| d.name.clone())
+        .collect()
 }
 
 /// pg_class.relkind of a declared table or composite type.
@@ -209,6 +225,50 @@ pub struct Roles<'a> {
     pub schedule: bool,
 }
 
+/// The connected role and the owner role it deploys for.
+struct Connected {
+    deployer: String,
+    superuser: bool,
+    createrole: bool,
+    owner: String,
+}
+
+async fn connected(client: &Client, owner_role: Option<&str>) -> Result<Connected> {
+    let me = client
+        .query_one(
+            "SELECT current_user::text, r.rolsuper, r.rolcreaterole
+             FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(db("reading the connected role"))?;
+    let deployer: String = me.get(0);
+    let superuser: bool = me.get(1);
+    let owner = owner_role.map(str::to_string).unwrap_or_else(|| {
+        if superuser {
+            DEFAULT_OWNER_ROLE.to_string()
+        } else {
+            deployer.clone()
+        }
+    });
+    Ok(Connected {
+        deployer,
+        superuser,
+        createrole: me.get(2),
+        owner,
+    })
+}
+
+/// The owner role a migrate with `--owner-role` `owner_role` deploys for:
+/// that role, else [`DEFAULT_OWNER_ROLE`] for a superuser, else the
+/// connected role itself.
+///
+/// # Errors
+/// [`Error::Db`] when the connected role cannot be read.
+pub async fn owner_role(client: &Client, owner_role: Option<&str>) -> Result<String> {
+    Ok(connected(client, owner_role).await?.owner)
+}
+
 /// Reads the database and decides who owns token-janitor's objects. Changes
 /// nothing. Refuses with [`Error::Conflict`], listing every problem and what
 /// to do about it, when migrate would have to alter or drop an object it did
@@ -222,24 +282,12 @@ pub async fn preflight(
     record: &[Declared],
     applied: &BTreeSet<i64>,
 ) -> Result<Deployment> {
-    let me = client
-        .query_one(
-            "SELECT current_user::text, r.rolsuper, r.rolcreaterole
-             FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(db("reading the connected role"))?;
-    let deployer: String = me.get(0);
-    let superuser: bool = me.get(1);
-    let createrole: bool = me.get(2);
-    let owner = roles.owner.map(str::to_string).unwrap_or_else(|| {
-        if superuser {
-            DEFAULT_OWNER_ROLE.to_string()
-        } else {
-            deployer.clone()
-        }
-    });
+    let Connected {
+        deployer,
+        superuser,
+        createrole,
+        owner,
+    } = connected(client, roles.owner).await?;
     let mut conflicts = Vec::new();
 
     let mut create_roles = Vec::new();

@@ -153,8 +153,6 @@ pub async fn connect_cron_database(
     let client = url.connect().await.map_err(|err| Error::CronDatabase {
         source: Box::new(err),
     })?;
-    // A connection of our own: pinned for its life (see db::pin_search_path).
-    crate::db::pin_search_path(&client).await?;
     Ok(Some(CronConnection {
         client,
         app_database: current,

@@ -6,9 +6,11 @@ use std::borrow::Borrow;
 
 use serde::Serialize;
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::db::DatabaseUrl;
 use crate::error::describe;
+use crate::history;
 use crate::migrate::{embedded_migrations, index_statements};
 use crate::schedule::{self, CronDatabase, CronUse, JOB_COMMAND, JOB_NAME, JobInfo, PgCron};
 
@@ -181,15 +183,11 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
     let mut checks = Vec::new();
     match url.connect().await {
         Ok(client) => {
-            let connected = match crate::db::pin_search_path(&client).await {
-                Ok(_) => Verdict::pass(format!("connected to {url}")),
-                Err(err) => Verdict::fail(err.to_string(), "check the role's privileges"),
-            };
-            let pinned = connected.outcome == Outcome::Pass;
-            checks.push(Check::new("connection", connected));
-            if pinned {
-                run_checks(&client, options, &mut checks).await;
-            }
+            checks.push(Check::new(
+                "connection",
+                Verdict::pass(format!("connected to {url}")),
+            ));
+            run_checks(&client, options, &mut checks).await;
         }
         Err(err) => checks.push(Check::new(
             "connection",
@@ -267,16 +265,46 @@ async fn server_version(client: &Client) -> Found {
 async fn migrations(client: &Client) -> Found {
     let rows = match client
         .query(
-            "SELECT version::bigint, name, checksum FROM refinery_schema_history ORDER BY version",
+            &format!(
+                "SELECT version::pg_catalog.int8, name::pg_catalog.text, checksum::pg_catalog.text
+                 FROM {} ORDER BY version",
+                history::TABLE
+            ),
             &[],
         )
         .await
     {
-        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-            return Ok(Verdict::fail(
-                "no migration history (refinery_schema_history): the schema is not installed here",
-                "run token-janitor migrate against this database",
-            ));
+        Err(err)
+            if err.code().is_some_and(|code| {
+                [SqlState::UNDEFINED_TABLE, SqlState::INVALID_SCHEMA_NAME].contains(code)
+            }) =>
+        {
+            let legacy: bool = client
+                .query_one(
+                    "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                    &[&history::LEGACY_TABLE],
+                )
+                .await?
+                .get(0);
+            return Ok(if legacy {
+                Verdict::fail(
+                    format!(
+                        "no migration history in {}; {} may hold an earlier release's (not read: \
+                         it is in a schema the database owner controls)",
+                        history::TABLE,
+                        history::LEGACY_TABLE
+                    ),
+                    "run token-janitor migrate: it moves token-janitor's rows to its own schema",
+                )
+            } else {
+                Verdict::fail(
+                    format!(
+                        "no migration history ({}): the schema is not installed here",
+                        history::TABLE
+                    ),
+                    "run token-janitor migrate against this database",
+                )
+            });
         }
         rows => rows?,
     };

@@ -202,10 +202,13 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         ))
         .await
         .unwrap();
-    // A new superuser session: the database's search_path applies to it,
-    // also to a migrate, which puts it back when it is done.
-    let mut client = db.connect().await;
-    migrate(&mut client, &no_schedule()).await.unwrap();
+    // A migrate's own session pins its path from the start; a new superuser
+    // session that does not (an application's, a psql) runs everything
+    // under the database's search_path.
+    migrate(&mut db.connect().await, &no_schedule())
+        .await
+        .unwrap();
+    let client = db.connect_unpinned().await;
     let c = &client;
     let path: Vec<String> = column(c, "SHOW search_path").await;
     assert_eq!(path, vec!["evil, pg_catalog, public"]);

@@ -61,7 +61,7 @@ async fn two_migrate_processes_at_once_both_succeed() {
     }
     let applied: i64 = db
         .client
-        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .query_one("SELECT count(*) FROM auth.token_janitor_migrations", &[])
         .await
         .unwrap()
         .get(0);
@@ -281,7 +281,7 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     );
     let applied: Vec<i32> = column(
         &db.client,
-        "SELECT version FROM refinery_schema_history ORDER BY version",
+        "SELECT version FROM auth.token_janitor_migrations ORDER BY version",
     )
     .await;
     assert_eq!(applied, vec![1]);
@@ -348,7 +348,7 @@ async fn v3_moves_the_old_default_batch_size_and_keeps_a_chosen_one(
 async fn a_divergent_migration_is_refused() {
     let mut db = TestDb::migrated().await;
     db.client
-        .batch_execute("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1")
+        .batch_execute("UPDATE auth.token_janitor_migrations SET checksum = '1' WHERE version = 1")
         .await
         .unwrap();
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
@@ -491,7 +491,7 @@ async fn a_table_in_the_way_is_refused_before_anything_changes() {
     assert_eq!(schema_fingerprint(&db.client).await, before);
     let history: Vec<bool> = column(
         &db.client,
-        "SELECT to_regclass('public.refinery_schema_history') IS NOT NULL",
+        "SELECT to_regclass('auth.token_janitor_migrations') IS NOT NULL",
     )
     .await;
     assert_eq!(history, vec![false]);

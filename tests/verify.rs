@@ -146,7 +146,7 @@ async fn without_the_pg_cron_extension_verify_fails_naming_it() {
     &["indexes", "plans"]
 )]
 #[case::superuser_definer("ALTER FUNCTION auth.self_test() OWNER TO postgres", &["owner"])]
-#[case::divergent_migration("UPDATE refinery_schema_history SET checksum = '42' WHERE version = 2", &["migrations"])]
+#[case::divergent_migration("UPDATE auth.token_janitor_migrations SET checksum = '42' WHERE version = 2", &["migrations"])]
 #[case::failed_run(
     "INSERT INTO auth.cleanup_runs (started_at, finished_at, status, error)
      VALUES (now(), now(), 'failed', 'XX000: boom')",

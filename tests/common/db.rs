@@ -53,6 +53,20 @@ impl TestDb {
         self.url.connect().await.unwrap()
     }
 
+    /// A connection to this database without token-janitor's pinned
+    /// search_path: the database's and the role's settings apply, as in an
+    /// application's own session or a pg_cron job's.
+    pub async fn connect_unpinned(&self) -> Client {
+        let mut config: tokio_postgres::Config = std::env::var("DATABASE_URL")
+            .unwrap()
+            .parse()
+            .expect("DATABASE_URL parses");
+        config.dbname(&self.name);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

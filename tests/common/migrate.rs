@@ -33,8 +33,9 @@ pub async fn refused_migrate(url: &DatabaseUrl) -> (Client, token_janitor::Error
 }
 
 /// Applies the versioned migrations of this checkout up to `version` only,
-/// as an older release would have left the database (no sql/ definitions):
-/// the starting point of upgrade tests.
+/// as an older release would have left the database (no sql/ definitions,
+/// the history in public.refinery_schema_history): the starting point of
+/// upgrade tests.
 pub async fn migrate_to(client: &mut Client, version: i32) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -51,6 +52,7 @@ pub async fn migrate_to(client: &mut Client, version: i32) {
         .collect();
     refinery::Runner::new(&migrations)
         .set_target(refinery::Target::Version(version))
+        .set_migration_table_name(token_janitor::history::LEGACY_TABLE)
         .run_async(client)
         .await
         .unwrap();
