@@ -233,26 +233,6 @@ BEGIN
 END
 $$;
 
--- auth._lock_user: serialises a user's logins against "sign out everywhere".
--- issue_token takes it shared and revoke_user_sessions exclusive, both for
--- the rest of the transaction, so a session issued concurrently with
--- revoke_user_sessions is either seen and revoked by it or issued after it
--- commits. Lock: transaction advisory lock ('user' of sql/00_locks.sql,
--- hashtext(user id)).
-CREATE OR REPLACE FUNCTION auth._lock_user(p_user_id text, p_exclusive boolean)
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p_exclusive THEN
-        PERFORM pg_advisory_xact_lock(auth._lock_key('user'), hashtext(p_user_id));
-    ELSE
-        PERFORM pg_advisory_xact_lock_shared(auth._lock_key('user'), hashtext(p_user_id));
-    END IF;
-END
-$$;
-
 -- auth.issue_token (clock-driven form, owner only): starts a new session
 -- (token family) at generation 0, expiring at p_now + p_ttl, with a fresh
 -- MAC key; returns the authenticator of the first token. Inserts one session

@@ -42,7 +42,12 @@
 --            'pk_all' (delete every due row from $5 on in that order).
 --            Deletes of a kind that empties sessions
 --            return the distinct session ids; the others are plain DELETEs,
---            which cost half as much as one that returns its rows.
+--            which cost half as much as one that returns its rows. Each
+--            delete step has a '_skip' twin ('range_skip', ...) that locks
+--            its rows SKIP LOCKED first and leaves those another transaction
+--            holds, returning the rows deleted, the sessions (kinds that
+--            empty them) and the rows left locked: auth._purge_range runs
+--            it when the plain step meets a held row.
 --   oldest   'due', and 'oldest' (delete the $3 oldest due rows; all of them
 --            when $3 is NULL).
 --   emptied  'due', 'touched' (the due rows among $4) and 'sweep' (all due
@@ -65,8 +70,7 @@ DECLARE
     v_cols  text;
     v_from  text;
     v_until text;
-    v_head  text := 'DELETE';
-    v_tail  text := '';
+    v_where text;
 BEGIN
     SELECT * INTO t FROM auth.purge_targets(p_kind);
     -- The primary key's columns, and the same fields of the positions $5
@@ -85,35 +89,42 @@ BEGIN
         v_cols := format('%I, %s', t.key_column, v_pk);
         v_from := format('(%s) >= (($5).key, %s)', v_cols, v_pk5);
         v_until := format('(%s) < (($2).key, %s)', v_cols, v_pk2);
-        IF t.empties_sessions THEN
-            v_head := 'WITH d AS (DELETE';
-            v_tail := ' RETURNING session_id) SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d';
-        END IF;
         CASE p_step
             WHEN 'bound' THEN
                 RETURN format('SELECT %1$s FROM %2$s WHERE %3$s AND %4$s ORDER BY %1$s OFFSET $3 LIMIT 1',
                               v_cols, t.relation, t.due, v_from);
-            WHEN 'range' THEN
-                RETURN format('%s FROM %s WHERE %s AND %s AND %s%s',
-                              v_head, t.relation, t.due, v_from, v_until, v_tail);
-            WHEN 'within' THEN
-                RETURN format('%s FROM %s WHERE %s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)%s',
-                              v_head, t.relation, t.due, t.key_column,
-                              v_pk, v_pk5, v_pk, v_pk2, v_tail);
-            WHEN 'all' THEN
-                RETURN format('%s FROM %s WHERE %s AND %s%s', v_head, t.relation, t.due, v_from, v_tail);
             WHEN 'pk_bound' THEN
                 RETURN format('SELECT NULL::timestamptz, %1$s FROM %2$s WHERE (%1$s) >= (%3$s) ORDER BY %1$s OFFSET $3 LIMIT 1',
                               v_pk, t.relation, v_pk5);
-            WHEN 'pk_range' THEN
-                RETURN format('%s FROM %s WHERE %s AND (%s) >= (%s) AND (%s) < (%s)%s',
-                              v_head, t.relation, t.due, v_pk, v_pk5, v_pk, v_pk2, v_tail);
-            WHEN 'pk_all' THEN
-                RETURN format('%s FROM %s WHERE %s AND (%s) >= (%s)%s',
-                              v_head, t.relation, t.due, v_pk, v_pk5, v_tail);
             ELSE
-                NULL;
+                -- A delete step: which rows (v_where), then how.
+                v_where := CASE regexp_replace(p_step, '_skip$', '')
+                    WHEN 'range' THEN format('%s AND %s AND %s', t.due, v_from, v_until)
+                    WHEN 'within' THEN format('%s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)',
+                                              t.due, t.key_column, v_pk, v_pk5, v_pk, v_pk2)
+                    WHEN 'all' THEN format('%s AND %s', t.due, v_from)
+                    WHEN 'pk_range' THEN format('%s AND (%s) >= (%s) AND (%s) < (%s)', t.due, v_pk, v_pk5, v_pk, v_pk2)
+                    WHEN 'pk_all' THEN format('%s AND (%s) >= (%s)', t.due, v_pk, v_pk5)
+                END;
         END CASE;
+        IF v_where IS NULL THEN
+            NULL;
+        ELSIF p_step LIKE '%\_skip' THEN
+            -- The step's rows less those another transaction holds, and
+            -- how many those were: the range's due rows as the statement
+            -- began, less the deleted ones.
+            RETURN format('WITH d AS (DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s FOR UPDATE SKIP LOCKED)'
+                          ' RETURNING %4$I) SELECT count(*), %5$s, (SELECT count(*) FROM %1$s WHERE %3$s) - count(*) FROM d',
+                          t.relation, v_pk, v_where, t.row_key[1],
+                          CASE WHEN t.empties_sessions THEN format('coalesce(array_agg(DISTINCT %I), ''{}'')', t.row_key[1])
+                               ELSE '''{}''::uuid[]' END);
+        ELSIF t.empties_sessions THEN
+            RETURN format('WITH d AS (DELETE FROM %s WHERE %s RETURNING session_id) '
+                          'SELECT count(*), coalesce(array_agg(DISTINCT session_id), ''{}'') FROM d',
+                          t.relation, v_where);
+        ELSE
+            RETURN format('DELETE FROM %s WHERE %s', t.relation, v_where);
+        END IF;
     ELSIF t.shape = 'oldest' AND p_step = 'oldest' THEN
         RETURN format('DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s ORDER BY %4$I LIMIT $3)',
                       t.relation, v_pk, t.due, t.key_column);
@@ -134,7 +145,8 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all']
+    SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all',
+                                                'range_skip', 'within_skip', 'all_skip', 'pk_range_skip', 'pk_all_skip']
                         WHEN 'oldest' THEN ARRAY['oldest']
                         ELSE ARRAY['touched', 'sweep'] END
 $$;
@@ -211,7 +223,8 @@ CREATE OR REPLACE FUNCTION auth._purge_step(
     OUT deleted bigint,
     OUT touched uuid[],
     OUT bound auth.purge_position,
-    OUT found_bound boolean
+    OUT found_bound boolean,
+    OUT locked bigint
 )
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -254,6 +267,8 @@ BEGIN
                         THEN E'PERFORM set_config(''enable_indexscan'', ''on'', true),\n'
                              || E'                    set_config(''plan_cache_mode'', ''force_generic_plan'', true);\n'
                              || E'            ' || v_text || E' INTO bound;\n            found_bound := FOUND;\n'
+                        WHEN v_step LIKE '%\_skip'
+                        THEN v_text || E' INTO deleted, touched, locked;\n'
                         WHEN v_kind.empties_sessions
                         THEN v_text || E' INTO deleted, touched;\n'
                         ELSE v_text || E';\n            GET DIAGNOSTICS deleted = ROW_COUNT;\n' END
@@ -276,6 +291,7 @@ BEGIN
     deleted := 0;
     touched := '{}';
     found_bound := false;
+    locked := 0;
 %s    RAISE EXCEPTION 'no purge step %% for kind %%', quote_literal(p_step), quote_literal(p_kind);
 END
 $body$
@@ -361,6 +377,47 @@ BEGIN
 END
 $$;
 
+-- auth._purge_range: runs delete step p_step of 'range' kind p_kind
+-- (auth._purge_step, same parameters and results) so that one row another
+-- transaction holds delays only itself: the step waits at most a tenth of a
+-- second for a row lock, and when that runs out it is undone (its own
+-- subtransaction) and its '_skip' twin deletes the step's other rows,
+-- counting the held ones in `locked`; they stay due, for a later run. A
+-- batch so never rolls back, nor waits longer than that per step, for
+-- rows an application's open transaction holds (a revocation of an
+-- expired family left open in a pool).
+CREATE OR REPLACE FUNCTION auth._purge_range(
+    p_cutoff   timestamptz,
+    p_bound    auth.purge_position,
+    p_from     auth.purge_position,
+    p_cutoff2  timestamptz,
+    p_kind     text,
+    p_step     text,
+    OUT deleted bigint,
+    OUT touched uuid[],
+    OUT locked bigint
+)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c_wait constant text := '100ms';
+    v_timeout text := current_setting('lock_timeout');
+    v_step record;
+BEGIN
+    BEGIN
+        PERFORM set_config('lock_timeout', c_wait, true);
+        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step);
+        PERFORM set_config('lock_timeout', v_timeout, true);
+    EXCEPTION WHEN lock_not_available THEN
+        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step || '_skip');
+    END;
+    deleted := v_step.deleted;
+    touched := v_step.touched;
+    locked := v_step.locked;
+END
+$$;
+
 -- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
 -- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the
 -- start), in key order; returns how many, from which sessions, whether it
@@ -395,7 +452,8 @@ CREATE OR REPLACE FUNCTION auth._purge_kind(
     OUT deleted bigint,
     OUT touched uuid[],
     OUT drained boolean,
-    OUT resume auth.purge_position
+    OUT resume auth.purge_position,
+    OUT locked bigint
 )
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -415,6 +473,7 @@ BEGIN
     deleted := 0;
     touched := '{}';
     drained := false;
+    locked := 0;
     resume := coalesce(p_from, auth._purge_start());
     IF p_shape = 'oldest' THEN
         deleted := auth._purge_delete(auth._purge_statement(p_kind, 'oldest'), p_cutoffs, p_limit, NULL);
@@ -447,11 +506,12 @@ BEGIN
                                        p_kind, 'pk_bound');
             drained := NOT v_step.found_bound;
             v_bound := v_step.bound;
-            v_step := auth._purge_step(p_cutoffs[1], v_bound, NULL, NULL, resume, p_cutoffs[2],
-                                       p_kind, CASE WHEN drained THEN 'pk_all' ELSE 'pk_range' END);
+            v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2],
+                                        p_kind, CASE WHEN drained THEN 'pk_all' ELSE 'pk_range' END);
             v_read := v_read + (p_limit - deleted);
             deleted := deleted + v_step.deleted;
             touched := touched || v_step.touched;
+            locked := locked + v_step.locked;
             EXIT WHEN drained;
             resume := v_bound;
         END LOOP;
@@ -462,12 +522,13 @@ BEGIN
                                    p_kind, 'bound');
         drained := NOT v_step.found_bound;
         v_bound := v_step.bound;
-        v_step := auth._purge_step(p_cutoffs[1], v_bound, NULL, NULL, resume, p_cutoffs[2], p_kind,
-                                   CASE WHEN drained THEN 'all'
-                                        WHEN (v_bound).key = (resume).key THEN 'within'
-                                        ELSE 'range' END);
+        v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2], p_kind,
+                                    CASE WHEN drained THEN 'all'
+                                         WHEN (v_bound).key = (resume).key THEN 'within'
+                                         ELSE 'range' END);
         deleted := deleted + v_step.deleted;
         touched := touched || v_step.touched;
+        locked := locked + v_step.locked;
         EXIT WHEN drained;
         resume := v_bound;
     END LOOP;
@@ -479,7 +540,8 @@ $$;
 -- the 'range' and 'oldest' kinds (NULL: all that are due), then (listed
 -- last) the 'emptied' kinds among the sessions those deletes touched, and
 -- all of them once nothing else is due. Returns the rows deleted per kind, whether it
--- deleted everything that was due (the run's stop signal) and where each
+-- deleted everything that was due but what other transactions held (the
+-- run's stop signal), how many due rows it left held (auth._purge_range) and where each
 -- kind's next batch may start (p_from: the previous batch's `resume`, one
 -- position per kind in auth.purge_targets order, NULL for anywhere). A row
 -- due under several kinds is counted once, under the first. p_reorder: a
@@ -492,8 +554,8 @@ $$;
 -- are the entries of the rows the run has deleted so far: asked every batch,
 -- that walk grew with the run (17 ms a batch by the end of 2.7M rotated rows
 -- in batches of 10,000, which made the run four times as long).
--- Locks: the deleted rows, and transaction advisory lock 'purge'
--- (sql/00_locks.sql): purges (a run's batches, purge_refresh_tokens calls)
+-- Locks: the deleted rows, and lock 'purge' (auth._lock, sql/00_locks.sql)
+-- until the transaction ends: purges (a run's batches, purge_refresh_tokens calls)
 -- take turns, one transaction at a time, because two of them deleting
 -- overlapping rows kind by kind from different starting keys can each hold
 -- what the other waits for (a deadlock seen in tests/concurrency.rs). A
@@ -505,7 +567,7 @@ CREATE OR REPLACE FUNCTION auth._purge_batch(
     p_kinds text[] DEFAULT NULL,
     p_reorder boolean DEFAULT false
 )
-RETURNS TABLE (deleted jsonb, drained boolean, resume auth.purge_position[])
+RETURNS TABLE (deleted jsonb, drained boolean, resume auth.purge_position[], locked bigint)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -527,11 +589,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
-    PERFORM pg_advisory_xact_lock(auth._lock_key('purge'));
+    PERFORM auth._lock('purge');
     v_left := coalesce(p_limit, 9223372036854775807);
     deleted := '{}';
     drained := true;
     resume := '{}';
+    locked := 0;
 
     FOR v_target IN
         SELECT t.kind, t.shape, t.retentions, t.ordinality AS n,
@@ -567,6 +630,7 @@ BEGIN
             v_count := v_kind.deleted;
             v_left := greatest(v_left - v_count, 0);
             v_touched := v_touched || v_kind.touched;
+            locked := locked + v_kind.locked;
             drained := drained AND v_kind.drained;
             resume[v_target.n] := CASE WHEN v_kind.drained THEN ROW('infinity', NULL, NULL)::auth.purge_position
                                        ELSE v_kind.resume END;

@@ -2,7 +2,7 @@
 -- its bookkeeping in auth.cleanup_runs. Each batch is one transaction of the
 -- purge engine (sql/20_purge.sql). Re-applied on every migrate.
 
--- auth._start_run: under the run lock, marks runs a killed run left
+-- auth._start_run: under the run's lease, marks runs a killed run left
 -- 'running' as failed, deletes grace keys past their use and records a new
 -- run; returns its id.
 CREATE OR REPLACE FUNCTION auth._start_run(p_started timestamptz)
@@ -32,7 +32,8 @@ $$;
 
 -- auth._run_counters: the statement that adds a batch's deletes ($2, kind
 -- -> rows) to run $1's record, each kind into its run_column of
--- auth.purge_targets. IMMUTABLE without arguments, so a run builds it once:
+-- auth.purge_targets, and the due rows it left held by other transactions
+-- ($3) to rows_locked. IMMUTABLE without arguments, so a run builds it once:
 -- the planner folds the call into the caller's cached plan.
 CREATE OR REPLACE FUNCTION auth._run_counters()
 RETURNS text
@@ -40,7 +41,8 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN format('UPDATE auth.cleanup_runs r SET %s, batches = r.batches + 1 WHERE r.id = $1',
+    RETURN format('UPDATE auth.cleanup_runs r SET %s, rows_locked = r.rows_locked + $3, batches = r.batches + 1 '
+                  'WHERE r.id = $1',
                   (SELECT string_agg(format('%1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
                                             t.run_column, t.kind), ', ')
                    FROM auth.purge_targets() t));
@@ -51,8 +53,9 @@ $$;
 -- auth.purge_targets, counted into the run's record (each kind into its
 -- run_column, in the same transaction, so the record and the deletes always
 -- agree); returns the _purge_batch row and whether the run is out of time.
--- Waits at most 5 seconds for a row lock: a due row held by some long
--- transaction ends the run as 'partial' instead of stalling it (rotations
+-- A due token row another transaction holds is left to a later run
+-- (auth._purge_range); any other lock is waited for at most 5 seconds,
+-- and then ends the run as 'partial' instead of stalling it (rotations
 -- never wait on the purge: they touch no due row).
 CREATE OR REPLACE FUNCTION auth._run_batch(
     p_run     bigint,
@@ -73,7 +76,7 @@ DECLARE
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
     SELECT * INTO v_batch FROM auth._purge_batch(p_started, p_limit, p_from, NULL, true);
-    EXECUTE auth._run_counters() USING p_run, v_batch.deleted;
+    EXECUTE auth._run_counters() USING p_run, v_batch.deleted, v_batch.locked;
     RETURN QUERY SELECT v_batch.deleted, v_batch.drained, v_batch.resume,
                         clock_timestamp() >= p_started + (SELECT p.max_runtime FROM auth.cleanup_policy p);
 END
@@ -204,8 +207,8 @@ $$;
 -- eighth of it after a short pause while transactions come and go on the
 -- token table: auth._run_pace), each committed, until nothing is due or
 -- max_runtime is spent; recorded in auth.cleanup_runs.
--- Locks: session advisory lock 'cleanup run' (sql/00_locks.sql) for the whole run (a second run
--- records 'skipped' and returns at once); each batch's deleted rows until its
+-- Locks: the lease of the cleanup run (auth._claim_run, sql/00_locks.sql)
+-- for the whole run (a second run records 'skipped' and returns at once); each batch's deleted rows until its
 -- COMMIT. It COMMITs, so it can be neither SECURITY DEFINER nor carry a SET
 -- search_path: it runs under its caller's search_path (the job's session
 -- takes the database's and the role's). So its body is control flow only,
@@ -217,7 +220,6 @@ CREATE OR REPLACE PROCEDURE auth.run_token_cleanup()
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    c_lock    constant pg_catalog.int4 := auth._lock_key('cleanup run'::pg_catalog.text);
     v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
     v_batch_size pg_catalog.int4;
     v_limit   pg_catalog.int4;
@@ -238,7 +240,7 @@ BEGIN
         RAISE NOTICE 'auth.run_token_cleanup: this server is a standby; the primary runs the cleanup';
         RETURN;
     END IF;
-    IF NOT pg_catalog.pg_try_advisory_lock(c_lock) THEN
+    IF NOT auth._claim_run() THEN
         PERFORM auth._record_skipped_run(v_started);
         COMMIT;
         RAISE NOTICE 'auth.run_token_cleanup: another run is in progress; skipped';
@@ -282,8 +284,8 @@ BEGIN
     END LOOP;
 
     PERFORM auth._finish_run(v_run, v_status, v_state, v_error);
+    PERFORM auth._release_run();
     COMMIT;
-    PERFORM pg_catalog.pg_advisory_unlock(c_lock);
     IF v_failed THEN
         RAISE EXCEPTION 'auth.run_token_cleanup failed: %: %', v_state, v_error;
     END IF;

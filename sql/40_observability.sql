@@ -302,8 +302,8 @@ $$;
 -- a table of 100,000 rows or more) run one at a time in the database, so a
 -- monitor calling them in a loop keeps one backend busy, not all of them:
 -- another caller is refused at once. Small tables are counted freely.
--- Lock: transaction advisory lock 'exact count' (sql/00_locks.sql), until the caller's
--- transaction ends.
+-- Lock: 'exact count' (auth._lock, sql/00_locks.sql), tried, until the
+-- caller's transaction ends.
 CREATE OR REPLACE FUNCTION auth._one_full_count(p_what text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -311,7 +311,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (SELECT c.reltuples >= 100000 FROM pg_class c WHERE c.oid = 'auth.refresh_tokens'::regclass)
-       AND NOT pg_try_advisory_xact_lock(auth._lock_key('exact count')) THEN
+       AND NOT auth._lock('exact count', true) THEN
         RAISE EXCEPTION 'exact % refused: another exact count is running', p_what
             USING ERRCODE = 'lock_not_available',
                   HINT = 'try again when it ends, or use the estimates (status without --exact)';

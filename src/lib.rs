@@ -14,7 +14,6 @@ pub mod bench;
 pub mod db;
 pub mod error;
 pub mod history;
-pub mod locks;
 pub mod migrate;
 pub mod owner;
 pub mod schedule;

@@ -8,7 +8,6 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result, db};
 use crate::history;
-use crate::locks;
 use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule;
 
@@ -17,6 +16,15 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 use embedded::migrations;
+
+/// The session advisory lock migrate holds while it deploys: the tag `tjmg`
+/// read as a big-endian integer, so `to_hex(objid)` in pg_locks spells it.
+/// The cleanup and the token functions take row locks no other role can take
+/// (sql/00_locks.sql); a deploy needs a lock that outlives its transactions
+/// (it builds indexes CONCURRENTLY), which only an advisory lock does, so a
+/// role that holds this key delays a deploy (which then fails naming the
+/// key), never the cleanup or a login.
+pub const DEPLOY_LOCK: i64 = 0x746a_6d67;
 
 /// A versioned migration this binary carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +99,7 @@ const RETIRED_ROUTINES: &[&str] = &[
     "prune_cleanup_history",
     "apply_grants",
     "_purge_security_events",
+    "_lock_key",
 ];
 
 /// What migrate creates in schema auth, by name: its record (see [`owner`]).
@@ -192,7 +201,7 @@ pub struct MigrateReport {
     pub owner: String,
 }
 
-/// Applies everything, holding the `migrate` advisory lock ([`locks::key`]) for the duration. Safe to
+/// Applies everything, holding the deploy lock ([`DEPLOY_LOCK`]) for the duration. Safe to
 /// run on every deploy and from several instances at once. pg_cron, the
 /// roles and every object in migrate's way are checked before anything is
 /// changed, so a database that cannot take the install is left as it was.
@@ -214,7 +223,7 @@ pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<Mi
     acquire_lock(client, options.lock_wait).await?;
     let result = migrate_locked(client, options).await;
     let unlock = client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&locks::key("migrate")])
+        .query_one("SELECT pg_advisory_unlock($1)", &[&DEPLOY_LOCK])
         .await
         .map_err(db("releasing the deploy lock"));
     let restore = crate::db::restore_search_path(client, &search_path).await;
@@ -232,7 +241,7 @@ async fn acquire_lock(client: &Client, wait: Duration) -> Result<()> {
     let mut announced = false;
     loop {
         let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&locks::key("migrate")])
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&DEPLOY_LOCK])
             .await
             .map_err(db("taking the deploy lock"))?;
         if row.get::<_, bool>(0) {
@@ -241,7 +250,7 @@ async fn acquire_lock(client: &Client, wait: Duration) -> Result<()> {
         if started.elapsed() >= wait {
             return Err(Error::LockTimeout {
                 waited_s: wait.as_secs(),
-                key: locks::key("migrate"),
+                key: DEPLOY_LOCK,
             });
         }
         if !announced {

@@ -290,16 +290,17 @@ async fn pace_counts_a_transaction_at_the_first_check_that_sees_it() {
 async fn an_overlapping_run_is_skipped_at_once() {
     let db = TestDb::migrated().await;
     seed_rotated(&db.client, 10).await;
-    // A transaction holding a due row makes the first run wait inside its batch.
+    // An owner's transaction holding the purge lock makes the first run
+    // wait inside its batch.
     let blocker = db.connect().await;
     blocker
-        .batch_execute("BEGIN; SELECT 1 FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' LIMIT 1 FOR UPDATE")
+        .batch_execute("BEGIN; SELECT 1 FROM auth.locks WHERE name = 'purge' FOR UPDATE")
         .await
         .unwrap();
     let first = db.connect().await;
     let first_run =
         tokio::spawn(async move { first.batch_execute("CALL auth.run_token_cleanup()").await });
-    poll("the first run to wait on the row lock", Duration::from_secs(30), || async {
+    poll("the first run to wait on the purge lock", Duration::from_secs(30), || async {
         let waiting: i64 = db
             .client
             .query_one(

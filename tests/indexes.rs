@@ -19,8 +19,8 @@ async fn assert_index_driven(client: &tokio_postgres::Client) {
         .unwrap();
     assert_eq!(
         plans.len(),
-        24,
-        "3 token kinds x 7 steps (4 in key order, 3 in primary-key order) + 2 session steps + 1 security events step"
+        39,
+        "3 token kinds x 12 steps (4 in key order, 3 in primary-key order, 5 '_skip' twins) + 2 session steps + 1 security events step"
     );
     for row in &plans {
         let (kind, step, seq, plan, indexes): (&str, &str, bool, &str, Vec<String>) =

@@ -305,7 +305,8 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V3__smaller_default_batch",
             "V4__trustworthy_tokens",
             "V5__purge_position",
-            "V6__pace_by_default"
+            "V6__pace_by_default",
+            "V7__owner_locks"
         ]
     );
 }

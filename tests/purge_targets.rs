@@ -204,7 +204,7 @@ async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_sca
         )
         .await
         .unwrap();
-    assert_eq!(steps.len(), 21);
+    assert_eq!(steps.len(), 36);
     // The plan modes hold whatever the database or role sets: deletes on a
     // custom plan with plain index scans off, each bound step generic.
     let settings: Vec<String> = column(
