@@ -244,10 +244,20 @@ fn create_statement() -> String {
 /// # Errors
 /// [`Error::Db`] naming the step.
 pub async fn prepare(client: &mut Client, found: &Found, owner: &str) -> Result<()> {
-    client
-        .batch_execute("CREATE SCHEMA IF NOT EXISTS auth")
+    // Only when it is missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE
+    // on the database even when the schema is there, which an owner role
+    // redeploying its own install need not have.
+    let exists: bool = client
+        .query_one("SELECT pg_catalog.to_regnamespace('auth') IS NOT NULL", &[])
         .await
-        .map_err(db("creating schema auth"))?;
+        .map_err(db("looking up schema auth"))?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute("CREATE SCHEMA auth")
+            .await
+            .map_err(db("creating schema auth"))?;
+    }
     if let Found::Legacy(expected) = found {
         let moved = legacy_versions(client, owner, true).await?;
         if moved.as_ref() != Some(expected) {
