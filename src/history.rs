@@ -142,6 +142,13 @@ async fn legacy_versions(
     let Some(oid) = oid(client, LEGACY_TABLE).await? else {
         return Ok(None);
     };
+    // One token-janitor may not touch is not locked either: LOCK needs
+    // privileges on it that a deploying role need not have (an application's
+    // own history, of another role), and it is none of token-janitor's.
+    let (ok, holder) = trusted(client, oid, owner).await?;
+    if !ok {
+        return Ok(not_touched(&holder));
+    }
     let tx = client.transaction().await.map_err(db(context()))?;
     // The lock comes first: from then on the table cannot be dropped and
     // replaced (by the owner of public) or altered, so what is checked below
@@ -156,8 +163,7 @@ async fn legacy_versions(
     }
     let (ok, holder) = trusted(&tx, oid, owner).await?;
     if !ok {
-        tracing::warn!(table = LEGACY_TABLE, owner = %holder, "not reading a migration history that token-janitor may not touch");
-        return Ok(None);
+        return Ok(not_touched(&holder));
     }
     let (versions, names) = embedded();
     let ours = "FROM ONLY public.refinery_schema_history h
@@ -217,6 +223,12 @@ async fn legacy_versions(
     Ok(Some(found))
 }
 
+/// Says that [`LEGACY_TABLE`], of role `holder`, is left alone; no versions.
+fn not_touched(holder: &str) -> Option<BTreeSet<i64>> {
+    tracing::warn!(table = LEGACY_TABLE, owner = %holder, "not reading a migration history that token-janitor may not touch");
+    None
+}
+
 /// This binary's migrations as (versions, names), for matching rows.
 fn embedded() -> (Vec<i64>, Vec<String>) {
     crate::migrate::embedded_migrations()
@@ -244,10 +256,20 @@ fn create_statement() -> String {
 /// # Errors
 /// [`Error::Db`] naming the step.
 pub async fn prepare(client: &mut Client, found: &Found, owner: &str) -> Result<()> {
-    client
-        .batch_execute("CREATE SCHEMA IF NOT EXISTS auth")
+    // Only when it is missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE
+    // on the database even when the schema is there, which an owner role
+    // redeploying its own install need not have.
+    let exists: bool = client
+        .query_one("SELECT pg_catalog.to_regnamespace('auth') IS NOT NULL", &[])
         .await
-        .map_err(db("creating schema auth"))?;
+        .map_err(db("looking up schema auth"))?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute("CREATE SCHEMA auth")
+            .await
+            .map_err(db("creating schema auth"))?;
+    }
     if let Found::Legacy(expected) = found {
         let moved = legacy_versions(client, owner, true).await?;
         if moved.as_ref() != Some(expected) {

@@ -137,7 +137,10 @@ enum Clock {
 
 /// A call of `function` with `args` (`name => $n`, numbered from 1), plus
 /// `p_now` when the clock is driven; `select` picks the output columns (`r`
-/// for a function that returns one value).
+/// for a function that returns one value). Every name in it is
+/// schema-qualified: it runs on the application's connection, under whatever
+/// search_path the database or the role sets (a `public.make_interval` of the
+/// same signature would otherwise run in its place).
 fn call<'a>(
     select: &str,
     function: &str,
@@ -176,7 +179,7 @@ async fn issue_on<C: GenericClient>(
         &[
             "p_user_id => $n",
             "p_token_hash => $n",
-            "p_ttl => make_interval(secs => $n)",
+            "p_ttl => pg_catalog.make_interval(secs => $n)",
         ],
         &mut params,
         &clock,
@@ -226,7 +229,7 @@ async fn rotate_on<C: GenericClient>(
             "p_generation => $n",
             "p_token_hash => $n",
             "p_new_token_hash => $n",
-            "p_ttl => make_interval(secs => $n)",
+            "p_ttl => pg_catalog.make_interval(secs => $n)",
             "p_authenticator => $n",
             "p_successor_seal => $n",
         ],

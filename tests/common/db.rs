@@ -57,19 +57,35 @@ impl TestDb {
     /// search_path: the database's and the role's settings apply, as in an
     /// application's own session or a pg_cron job's.
     pub async fn connect_unpinned(&self) -> Client {
+        connect_config(&self.unpinned_config(None)).await
+    }
+
+    /// The driver configuration [`TestDb::connect_unpinned`] uses (as
+    /// `user` when given): no startup options, so the database's and the
+    /// role's settings apply. For a connection as another role, or a pool
+    /// an application builds itself.
+    pub fn unpinned_config(&self, user: Option<&str>) -> tokio_postgres::Config {
         let mut config: tokio_postgres::Config = std::env::var("DATABASE_URL")
             .unwrap()
             .parse()
             .expect("DATABASE_URL parses");
         config.dbname(&self.name);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
+        if let Some(user) = user {
+            config.user(user);
+        }
+        config
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// One connection with `config`, its I/O on a spawned task.
+pub async fn connect_config(config: &tokio_postgres::Config) -> Client {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 impl Drop for TestDb {
