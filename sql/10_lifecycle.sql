@@ -4,7 +4,11 @@
 -- The clock: each pinned clock-dependent function exists twice under one
 -- name. The form with a required p_now is the clock-driven one, for tests,
 -- verify's self-test and the demo: only the owner may execute it. The form
--- without p_now uses the server's now(); it is SECURITY DEFINER, so the
+-- without p_now reads the server's clock_timestamp() once, when it is
+-- called: not now() (the caller's transaction start) nor
+-- statement_timestamp() (which a DO block or a slow subquery holds back),
+-- so a caller cannot back-date a rotation, an expiry check or the end of
+-- a reuse grace (docs/design.md, "The clock"). It is SECURITY DEFINER, so the
 -- application role needs EXECUTE on it and nothing else, and it is the only
 -- form the application role may execute: the application never chooses the
 -- clock. A call with named arguments picks its form by whether it passes
@@ -53,21 +57,48 @@ BEGIN
 END
 $$;
 
--- auth._check_ttl: a token lifetime must be positive and at most the policy's
--- max_ttl, p_max_ttl (which also keeps every expiry finite; NULL: the policy
--- row is missing).
-CREATE OR REPLACE FUNCTION auth._check_ttl(p_ttl interval, p_max_ttl interval)
+-- auth._check_ttl: a token lifetime starting at p_now must have no negative
+-- field and end after p_now and no later than p_now + p_max_ttl (which also
+-- keeps every expiry finite; NULL: the policy row is missing). Compared as
+-- times, not as intervals: interval comparison counts a month as 30 days,
+-- so '3500000 mons -104999640 days' would compare as 360 days and end in
+-- the year 6214.
+CREATE OR REPLACE FUNCTION auth._check_ttl(p_ttl interval, p_max_ttl interval, p_now timestamptz)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_months integer;
+    v_days   integer;
 BEGIN
     IF p_max_ttl IS NULL THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
-    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > p_max_ttl THEN
-        RAISE EXCEPTION 'p_ttl must be a positive interval of at most max_ttl (%), got %',
-            p_max_ttl, coalesce(p_ttl::text, 'NULL')
+    IF p_ttl IS NULL THEN
+        RAISE EXCEPTION 'p_ttl must be a positive lifetime of at most max_ttl (%), got NULL', p_max_ttl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    v_months := extract(year FROM p_ttl)::integer * 12 + extract(month FROM p_ttl)::integer;
+    v_days := extract(day FROM p_ttl)::integer;
+    IF v_months < 0 OR v_days < 0 OR p_ttl - make_interval(months => v_months, days => v_days) < interval '0' THEN
+        RAISE EXCEPTION 'p_ttl must have no negative field and be a positive lifetime of at most max_ttl (%), got % (months %, days %, time %)',
+            p_max_ttl, p_ttl, v_months, v_days, p_ttl - make_interval(months => v_months, days => v_days)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    -- With no negative field, an interval over twice max_ttl (a month is
+    -- 28 to 31 days, a day 23 to 25 hours) ends after p_now + p_max_ttl;
+    -- refusing it first keeps p_now + p_ttl from overflowing.
+    IF p_ttl > p_max_ttl * 2 OR p_now + p_ttl > p_now + p_max_ttl THEN
+        RAISE EXCEPTION 'p_ttl must end at most max_ttl (%) after now: got %, which ends after %',
+            p_max_ttl, p_ttl, p_now + p_max_ttl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    IF p_now + p_ttl <= p_now THEN
+        RAISE EXCEPTION 'p_ttl must be a positive lifetime of at most max_ttl (%), got %', p_max_ttl, p_ttl
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'max_ttl is a setting of auth.cleanup_policy';
     END IF;
@@ -278,8 +309,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
-    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p));
     PERFORM auth._check_now(p_now);
+    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p), p_now);
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := p_now + p_ttl;
 
@@ -307,7 +338,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY SELECT * FROM auth.issue_token(p_user_id => p_user_id, p_token_hash => p_token_hash,
-                                                p_ttl => p_ttl, p_now => now());
+                                                p_ttl => p_ttl, p_now => clock_timestamp());
 END
 $$;
 
@@ -361,8 +392,8 @@ BEGIN
     SELECT p.reuse_grace, p.max_ttl INTO v_grace, v_max_ttl FROM auth.cleanup_policy p;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
-    PERFORM auth._check_ttl(p_ttl, v_max_ttl);
     PERFORM auth._check_now(p_now);
+    PERFORM auth._check_ttl(p_ttl, v_max_ttl, p_now);
     PERFORM auth._check_optional_length('p_authenticator', p_authenticator, 16);
     PERFORM auth._check_optional_length('p_successor_seal', p_successor_seal, 32);
 
@@ -468,7 +499,7 @@ AS $$
 BEGIN
     RETURN QUERY SELECT * FROM auth.rotate_token(
         p_session_id => p_session_id, p_generation => p_generation, p_token_hash => p_token_hash,
-        p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => now(),
+        p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => clock_timestamp(),
         p_authenticator => p_authenticator, p_successor_seal => p_successor_seal);
 END
 $$;
@@ -529,7 +560,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN auth.revoke_session(p_session_id => p_session_id, p_now => now(), p_reason => p_reason);
+    RETURN auth.revoke_session(p_session_id => p_session_id, p_now => clock_timestamp(), p_reason => p_reason);
 END
 $$;
 
@@ -581,7 +612,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => now(), p_reason => p_reason);
+    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => clock_timestamp(), p_reason => p_reason);
 END
 $$;
 
