@@ -264,6 +264,35 @@ BEGIN
 END
 $$;
 
+-- auth._record_security_event: records a security event of a family at
+-- p_now: the first of its kind as a row of auth.security_events, each later
+-- one while that row is kept as a repeat on it (count + 1, last_seen_at),
+-- so a replay in a loop adds no rows. The caller holds the session row
+-- locked (rotate_token: FOR NO KEY UPDATE), so two events of one family
+-- never both insert. Row locks: the family's event, and the kind's row of
+-- auth.security_event_totals (its trigger), until commit.
+CREATE OR REPLACE FUNCTION auth._record_security_event(
+    p_now        timestamptz,
+    p_session_id uuid,
+    p_user_id    text,
+    p_generation integer,
+    p_kind       text
+)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE auth.security_events e
+    SET count = e.count + 1, last_seen_at = greatest(e.last_seen_at, p_now)
+    WHERE e.session_id = p_session_id AND e.kind = p_kind;
+    IF NOT FOUND THEN
+        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind, last_seen_at)
+        VALUES (p_now, p_session_id, p_user_id, p_generation, p_kind, p_now);
+    END IF;
+END
+$$;
+
 -- auth._lock_user: serialises a user's logins against "sign out everywhere".
 -- issue_token takes it shared and revoke_user_sessions exclusive, both for
 -- the rest of the transaction, so a session issued concurrently with
@@ -443,8 +472,8 @@ BEGIN
         UPDATE auth.refresh_tokens t
         SET revoked_at = p_now, revoke_reason = 'reuse_detected', successor_seal = NULL
         WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
-        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
-        VALUES (p_now, p_session_id, v_session.user_id, p_generation, 'reuse_detected');
+        PERFORM auth._record_security_event(p_now, p_session_id, v_session.user_id, p_generation,
+                                            'reuse_detected');
         RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;

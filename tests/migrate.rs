@@ -305,7 +305,8 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V3__smaller_default_batch",
             "V4__trustworthy_tokens",
             "V5__purge_position",
-            "V6__pace_by_default"
+            "V6__pace_by_default",
+            "V8__security_event_repeats"
         ]
     );
 }
@@ -590,7 +591,7 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
              -- Those releases named their internal routines without the
              -- leading underscore.
              ALTER FUNCTION auth._apply_grants(text, text) RENAME TO apply_grants;
-             ALTER FUNCTION auth._check_ttl(interval, interval) RENAME TO check_ttl;",
+             ALTER FUNCTION auth._check_ttl(interval, interval, timestamptz) RENAME TO check_ttl;",
         )
         .await
         .unwrap();

@@ -47,7 +47,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
         vec![
             "V4__trustworthy_tokens",
             "V5__purge_position",
-            "V6__pace_by_default"
+            "V6__pace_by_default",
+            "V8__security_event_repeats"
         ]
     );
     let paced: bool = db
