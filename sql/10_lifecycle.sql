@@ -509,7 +509,24 @@ BEGIN
 END
 $$;
 
--- auth.rotate_token (server clock): the application's form.
+-- auth._lock_family: locks a session row (FOR NO KEY UPDATE, to the end of
+-- the transaction; nothing when there is no such session) before a
+-- server-clock form reads the clock: a call that waited for another
+-- transaction on the family (which the caller may hold open past an expiry
+-- or a grace) then carries the time it got the family, not the time it
+-- began to wait. The clock-driven form takes the same lock again, at no cost.
+CREATE OR REPLACE FUNCTION auth._lock_family(p_session_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM FROM auth.sessions s WHERE s.id = p_session_id FOR NO KEY UPDATE;
+END
+$$;
+
+-- auth.rotate_token (server clock): the application's form. The clock is
+-- read once the family is locked (auth._lock_family).
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_session_id       uuid,
@@ -526,6 +543,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM auth._lock_family(p_session_id);
     RETURN QUERY SELECT * FROM auth.rotate_token(
         p_session_id => p_session_id, p_generation => p_generation, p_token_hash => p_token_hash,
         p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => clock_timestamp(),
@@ -578,7 +596,8 @@ BEGIN
 END
 $$;
 
--- auth.revoke_session (server clock): the application's form.
+-- auth.revoke_session (server clock): the application's form. The clock is
+-- read once the family is locked (auth._lock_family).
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.revoke_session(
     p_session_id uuid,
@@ -589,6 +608,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM auth._lock_family(p_session_id);
     RETURN auth.revoke_session(p_session_id => p_session_id, p_now => clock_timestamp(), p_reason => p_reason);
 END
 $$;

@@ -341,3 +341,61 @@ async fn revocations_carry_the_time_of_the_call() {
     assert_eq!(back_dated, 0, "every revocation is later than the mark");
     drop_member(&db, &role, app).await;
 }
+
+/// A rotation that waits for another transaction on its family reads the
+/// clock once it has the family, not when it began to wait: a transaction
+/// the application holds open on the family cannot carry a waiting
+/// rotation past the token's expiry.
+#[tokio::test]
+async fn a_rotation_that_waited_for_its_family_reads_the_clock_after_the_wait() {
+    let db = TestDb::migrated().await;
+    let (role, url, mut holder) = member_of(&db, "token_janitor_app").await;
+    let waiter = url.connect().await.unwrap();
+    let ttl = Duration::from_secs(3);
+    let first = issue_with(&holder, "max", ttl).await.unwrap();
+    // Any call on the family holds its row to the end of the transaction,
+    // a forged one too.
+    let forged = build(first.session_id, 0, &random(32), None);
+    let tx = holder.transaction().await.unwrap();
+    let outcome = rotate_with(&tx, &forged, ttl).await.unwrap();
+    assert!(matches!(outcome, Rotation::Invalid), "{outcome:?}");
+    let waiting = tokio::spawn(async move {
+        let outcome = rotate_with(&waiter, first.token.expose(), Duration::from_secs(3600)).await;
+        (waiter, outcome)
+    });
+    poll(
+        "the rotation to wait for the family's row",
+        Duration::from_secs(20),
+        || async {
+            let waits: i64 = db
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waits == 1).then_some(())
+        },
+    )
+    .await;
+    let waiting_since: SystemTime = db
+        .client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waiting_since < first.expires_at,
+        "it waits from before the expiry"
+    );
+    until_past(&db.client, first.expires_at).await;
+    tx.rollback().await.unwrap();
+    let (waiter, outcome) = waiting.await.unwrap();
+    let outcome = outcome.unwrap();
+    assert!(matches!(outcome, Rotation::Expired), "{outcome:?}");
+    drop(waiter);
+    drop_member(&db, &role, holder).await;
+}
