@@ -92,8 +92,8 @@ BEGIN
     -- 28 to 31 days, a day 23 to 25 hours) ends after p_now + p_max_ttl;
     -- refusing it first keeps p_now + p_ttl from overflowing.
     IF p_ttl > p_max_ttl * 2 OR p_now + p_ttl > p_now + p_max_ttl THEN
-        RAISE EXCEPTION 'p_ttl must end at most max_ttl (%) after now: got %, which ends after %',
-            p_max_ttl, p_ttl, p_now + p_max_ttl
+        RAISE EXCEPTION 'p_ttl must end at most max_ttl (%) after now, by %; got %',
+            p_max_ttl, p_now + p_max_ttl, p_ttl
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'max_ttl is a setting of auth.cleanup_policy';
     END IF;
