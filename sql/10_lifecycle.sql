@@ -4,7 +4,11 @@
 -- The clock: each pinned clock-dependent function exists twice under one
 -- name. The form with a required p_now is the clock-driven one, for tests,
 -- verify's self-test and the demo: only the owner may execute it. The form
--- without p_now uses the server's now(); it is SECURITY DEFINER, so the
+-- without p_now reads the server's clock_timestamp() once, when it is
+-- called: not now() (the caller's transaction start) nor
+-- statement_timestamp() (which a DO block or a slow subquery holds back),
+-- so a caller cannot back-date a rotation, an expiry check or the end of
+-- a reuse grace (docs/design.md, "The clock"). It is SECURITY DEFINER, so the
 -- application role needs EXECUTE on it and nothing else, and it is the only
 -- form the application role may execute: the application never chooses the
 -- clock. A call with named arguments picks its form by whether it passes
@@ -53,21 +57,48 @@ BEGIN
 END
 $$;
 
--- auth._check_ttl: a token lifetime must be positive and at most the policy's
--- max_ttl, p_max_ttl (which also keeps every expiry finite; NULL: the policy
--- row is missing).
-CREATE OR REPLACE FUNCTION auth._check_ttl(p_ttl interval, p_max_ttl interval)
+-- auth._check_ttl: a token lifetime starting at p_now must have no negative
+-- field and end after p_now and no later than p_now + p_max_ttl (which also
+-- keeps every expiry finite; NULL: the policy row is missing). Compared as
+-- times, not as intervals: interval comparison counts a month as 30 days,
+-- so '3500000 mons -104999640 days' would compare as 360 days and end in
+-- the year 6214.
+CREATE OR REPLACE FUNCTION auth._check_ttl(p_ttl interval, p_max_ttl interval, p_now timestamptz)
 RETURNS void
-LANGUAGE plpgsql IMMUTABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_months integer;
+    v_days   integer;
 BEGIN
     IF p_max_ttl IS NULL THEN
         RAISE EXCEPTION 'auth.cleanup_policy has no row: run token-janitor migrate to restore it';
     END IF;
-    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > p_max_ttl THEN
-        RAISE EXCEPTION 'p_ttl must be a positive interval of at most max_ttl (%), got %',
-            p_max_ttl, coalesce(p_ttl::text, 'NULL')
+    IF p_ttl IS NULL THEN
+        RAISE EXCEPTION 'p_ttl must be a positive lifetime of at most max_ttl (%), got NULL', p_max_ttl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    v_months := extract(year FROM p_ttl)::integer * 12 + extract(month FROM p_ttl)::integer;
+    v_days := extract(day FROM p_ttl)::integer;
+    IF v_months < 0 OR v_days < 0 OR p_ttl - make_interval(months => v_months, days => v_days) < interval '0' THEN
+        RAISE EXCEPTION 'p_ttl must have no negative field and be a positive lifetime of at most max_ttl (%), got % (months %, days %, time %)',
+            p_max_ttl, p_ttl, v_months, v_days, p_ttl - make_interval(months => v_months, days => v_days)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    -- With no negative field, an interval over twice max_ttl (a month is
+    -- 28 to 31 days, a day 23 to 25 hours) ends after p_now + p_max_ttl;
+    -- refusing it first keeps p_now + p_ttl from overflowing.
+    IF p_ttl > p_max_ttl * 2 OR p_now + p_ttl > p_now + p_max_ttl THEN
+        RAISE EXCEPTION 'p_ttl must end at most max_ttl (%) after now, by %; got %',
+            p_max_ttl, p_now + p_max_ttl, p_ttl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'max_ttl is a setting of auth.cleanup_policy';
+    END IF;
+    IF p_now + p_ttl <= p_now THEN
+        RAISE EXCEPTION 'p_ttl must be a positive lifetime of at most max_ttl (%), got %', p_max_ttl, p_ttl
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'max_ttl is a setting of auth.cleanup_policy';
     END IF;
@@ -233,6 +264,35 @@ BEGIN
 END
 $$;
 
+-- auth._record_security_event: records a security event of a family at
+-- p_now: the first of its kind as a row of auth.security_events, each later
+-- one while that row is kept as a repeat on it (count + 1, last_seen_at),
+-- so a replay in a loop adds no rows. The caller holds the session row
+-- locked (rotate_token: FOR NO KEY UPDATE), so two events of one family
+-- never both insert. Row locks: the family's event, and the kind's row of
+-- auth.security_event_totals (its trigger), until commit.
+CREATE OR REPLACE FUNCTION auth._record_security_event(
+    p_now        timestamptz,
+    p_session_id uuid,
+    p_user_id    text,
+    p_generation integer,
+    p_kind       text
+)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE auth.security_events e
+    SET count = e.count + 1, last_seen_at = greatest(e.last_seen_at, p_now)
+    WHERE e.session_id = p_session_id AND e.kind = p_kind;
+    IF NOT FOUND THEN
+        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind, last_seen_at)
+        VALUES (p_now, p_session_id, p_user_id, p_generation, p_kind, p_now);
+    END IF;
+END
+$$;
+
 -- auth.issue_token (clock-driven form, owner only): starts a new session
 -- (token family) at generation 0, expiring at p_now + p_ttl, with a fresh
 -- MAC key; returns the authenticator of the first token. Inserts one session
@@ -258,8 +318,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
-    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p));
     PERFORM auth._check_now(p_now);
+    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p), p_now);
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := p_now + p_ttl;
 
@@ -287,7 +347,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY SELECT * FROM auth.issue_token(p_user_id => p_user_id, p_token_hash => p_token_hash,
-                                                p_ttl => p_ttl, p_now => now());
+                                                p_ttl => p_ttl, p_now => clock_timestamp());
 END
 $$;
 
@@ -341,8 +401,8 @@ BEGIN
     SELECT p.reuse_grace, p.max_ttl INTO v_grace, v_max_ttl FROM auth.cleanup_policy p;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
-    PERFORM auth._check_ttl(p_ttl, v_max_ttl);
     PERFORM auth._check_now(p_now);
+    PERFORM auth._check_ttl(p_ttl, v_max_ttl, p_now);
     PERFORM auth._check_optional_length('p_authenticator', p_authenticator, 16);
     PERFORM auth._check_optional_length('p_successor_seal', p_successor_seal, 32);
 
@@ -392,8 +452,8 @@ BEGIN
         UPDATE auth.refresh_tokens t
         SET revoked_at = p_now, revoke_reason = 'reuse_detected', successor_seal = NULL
         WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
-        INSERT INTO auth.security_events (occurred_at, session_id, user_id, generation, kind)
-        VALUES (p_now, p_session_id, v_session.user_id, p_generation, 'reuse_detected');
+        PERFORM auth._record_security_event(p_now, p_session_id, v_session.user_id, p_generation,
+                                            'reuse_detected');
         RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
@@ -429,7 +489,24 @@ BEGIN
 END
 $$;
 
--- auth.rotate_token (server clock): the application's form.
+-- auth._lock_family: locks a session row (FOR NO KEY UPDATE, to the end of
+-- the transaction; nothing when there is no such session) before a
+-- server-clock form reads the clock: a call that waited for another
+-- transaction on the family (which the caller may hold open past an expiry
+-- or a grace) then carries the time it got the family, not the time it
+-- began to wait. The clock-driven form takes the same lock again, at no cost.
+CREATE OR REPLACE FUNCTION auth._lock_family(p_session_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM FROM auth.sessions s WHERE s.id = p_session_id FOR NO KEY UPDATE;
+END
+$$;
+
+-- auth.rotate_token (server clock): the application's form. The clock is
+-- read once the family is locked (auth._lock_family).
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_session_id       uuid,
@@ -446,9 +523,10 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM auth._lock_family(p_session_id);
     RETURN QUERY SELECT * FROM auth.rotate_token(
         p_session_id => p_session_id, p_generation => p_generation, p_token_hash => p_token_hash,
-        p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => now(),
+        p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => clock_timestamp(),
         p_authenticator => p_authenticator, p_successor_seal => p_successor_seal);
 END
 $$;
@@ -498,7 +576,8 @@ BEGIN
 END
 $$;
 
--- auth.revoke_session (server clock): the application's form.
+-- auth.revoke_session (server clock): the application's form. The clock is
+-- read once the family is locked (auth._lock_family).
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.revoke_session(
     p_session_id uuid,
@@ -509,7 +588,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN auth.revoke_session(p_session_id => p_session_id, p_now => now(), p_reason => p_reason);
+    PERFORM auth._lock_family(p_session_id);
+    RETURN auth.revoke_session(p_session_id => p_session_id, p_now => clock_timestamp(), p_reason => p_reason);
 END
 $$;
 
@@ -561,7 +641,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => now(), p_reason => p_reason);
+    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => clock_timestamp(), p_reason => p_reason);
 END
 $$;
 

@@ -105,20 +105,22 @@ BEGIN
 END
 $$;
 
--- auth.security_event_summary: per kind of security event, how many
--- happened in the 24 hours before p_now and when the newest did, plus how
--- many were ever recorded (the identity's last value, which the purge never
--- lowers: a Prometheus counter). SECURITY DEFINER so monitoring sees counts
--- without reading who they were about.
+-- auth.security_event_summary: per kind of security event, how many events
+-- (one per family and kind, repeats counted on it) were seen in the 24
+-- hours before p_now and when the last was, plus how many were ever
+-- recorded, repeats included, of every kind (auth.security_event_totals,
+-- which counts committed events only and which the purge never lowers: a
+-- Prometheus counter). SECURITY DEFINER so monitoring sees counts without
+-- reading who they were about.
 CREATE OR REPLACE FUNCTION auth.security_event_summary(p_now timestamptz DEFAULT now())
 RETURNS TABLE (kind text, last_24h bigint, last_at timestamptz, recorded_total bigint)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT k.kind,
-           count(e.id) FILTER (WHERE e.occurred_at > p_now - interval '24 hours'),
-           max(e.occurred_at),
-           coalesce(pg_sequence_last_value(pg_get_serial_sequence('auth.security_events', 'id')::regclass), 0)
+           count(e.id) FILTER (WHERE e.last_seen_at > p_now - interval '24 hours'),
+           max(e.last_seen_at),
+           coalesce((SELECT sum(t.recorded) FROM auth.security_event_totals t), 0)::bigint
     FROM unnest(ARRAY['reuse_detected']) k (kind)
     LEFT JOIN auth.security_events e ON e.kind = k.kind
     GROUP BY k.kind

@@ -82,9 +82,10 @@ pub struct Job {
 pub struct SecurityEvents {
     /// The kind, e.g. reuse_detected.
     pub kind: String,
-    /// How many happened in the last 24 hours.
+    /// How many events (one per family, repeats counted on it) were seen in
+    /// the last 24 hours.
     pub last_24h: i64,
-    /// When the newest still kept happened (RFC 3339, UTC).
+    /// When the last one kept was last seen (RFC 3339, UTC).
     pub last_at: Option<String>,
 }
 
@@ -108,8 +109,8 @@ pub struct Status {
     pub runs: Vec<Run>,
     /// Security events by kind.
     pub security_events: Vec<SecurityEvents>,
-    /// Security events ever recorded, of any kind (never decreases: the
-    /// purge does not lower it).
+    /// Security events ever recorded by committed transactions, of any kind,
+    /// repeats included (never decreases: the purge does not lower it).
     pub security_events_recorded: i64,
 }
 
@@ -432,7 +433,7 @@ impl Status {
         typed(
             "security_events_total",
             "counter",
-            "Security events (reuse detections) ever recorded.",
+            "Security events (reuse detections) ever recorded, repeats included.",
             vec![(String::new(), self.security_events_recorded as f64)],
         );
         let mut metric = |name: &str, help: &str, samples: Vec<(String, f64)>| {
@@ -440,7 +441,7 @@ impl Status {
         };
         metric(
             "security_events_last_24h",
-            "Security events in the last 24 hours, by kind.",
+            "Security events seen in the last 24 hours (one per family), by kind.",
             self.security_events
                 .iter()
                 .map(|e| (format!("{{kind=\"{}\"}}", e.kind), e.last_24h as f64))

@@ -129,7 +129,8 @@ impl std::fmt::Debug for SessionInfo {
 /// Whose clock a call uses.
 #[derive(Debug, Clone, Copy)]
 enum Clock {
-    /// The database server's `now()`: the server-clock form of each function.
+    /// The database server's clock at the call (`clock_timestamp()`): the
+    /// server-clock form of each function.
     Server,
     /// A driven time: the clock-driven form (owner only).
     At(SystemTime),

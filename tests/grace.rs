@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use token_janitor::store::simulated::{issue_at, rotate_at};
@@ -235,4 +235,84 @@ async fn pruning_grace_keys_skips_what_another_transaction_holds() {
     holder.batch_execute("COMMIT").await.unwrap();
     let left: Vec<i64> = column(&db.client, "SELECT count(*) FROM auth.grace_keys").await;
     assert_eq!(left, vec![1]);
+}
+
+/// When each grace key stops being needed: its slice's start plus 1.25 s
+/// (a quarter of a 1-second reuse_grace, then the grace).
+async fn key_ends(client: &tokio_postgres::Client) -> Vec<SystemTime> {
+    column(
+        client,
+        "SELECT starts_at + interval '1.25 seconds' FROM auth.grace_keys ORDER BY starts_at",
+    )
+    .await
+}
+
+/// Waits until the server's clock is half a second past `t`.
+async fn past(client: &tokio_postgres::Client, t: SystemTime) {
+    let mark = t + Duration::from_millis(500);
+    poll(
+        "the server's clock to pass the key's end",
+        Duration::from_secs(20),
+        || async {
+            let row = client
+                .query_one("SELECT clock_timestamp() > $1", &[&mark])
+                .await
+                .unwrap();
+            row.get::<_, bool>(0).then_some(())
+        },
+    )
+    .await
+}
+
+/// The real window of a grace key (README, "What a leaked copy of the
+/// database allows"), at the server's clock: a key outlives the grace of
+/// the seals it wraps by up to a quarter of reuse_grace (its slice); after
+/// that it lives on until the first sealed rotation, or, when none comes,
+/// until the next cleanup run. The read path refuses a seal past its grace
+/// meanwhile.
+#[tokio::test]
+async fn a_grace_key_lives_until_the_next_sealed_rotation_or_cleanup_run() {
+    let db = TestDb::migrated().await;
+    db.client
+        .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '1 second'")
+        .await
+        .unwrap();
+    let store = TokenStore::new(db.url.pool(2));
+    let first = store.issue("ida").await.unwrap();
+    rotated(store.rotate(first.token.expose()).await.unwrap());
+    let first_key_ends = key_ends(&db.client).await;
+    assert_eq!(first_key_ends.len(), 1);
+
+    // Past its end, with no rotation, the key is still there.
+    past(&db.client, first_key_ends[0]).await;
+    assert_eq!(
+        key_ends(&db.client).await,
+        first_key_ends,
+        "no rotation, no run: the key stays"
+    );
+
+    // The next sealed rotation (another family's) deletes it.
+    let other = store.issue("jon").await.unwrap();
+    rotated(store.rotate(other.token.expose()).await.unwrap());
+    let second_key_ends = key_ends(&db.client).await;
+    assert_eq!(second_key_ends.len(), 1);
+    assert!(
+        second_key_ends[0] > first_key_ends[0],
+        "only the new key is left"
+    );
+
+    // Past the new key's end, the cleanup run deletes it.
+    past(&db.client, second_key_ends[0]).await;
+    assert_eq!(key_ends(&db.client).await, second_key_ends);
+    db.client
+        .batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    assert!(key_ends(&db.client).await.is_empty(), "the run deletes it");
+
+    // The grace is over for both: presenting either predecessor is a replay.
+    for token in [&first, &other] {
+        let late = store.rotate(token.token.expose()).await.unwrap();
+        assert!(matches!(late, Rotation::ReuseDetected), "{late:?}");
+    }
 }

@@ -306,7 +306,8 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V4__trustworthy_tokens",
             "V5__purge_position",
             "V6__pace_by_default",
-            "V7__owner_locks"
+            "V7__owner_locks",
+            "V8__security_event_repeats"
         ]
     );
 }
@@ -591,7 +592,7 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
              -- Those releases named their internal routines without the
              -- leading underscore.
              ALTER FUNCTION auth._apply_grants(text, text) RENAME TO apply_grants;
-             ALTER FUNCTION auth._check_ttl(interval, interval) RENAME TO check_ttl;",
+             ALTER FUNCTION auth._check_ttl(interval, interval, timestamptz) RENAME TO check_ttl;",
         )
         .await
         .unwrap();

@@ -48,7 +48,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
             "V4__trustworthy_tokens",
             "V5__purge_position",
             "V6__pace_by_default",
-            "V7__owner_locks"
+            "V7__owner_locks",
+            "V8__security_event_repeats"
         ]
     );
     let paced: bool = db
