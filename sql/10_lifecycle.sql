@@ -373,6 +373,9 @@ $$;
 --   rotated        the token is revoked 'rotated', generation+1 is issued
 --                  with p_new_token_hash and, when reuse_grace is on, with
 --                  p_successor_seal (32 bytes) wrapped for the grace
+-- Both 'rotated' outcomes return the session's user_id, for an application
+-- role that cannot read auth.sessions; every other outcome returns NULL in
+-- generation, expires_at and user_id.
 CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_session_id       uuid,
     p_generation       integer,
@@ -383,7 +386,7 @@ CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_authenticator    bytea DEFAULT NULL,
     p_successor_seal   bytea DEFAULT NULL
 )
-RETURNS TABLE (outcome text, generation integer, expires_at timestamptz,
+RETURNS TABLE (outcome text, generation integer, expires_at timestamptz, user_id text,
                authenticator bytea, successor_seal bytea)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -407,13 +410,13 @@ BEGIN
     PERFORM auth._check_optional_length('p_successor_seal', p_successor_seal, 32);
 
     IF p_session_id IS NULL OR p_generation IS NULL OR p_generation < 0 THEN
-        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     SELECT * INTO v_session FROM auth.sessions s WHERE s.id = p_session_id FOR NO KEY UPDATE;
     IF NOT FOUND OR p_generation > v_session.generation THEN
-        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
@@ -427,7 +430,7 @@ BEGIN
                 <> sha256(p_authenticator)))
        OR (FOUND AND v_token.token_hash <> p_token_hash)
        OR (NOT FOUND AND p_authenticator IS NULL) THEN
-        RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
@@ -441,7 +444,7 @@ BEGIN
                 v_seal := auth._unwrap_seal(v_next.successor_seal, p_session_id, v_next.generation);
             END IF;
             IF v_seal IS NOT NULL THEN
-                RETURN QUERY SELECT 'rotated'::text, v_next.generation, v_next.expires_at,
+                RETURN QUERY SELECT 'rotated'::text, v_next.generation, v_next.expires_at, v_session.user_id,
                     auth._authenticator(v_session.mac_key, p_session_id, v_next.generation, v_next.token_hash),
                     v_seal;
                 RETURN;
@@ -454,12 +457,12 @@ BEGIN
         WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
         PERFORM auth._record_security_event(p_now, p_session_id, v_session.user_id, p_generation,
                                             'reuse_detected');
-        RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'reuse_detected'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
     IF v_session.revoked_at IS NOT NULL OR v_token.revoked_at IS NOT NULL THEN
-        RETURN QUERY SELECT 'revoked'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'revoked'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
@@ -467,7 +470,7 @@ BEGIN
     -- which it does only after the token expired.
     IF v_token.session_id IS NULL OR v_token.expires_at < p_now
        OR v_session.refresh_expires_at < p_now THEN
-        RETURN QUERY SELECT 'expired'::text, NULL::integer, NULL::timestamptz, NULL::bytea, NULL::bytea;
+        RETURN QUERY SELECT 'expired'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
@@ -484,7 +487,7 @@ BEGIN
     UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
     WHERE s.id = p_session_id;
 
-    RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires,
+    RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires, v_session.user_id,
         auth._authenticator(v_key, p_session_id, p_generation + 1, p_new_token_hash), NULL::bytea;
 END
 $$;
@@ -517,7 +520,7 @@ CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_authenticator    bytea DEFAULT NULL,
     p_successor_seal   bytea DEFAULT NULL
 )
-RETURNS TABLE (outcome text, generation integer, expires_at timestamptz,
+RETURNS TABLE (outcome text, generation integer, expires_at timestamptz, user_id text,
                authenticator bytea, successor_seal bytea)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -22,6 +22,31 @@ pub mod store;
 pub mod token;
 pub mod verify;
 
+/// The pool crate [`TokenStore::new`] takes, at the version this crate
+/// builds with, so an application does not pin a second copy to match.
+///
+/// ```no_run
+/// use token_janitor::deadpool_postgres::{Config, Runtime};
+/// use token_janitor::tokio_postgres::NoTls;
+/// use token_janitor::{Rotation, TokenStore};
+///
+/// # async fn refresh(presented: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut config = Config::new();
+/// config.url = Some("postgres://app@localhost/app".to_string());
+/// let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
+/// let store = TokenStore::new(pool);
+/// if let Rotation::Rotated(next) = store.rotate(presented).await? {
+///     println!("refreshed a token of {}", next.user_id);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub use deadpool_postgres;
+/// The driver behind [`deadpool_postgres`], at the version this crate builds
+/// with: its clients and transactions are what the `*_with` functions of
+/// [`store`] take.
+pub use tokio_postgres;
+
 pub use db::DatabaseUrl;
 pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};

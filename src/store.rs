@@ -27,14 +27,18 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How many sessions [`TokenStore::list_sessions`] returns at most.
 pub const DEFAULT_LIST_LIMIT: i32 = 100;
 
-/// A freshly issued token and where it sits. `Debug` shows neither the token
-/// nor the session id.
+/// A freshly issued token and where it sits. `Debug` shows neither the
+/// token, the session id nor the user id.
 #[derive(Clone)]
 pub struct Issued {
     /// Hand this to the client; it is never stored.
     pub token: RefreshToken,
     /// The session (token family).
     pub session_id: Uuid,
+    /// Whose session it is: the user id given to [`TokenStore::issue`]. On a
+    /// rotation, this tells the refresh endpoint whom to issue an access
+    /// token for, which the token string alone does not.
+    pub user_id: String,
     /// 0 for a new session, +1 per rotation.
     pub generation: i32,
     /// When this token stops being accepted.
@@ -46,6 +50,7 @@ impl std::fmt::Debug for Issued {
         f.debug_struct("Issued")
             .field("token", &self.token)
             .field("session_id", &"<redacted>")
+            .field("user_id", &"<redacted>")
             .field("generation", &self.generation)
             .field("expires_at", &self.expires_at)
             .finish()
@@ -194,6 +199,7 @@ async fn issue_on<C: GenericClient>(
     Ok(Issued {
         token: secret.token(session_id, generation, row.get(3))?,
         session_id,
+        user_id: user_id.to_owned(),
         generation,
         expires_at: row.get(2),
     })
@@ -223,7 +229,7 @@ async fn rotate_on<C: GenericClient>(
         &seal,
     ];
     let sql = call(
-        "outcome, generation, expires_at, authenticator, successor_seal",
+        "outcome, generation, expires_at, authenticator, successor_seal, user_id",
         "auth.rotate_token",
         &[
             "p_session_id => $n",
@@ -253,9 +259,15 @@ async fn rotate_on<C: GenericClient>(
                     .open(seal, presented.session_id, generation)?,
                 None => next,
             };
+            let user_id: Option<String> = row.get(5);
             Rotation::Rotated(Issued {
                 token: secret.token(presented.session_id, generation, row.get(3))?,
                 session_id: presented.session_id,
+                user_id: user_id.ok_or_else(|| {
+                    Error::UnexpectedResponse(
+                        "auth.rotate_token outcome 'rotated' without a user_id".to_string(),
+                    )
+                })?,
                 generation,
                 expires_at: row.get(2),
             })

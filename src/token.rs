@@ -23,15 +23,57 @@ const SELECTOR_LEN: usize = 16 + 4;
 /// What the successor's seal is bound to, beside its session and generation.
 const SEAL_LABEL: &[u8] = b"token-janitor successor seal v1";
 
-/// A refresh token string. It is a credential: `Debug` redacts it, there is
-/// no `Display`, and [`RefreshToken::expose`] is the one way to read it.
+/// A refresh token string: one this library issued, or one a client
+/// presented ([`RefreshToken::parse`]). It is a credential: `Debug` redacts
+/// it, there is no `Display`, and [`RefreshToken::expose`] is the one way to
+/// read it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RefreshToken(String);
+pub struct RefreshToken {
+    text: String,
+    session_id: Uuid,
+}
 
 impl RefreshToken {
+    /// Reads a presented token string (`rt2_` or `rt1_`) without asking the
+    /// database, e.g. to find the session a logout endpoint should revoke.
+    ///
+    /// Parsing proves only the format, not that the token is genuine, live or
+    /// ever issued: anyone who has seen a session id can build a string that
+    /// parses to it. Revoke on a parsed token only for a caller already
+    /// authenticated as the session's user (check that the session is among
+    /// [`crate::TokenStore::list_sessions`] of that user); a refresh goes
+    /// through [`crate::TokenStore::rotate`], which checks the secret.
+    ///
+    /// ```
+    /// use token_janitor::RefreshToken;
+    ///
+    /// let err = RefreshToken::parse("not-a-token").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "malformed refresh token: it does not start with rt2_ or rt1_"
+    /// );
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::MalformedToken`] saying which part is wrong; never panics.
+    pub fn parse(token: &str) -> Result<Self> {
+        let parsed = parse(token)?;
+        Ok(Self {
+            text: token.to_owned(),
+            session_id: parsed.session_id,
+        })
+    }
+
     /// The token string, to hand to the client. Never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The session (token family) the token belongs to, as
+    /// [`crate::Issued::session_id`] and [`crate::TokenStore::revoke_session`]
+    /// name it.
+    pub fn session_id(&self) -> Uuid {
+        self.session_id
     }
 }
 
@@ -81,10 +123,10 @@ impl Secret {
         payload.extend_from_slice(&generation.to_be_bytes());
         payload.extend_from_slice(&self.0);
         payload.extend_from_slice(authenticator);
-        Ok(RefreshToken(format!(
-            "{PREFIX_V2}{}",
-            URL_SAFE_NO_PAD.encode(payload)
-        )))
+        Ok(RefreshToken {
+            text: format!("{PREFIX_V2}{}", URL_SAFE_NO_PAD.encode(payload)),
+            session_id,
+        })
     }
 
     /// The pad that seals (and opens) the successor at (session, generation)
@@ -253,6 +295,39 @@ mod tests {
             (session, 3, None)
         );
         assert_eq!(parsed.secret.hash(), secret.hash());
+    }
+
+    #[test]
+    fn a_presented_token_names_its_session_and_prints_nothing() {
+        let secret = Secret::generate();
+        let session = Uuid::new_v4();
+        let issued = secret.token(session, 2, &TAG).unwrap();
+        let presented = RefreshToken::parse(issued.expose()).unwrap();
+        assert_eq!(presented.session_id(), session);
+        assert_eq!(presented, issued);
+        assert_eq!(format!("{presented:?}"), "RefreshToken(<redacted>)");
+        let old = RefreshToken::parse(&rt1(session, 5, &secret)).unwrap();
+        assert_eq!(old.session_id(), session);
+    }
+
+    #[test]
+    fn a_malformed_presented_token_says_what_is_wrong() {
+        let good = Secret::generate().token(Uuid::new_v4(), 0, &TAG).unwrap();
+        let negative = format!(
+            "rt2_{}",
+            URL_SAFE_NO_PAD.encode([0xffu8; SELECTOR_LEN + SECRET_LEN + AUTHENTICATOR_LEN])
+        );
+        let mut corrupt = good.expose().to_string();
+        corrupt.replace_range(10..11, "*");
+        for (case, why) in [
+            ("Bearer abc", "it does not start with rt2_ or rt1_"),
+            (&good.expose()[..40], "it has the wrong length"),
+            (&corrupt, "it is not base64url"),
+            (&negative, "negative generation"),
+        ] {
+            let err = RefreshToken::parse(case).unwrap_err();
+            assert_eq!(err.to_string(), format!("malformed refresh token: {why}"));
+        }
     }
 
     #[test]

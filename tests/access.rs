@@ -19,6 +19,10 @@ async fn the_application_role_goes_through_functions_only() {
     let Rotation::Rotated(next) = store.rotate(issued.token.expose()).await.unwrap() else {
         panic!("rotation as the application role");
     };
+    assert_eq!(
+        (issued.user_id.as_str(), next.user_id.as_str()),
+        ("alice", "alice")
+    );
     assert_eq!(store.list_sessions("alice").await.unwrap().len(), 1);
     assert_eq!(
         store
@@ -46,6 +50,46 @@ async fn the_application_role_goes_through_functions_only() {
     )
     .await;
     drop_member(&db, &role, client).await;
+}
+
+/// The application role may not read auth.sessions, so rotate_token tells it
+/// whose token it rotated, and on no other outcome.
+#[tokio::test]
+async fn rotate_token_names_the_user_to_the_application_role_only_on_rotated() {
+    let db = TestDb::migrated().await;
+    let (role, _url, app) = member_of(&db, "token_janitor_app").await;
+    let session: uuid::Uuid = app
+        .query_one(
+            "SELECT session_id FROM auth.issue_token(p_user_id => 'bob', p_token_hash => sha256('b0'),
+                 p_ttl => '1 day')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rotate = async |presented: &str, next: &str| -> (String, Option<String>) {
+        let row = app
+            .query_one(
+                "SELECT outcome, user_id FROM auth.rotate_token(p_session_id => $1, p_generation => 0,
+                     p_token_hash => sha256(convert_to($2, 'UTF8')),
+                     p_new_token_hash => sha256(convert_to($3, 'UTF8')), p_ttl => '1 day')",
+                &[&session, &presented, &next],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(rotate("forged", "x").await, ("invalid".to_string(), None));
+    assert_eq!(
+        rotate("b0", "b1").await,
+        ("rotated".to_string(), Some("bob".to_string()))
+    );
+    // Presented again without a sealed successor: a replay.
+    assert_eq!(
+        rotate("b0", "b2").await,
+        ("reuse_detected".to_string(), None)
+    );
+    drop_member(&db, &role, app).await;
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use rstest::rstest;
 use token_janitor::store::simulated::{issue_at, rotate_at};
-use token_janitor::{Error, RevokeReason, Rotation, TokenStore};
+use token_janitor::{Error, RefreshToken, RevokeReason, Rotation, TokenStore};
 
 const TTL: i64 = 30 * DAY;
 
@@ -17,7 +17,7 @@ async fn rotation_issues_the_next_generation_and_advances_the_session() {
     let s = issue(c, "alice", "g0", TTL, at(0)).await;
     let row = c
         .query_one(
-            "SELECT outcome, generation, expires_at FROM auth.rotate_token(
+            "SELECT outcome, generation, expires_at, user_id FROM auth.rotate_token(
                  p_session_id => $1, p_generation => 0, p_token_hash => $2,
                  p_new_token_hash => $3, p_ttl => interval '30 days', p_now => $4)",
             &[&s, &hash("g0"), &hash("g1"), &at(15 * MINUTE)],
@@ -30,6 +30,7 @@ async fn rotation_issues_the_next_generation_and_advances_the_session() {
         row.get::<_, std::time::SystemTime>(2),
         at(15 * MINUTE + TTL)
     );
+    assert_eq!(row.get::<_, &str>(3), "alice");
 
     let old = c
         .query_one(
@@ -440,15 +441,17 @@ async fn token_store_round_trip_and_malformed_tokens() {
         panic!("a fresh token rotates");
     };
     assert_eq!(
-        (second.session_id, second.generation),
-        (first.session_id, 1)
+        (second.session_id, second.generation, first.user_id.as_str()),
+        (first.session_id, 1, "heidi")
     );
+    assert_eq!(second.user_id, "heidi");
     // Presented again within the reuse grace (a lost response): the same
     // successor. Without the grace, a replay.
     let Rotation::Rotated(again) = store.rotate(first.token.expose()).await.unwrap() else {
         panic!("a retry within the grace gets the successor");
     };
     assert_eq!(again.token, second.token);
+    assert_eq!(again.user_id, "heidi");
     db.client
         .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '0'")
         .await
@@ -476,6 +479,7 @@ async fn token_store_round_trip_and_malformed_tokens() {
     // Debug output shows neither the token nor the session it selects.
     for debug in [
         format!("{second:?}"),
+        format!("{:?}", RefreshToken::parse(second.token.expose()).unwrap()),
         format!("{:?}", store.list_sessions("heidi").await.unwrap()),
     ] {
         assert!(!debug.contains(second.token.expose()), "{debug}");
@@ -512,6 +516,59 @@ async fn token_store_round_trip_and_malformed_tokens() {
             .unwrap(),
         0
     );
+}
+
+/// A logout endpoint receives the refresh token: it finds the session to
+/// revoke from the string alone.
+#[tokio::test]
+async fn a_presented_token_names_the_session_to_sign_out() {
+    let db = TestDb::migrated().await;
+    let store = TokenStore::new(db.url.pool(2));
+    let phone = store.issue("kate").await.unwrap();
+    let laptop = store.issue("kate").await.unwrap();
+    let presented = RefreshToken::parse(phone.token.expose()).unwrap();
+    assert_eq!(presented.session_id(), phone.session_id);
+    assert_eq!(
+        store
+            .revoke_session(presented.session_id(), RevokeReason::Logout)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store.rotate(phone.token.expose()).await.unwrap(),
+        Rotation::Revoked
+    ));
+    assert!(matches!(
+        store.rotate(laptop.token.expose()).await.unwrap(),
+        Rotation::Rotated(_)
+    ));
+    let err = RefreshToken::parse(&phone.token.expose()[1..]).unwrap_err();
+    assert!(matches!(err, Error::MalformedToken(_)));
+    assert_eq!(
+        err.to_string(),
+        "malformed refresh token: it does not start with rt2_ or rt1_"
+    );
+}
+
+/// An application that builds its own pool from the crates token_janitor
+/// re-exports hands it to TokenStore: the same types, no second copy to pin.
+#[tokio::test]
+async fn a_pool_from_the_reexported_crates_serves_a_token_store() {
+    use token_janitor::deadpool_postgres::{Manager, Pool};
+    use token_janitor::tokio_postgres::NoTls;
+
+    let db = TestDb::migrated().await;
+    let pool = Pool::builder(Manager::new(db.url.config().clone(), NoTls))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let store = TokenStore::new(pool);
+    let issued = store.issue("leo").await.unwrap();
+    let Rotation::Rotated(next) = store.rotate(issued.token.expose()).await.unwrap() else {
+        panic!("a fresh token rotates on the application's own pool");
+    };
+    assert_eq!((next.user_id.as_str(), next.generation), ("leo", 1));
 }
 
 #[tokio::test]
