@@ -24,6 +24,11 @@ struct Cli {
     #[arg(long, env = "CRON_DATABASE_URL", global = true, hide_env_values = true)]
     cron_database_url: Option<String>,
 
+    /// How log lines on stderr look: human (coloured only when stderr is a
+    /// terminal) or json (one object per line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -256,6 +261,31 @@ enum Format {
     Prometheus,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line per event, for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default: token_janitor=info).
+/// Colour codes only reach a terminal: a file, a pipe or a log shipper gets
+/// plain text or JSON.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "token_janitor=info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn database_url(cli: &Cli) -> anyhow::Result<DatabaseUrl> {
     let url = cli.database_url.as_deref().context(
         "no database given: pass --database-url postgres://user@host:port/dbname or set DATABASE_URL",
@@ -422,14 +452,8 @@ fn write_report(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "token_janitor=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
