@@ -26,6 +26,32 @@ pub enum Error {
         message: String,
     },
 
+    /// The server did not complete a connection within the connect timeout.
+    #[error(
+        "no answer from PostgreSQL at {target} within connect_timeout ({timeout:?}): check that \
+         the host and port are a PostgreSQL server's and that it is not overloaded, or raise \
+         connect_timeout (seconds) in the URL"
+    )]
+    ConnectTimeout {
+        /// host:port/database, never the password.
+        target: String,
+        /// The URL's connect_timeout, or the default 10 s.
+        timeout: std::time::Duration,
+    },
+
+    /// A [`crate::TokenStore`] call took longer than its statement timeout;
+    /// its query was cancelled on the server.
+    #[error(
+        "{call} did not finish within the statement timeout ({timeout:?}) and was cancelled: \
+         look for locks or load on the server, or raise TokenStore::with_statement_timeout"
+    )]
+    StatementTimeout {
+        /// The SQL function called.
+        call: &'static str,
+        /// The store's statement timeout.
+        timeout: std::time::Duration,
+    },
+
     /// The server's certificate does not chain to a trusted CA.
     #[error(
         "the server certificate at {target} is not signed by a trusted CA ({roots} does not hold \
@@ -283,8 +309,23 @@ pub enum Error {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(err: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::{PoolError, TimeoutType};
         let message = match &err {
-            deadpool_postgres::PoolError::Backend(backend) => describe(backend),
+            PoolError::Backend(backend) => describe(backend),
+            PoolError::Timeout(step) => format!(
+                "the pool's {} timeout (DatabaseUrl::pool sets the URL's connect_timeout, 10 s \
+                 when it has none) expired while {}",
+                match step {
+                    TimeoutType::Wait => "wait",
+                    TimeoutType::Create => "create",
+                    TimeoutType::Recycle => "recycle",
+                },
+                match step {
+                    TimeoutType::Wait => "waiting for a free connection (raise the pool's size)",
+                    TimeoutType::Create => "opening a connection",
+                    TimeoutType::Recycle => "checking an idle connection",
+                }
+            ),
             other => other.to_string(),
         };
         Error::Pool {
