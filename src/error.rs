@@ -210,24 +210,41 @@ pub enum Error {
         database: String,
     },
 
-    /// The job name is taken by this role's job for another database.
+    /// This database's job name is taken by a job that runs in another
+    /// database (made by hand, or left by a database since renamed).
     #[error(
-        "pg_cron job {job} (id {jobid}) of role '{role}' already runs in database '{other}', and \
-         pg_cron keeps one job of a name per role: deploy '{database}' as another role, or, if \
-         '{other}' no longer needs it, move it with SELECT cron.alter_job({jobid}, database => \
-         '{database}')"
+        "pg_cron job '{job}' (id {jobid}) runs in database '{other}', but its name is database \
+         '{database}''s: remove it with SELECT cron.unschedule({jobid}) if '{other}' does not \
+         need it, or move it with SELECT cron.alter_job({jobid}, database => '{database}'), then \
+         migrate again"
     )]
     PgCronJobElsewhere {
-        /// The pinned job name.
-        job: &'static str,
+        /// The job name, [`crate::schedule::job_name`] of this database.
+        job: String,
         /// The existing job's id.
         jobid: i64,
-        /// The connected role.
-        role: String,
         /// The database the existing job runs in.
         other: String,
         /// The application's database.
         database: String,
+    },
+
+    /// The job migrate scheduled does not read back as it was scheduled.
+    #[error(
+        "pg_cron job '{job}' (id {jobid}) was scheduled to run `CALL auth.run_token_cleanup()` \
+         in database '{database}', but {found}: this database has no cleanup; look at the job \
+         in pg_cron's database (SELECT * FROM cron.job WHERE jobid = {jobid}), remove it with \
+         cron.unschedule({jobid}) and migrate again"
+    )]
+    JobNotAsScheduled {
+        /// The job name.
+        job: String,
+        /// The job's id.
+        jobid: i64,
+        /// The application's database, where it should run.
+        database: String,
+        /// What was read back.
+        found: String,
     },
 
     /// The schedule is not one pg_cron 1.4 accepts.

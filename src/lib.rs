@@ -25,5 +25,6 @@ pub mod verify;
 pub use db::DatabaseUrl;
 pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};
+pub use schedule::ScheduleChoice;
 pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
 pub use token::RefreshToken;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use token_janitor::bench::{self, BenchOptions, Layout, SoakOptions};
 use token_janitor::migrate::{self, MigrateOptions};
-use token_janitor::schedule::CronDatabase;
+use token_janitor::schedule::{CronDatabase, ScheduleChoice};
 use token_janitor::verify::{VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, schedule, status};
 
@@ -45,9 +45,10 @@ enum Command {
         no_schedule: bool,
 
         /// When the cleanup runs: a 5-field cron expression, in UTC, minute
-        /// granularity (pg_cron 1.4).
-        #[arg(long, default_value = schedule::DEFAULT_SCHEDULE, value_name = "CRON")]
-        schedule: String,
+        /// granularity (pg_cron 1.4). Default: the schedule this database's
+        /// job already has, or */5 * * * * when it has none.
+        #[arg(long, value_name = "CRON")]
+        schedule: Option<String>,
 
         /// The role applications use: EXECUTE on the lifecycle functions
         /// only. Created NOLOGIN when missing; grant it to your app's login role.
@@ -315,7 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut client = url.connect().await?;
             let options = MigrateOptions {
-                schedule: (!no_schedule).then_some(schedule),
+                schedule: match (no_schedule, schedule) {
+                    (true, _) => ScheduleChoice::Off,
+                    (false, Some(cron)) => ScheduleChoice::Set(cron),
+                    (false, None) => ScheduleChoice::KeepOrDefault,
+                },
                 app_role,
                 monitor_role,
                 owner_role,
@@ -332,11 +337,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.indexes_retired.len(),
                 report.owner
             );
-            match (report.job_id, &options.schedule) {
-                (Some(id), Some(cron)) => println!(
-                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC) as role {}",
-                    schedule::JOB_NAME,
+            match (report.job_id, &report.job_name, &report.schedule) {
+                (Some(id), Some(name), Some(cron)) => println!(
+                    "pg_cron job '{name}' (id {id}) runs `{}` in database {} on '{cron}' (UTC) \
+                     as role {}",
                     schedule::JOB_COMMAND,
+                    url.dbname(),
                     report.owner
                 ),
                 _ => println!(
