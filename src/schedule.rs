@@ -366,7 +366,7 @@ pub struct ScheduledJob {
 /// this is safe on every deploy. `schedule`: the one to set, or `None` to
 /// keep the schedule of the job that runs this database's cleanup (an
 /// earlier release's [`LEGACY_JOB_NAME`] included), else
-/// [`DEFAULT_SCHEDULE`]. `username` is the role the job runs as (default:
+/// [`DEFAULT_SCHEDULE`]; a paused job (`active = false`) stays paused. `username` is the role the job runs as (default:
 /// the connected role; another role needs a superuser, and pg_cron refuses
 /// one without LOGIN: the job connects as it); in the application's database
 /// the superuser lets it use schema `cron` (to read its job and prune its
@@ -403,17 +403,22 @@ pub async fn install_schedule(
             .get(0),
     };
     let name = job_name(&database, JOB_SCHEMA);
-    let schedule = match schedule {
-        Some(schedule) => schedule.to_string(),
-        None => client
-            .query_opt(
-                "SELECT schedule FROM cron.job WHERE database = $1 AND command = $2
-                 ORDER BY coalesce(jobname = $3, false) DESC, jobid LIMIT 1",
-                &[&database, &JOB_COMMAND, &name],
-            )
-            .await
-            .map_err(db("reading the cleanup job's schedule"))?
-            .map_or_else(|| DEFAULT_SCHEDULE.to_string(), |row| row.get(0)),
+    // The job that runs this database's cleanup now, this name's first: an
+    // operator's schedule and pause carry over to the job that replaces it.
+    let current: Option<(String, bool)> = client
+        .query_opt(
+            "SELECT schedule, active FROM cron.job WHERE database = $1 AND command = $2
+             ORDER BY coalesce(jobname = $3, false) DESC, jobid LIMIT 1",
+            &[&database, &JOB_COMMAND, &name],
+        )
+        .await
+        .map_err(db("reading the cleanup job"))?
+        .map(|row| (row.get(0), row.get(1)));
+    let paused = current.as_ref().is_some_and(|(_, active)| !active);
+    let schedule = match (schedule, current) {
+        (Some(schedule), _) => schedule.to_string(),
+        (None, Some((schedule, _))) => schedule,
+        (None, None) => DEFAULT_SCHEDULE.to_string(),
     };
     // pg_cron connects a job to the port the server had when the job was
     // scheduled, and its upsert keeps that port: after a restart on another
@@ -474,6 +479,15 @@ pub async fn install_schedule(
                 None => "it is not in cron.job".to_string(),
             },
         });
+    }
+    if paused {
+        client
+            .execute(
+                "SELECT cron.alter_job(job_id => $1, active => false)",
+                &[&jobid],
+            )
+            .await
+            .map_err(db("keeping the cleanup job paused"))?;
     }
     if let (None, Some(role)) = (cron, username) {
         // The job's role reads its job and prunes its run history

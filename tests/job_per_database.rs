@@ -108,11 +108,11 @@ async fn an_earlier_releases_job_is_replaced_and_another_databases_is_left_alone
     let cron = CronDb::fresh().await;
     let (mut a, b) = (TestDb::empty().await, TestDb::empty().await);
     migrate_with(&mut a, "*/7 * * * *").await;
-    // As an earlier release left them: a's job under the old name, and the
-    // old name's job of another role serving database b.
+    // As an earlier release left them: a's job under the old name, paused by
+    // an operator, and the old name's job of another role serving database b.
     cron.client
         .batch_execute(&format!(
-            "UPDATE cron.job SET jobname = '{LEGACY_JOB_NAME}';
+            "UPDATE cron.job SET jobname = '{LEGACY_JOB_NAME}', active = false;
              SELECT cron.schedule_in_database('{LEGACY_JOB_NAME}', '*/3 * * * *',
                  'CALL auth.run_token_cleanup()', '{}', 'postgres')",
             b.name()
@@ -142,6 +142,15 @@ async fn an_earlier_releases_job_is_replaced_and_another_databases_is_left_alone
     )
     .await;
     assert_eq!(kept, others, "b's job is the same job");
+    let paused: Vec<bool> = column(
+        &cron.client,
+        &format!(
+            "SELECT active FROM cron.job WHERE database = '{}'",
+            a.name()
+        ),
+    )
+    .await;
+    assert_eq!(paused, vec![false], "the operator's pause carries over");
 }
 
 #[tokio::test]
