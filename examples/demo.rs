@@ -81,7 +81,7 @@ async fn set_job_active(client: &Client, active: bool) -> anyhow::Result<bool> {
     let changed = client
         .query(
             "SELECT cron.alter_job(job_id => jobid, active => $1) FROM cron.job
-             WHERE jobname = 'refresh-token-cleanup' AND active <> $1",
+             WHERE command = 'CALL auth.run_token_cleanup()' AND active <> $1",
             &[&active],
         )
         .await?;

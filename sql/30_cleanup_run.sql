@@ -183,7 +183,9 @@ END
 $$;
 
 -- auth._prune_cleanup_history: deletes auth.cleanup_runs rows and this job's
--- cron.job_run_details rows that started before p_before.
+-- cron.job_run_details rows that started before p_before. The job is found by
+-- database and command, whatever its name (one per database on a shared
+-- pg_cron; an earlier release's refresh-token-cleanup).
 CREATE OR REPLACE FUNCTION auth._prune_cleanup_history(p_before timestamptz)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -196,8 +198,9 @@ BEGIN
         -- statement, which plpgsql_check cannot resolve without it.
         PERFORM 'PRAGMA:disable:check';
         EXECUTE 'DELETE FROM cron.job_run_details d USING cron.job j '
-                'WHERE d.jobid = j.jobid AND j.jobname = $1 AND d.start_time < $2'
-            USING 'refresh-token-cleanup', p_before;
+                'WHERE d.jobid = j.jobid AND j.database = current_database() '
+                'AND j.command = $1 AND d.start_time < $2'
+            USING 'CALL auth.run_token_cleanup()', p_before;
     END IF;
 END
 $$;

@@ -268,13 +268,16 @@ BEGIN
 END
 $$;
 
--- auth.cleanup_job: the pg_cron job refresh-token-cleanup and its last
--- finished run, or no row when pg_cron or the job is missing. SECURITY
+-- auth.cleanup_job: the pg_cron job that runs exactly
+-- CALL auth.run_token_cleanup() in this database (found by database and
+-- command, not by name) and its last finished run, or no row when pg_cron or
+-- the job is missing. SECURITY
 -- DEFINER because cron.job shows each role only its own jobs (the job is the
 -- owner role's); this shows the one job monitoring needs and nothing else.
 CREATE OR REPLACE FUNCTION auth.cleanup_job()
 RETURNS TABLE (jobid bigint, schedule text, command text, active boolean,
-               last_status text, last_message text, last_start timestamptz)
+               last_status text, last_message text, last_start timestamptz,
+               jobname text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -289,13 +292,15 @@ BEGIN
     -- statement, which plpgsql_check cannot resolve without it.
     PERFORM 'PRAGMA:disable:check';
     RETURN QUERY EXECUTE
-        'SELECT j.jobid, j.schedule, j.command, j.active, d.status, d.return_message, d.start_time
+        'SELECT j.jobid, j.schedule, j.command, j.active, d.status, d.return_message, d.start_time,
+                j.jobname::text
          FROM cron.job j
          LEFT JOIN LATERAL (
              SELECT r.status, r.return_message, r.start_time FROM cron.job_run_details r
              WHERE r.jobid = j.jobid AND r.status IN (''succeeded'', ''failed'')
              ORDER BY r.start_time DESC LIMIT 1) d ON true
-         WHERE j.jobname = ''refresh-token-cleanup''
+         WHERE j.database = current_database()
+           AND j.command = ''CALL auth.run_token_cleanup()''
          ORDER BY j.jobid LIMIT 1';
 END
 $$;

@@ -11,8 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -105,6 +106,10 @@ struct Tls {
 /// `-c` of a name wins over one the URL gave.
 pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
 
+/// The connect timeout when the URL sets no `connect_timeout` (libpq's
+/// default is to wait forever).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A parsed database URL. Its `Display` never shows the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
@@ -191,18 +196,36 @@ impl DatabaseUrl {
         }
     }
 
-    /// Opens one connection; its I/O runs on a spawned task.
+    /// How long opening a connection may take, TCP, TLS and authentication
+    /// together, as libpq's `connect_timeout`: the URL's, else
+    /// [`DEFAULT_CONNECT_TIMEOUT`]. (The driver applies the URL's to the TCP
+    /// connect alone, so a server that accepts and never answers would hang.)
+    pub fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// Opens one connection within [`DatabaseUrl::connect_timeout`]; its I/O
+    /// runs on a spawned task.
     ///
     /// # Errors
-    /// [`Error::UntrustedCertificate`], [`Error::HostNameMismatch`],
-    /// [`Error::ServerWithoutTls`] or [`Error::TlsRequired`] when TLS is the
-    /// cause; [`Error::Connect`] naming host, port and database otherwise.
+    /// [`Error::ConnectTimeout`] when the server does not complete the
+    /// connection in time; [`Error::UntrustedCertificate`],
+    /// [`Error::HostNameMismatch`], [`Error::ServerWithoutTls`] or
+    /// [`Error::TlsRequired`] when TLS is the cause; [`Error::Connect`] naming
+    /// host, port and database otherwise.
     pub async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .config
-            .connect(self.tls.connector.clone())
-            .await
-            .map_err(|err| self.connect_error(&err))?;
+        let timeout = self.connect_timeout();
+        let (client, connection) =
+            tokio::time::timeout(timeout, self.config.connect(self.tls.connector.clone()))
+                .await
+                .map_err(|_| Error::ConnectTimeout {
+                    target: self.to_string(),
+                    timeout,
+                })?
+                .map_err(|err| self.connect_error(&err))?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %describe(&err), "database connection closed");
@@ -255,8 +278,14 @@ impl DatabaseUrl {
 
     /// A pool of up to `max_size` connections with this URL's TLS settings.
     /// Creating it touches no network: the first `get()` connects and
-    /// reports a wrong URL.
+    /// reports a wrong URL. A `get()` gives up after
+    /// [`DatabaseUrl::connect_timeout`] (10 s when the URL sets none) at each
+    /// step: waiting for a free connection (deadpool's `wait` timeout),
+    /// opening one (`create`) and checking an idle one (`recycle`); the
+    /// error says which. Build the pool inside a Tokio runtime's context
+    /// (deadpool's timeouts run on it).
     pub fn pool(&self, max_size: usize) -> Pool {
+        let timeout = Some(self.connect_timeout());
         let manager = Manager::from_config(
             self.config.clone(),
             self.tls.connector.clone(),
@@ -266,9 +295,22 @@ impl DatabaseUrl {
         );
         Pool::builder(manager)
             .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
             .build()
-            .expect("a pool without a runtime-dependent timeout always builds")
+            .expect("a pool with a runtime for its timeouts always builds")
     }
+}
+
+/// TLS for a cancel request (tokio-postgres' `CancelToken`): encrypted when
+/// the connection's sslmode asks for it, the certificate not checked. A
+/// cancel request carries only the backend's process id and cancel key, for
+/// a connection token-janitor closes right after (libpq before PostgreSQL 17
+/// sends it unencrypted).
+pub(crate) fn cancel_tls() -> Result<MakeRustlsConnect> {
+    Ok(Tls::new(SslMode::Require, None)?.connector)
 }
 
 /// Pins the session's search_path to `pg_catalog, pg_temp` for token-janitor's
@@ -624,6 +666,18 @@ mod tests {
         );
         assert!(reason("host=db sslmode='verify-full").contains("unterminated quote"));
         assert!(!reason("postgres://u:secret@db/app?sslmode=x").contains("secret"));
+    }
+
+    #[test]
+    fn connect_timeout_is_the_urls_else_ten_seconds() {
+        let url = DatabaseUrl::parse("postgres://u@db/app").unwrap();
+        assert_eq!(url.connect_timeout(), Duration::from_secs(10));
+        let url = DatabaseUrl::parse("postgres://u@db/app?connect_timeout=3").unwrap();
+        assert_eq!(url.connect_timeout(), Duration::from_secs(3));
+        assert_eq!(
+            url.with_dbname("postgres").connect_timeout(),
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

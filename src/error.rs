@@ -26,6 +26,32 @@ pub enum Error {
         message: String,
     },
 
+    /// The server did not complete a connection within the connect timeout.
+    #[error(
+        "no answer from PostgreSQL at {target} within connect_timeout ({timeout:?}): check that \
+         the host and port are a PostgreSQL server's and that it is not overloaded, or raise \
+         connect_timeout (seconds) in the URL"
+    )]
+    ConnectTimeout {
+        /// host:port/database, never the password.
+        target: String,
+        /// The URL's connect_timeout, or the default 10 s.
+        timeout: std::time::Duration,
+    },
+
+    /// A [`crate::TokenStore`] call took longer than its statement timeout;
+    /// its query was cancelled on the server.
+    #[error(
+        "{call} did not finish within the statement timeout ({timeout:?}) and was cancelled: \
+         look for locks or load on the server, or raise TokenStore::with_statement_timeout"
+    )]
+    StatementTimeout {
+        /// The SQL function called.
+        call: &'static str,
+        /// The store's statement timeout.
+        timeout: std::time::Duration,
+    },
+
     /// The server's certificate does not chain to a trusted CA.
     #[error(
         "the server certificate at {target} is not signed by a trusted CA ({roots} does not hold \
@@ -184,24 +210,41 @@ pub enum Error {
         database: String,
     },
 
-    /// The job name is taken by this role's job for another database.
+    /// This database's job name is taken by a job that runs in another
+    /// database (made by hand, or left by a database since renamed).
     #[error(
-        "pg_cron job {job} (id {jobid}) of role '{role}' already runs in database '{other}', and \
-         pg_cron keeps one job of a name per role: deploy '{database}' as another role, or, if \
-         '{other}' no longer needs it, move it with SELECT cron.alter_job({jobid}, database => \
-         '{database}')"
+        "pg_cron job '{job}' (id {jobid}) runs in database '{other}', but its name is database \
+         '{database}''s: remove it with SELECT cron.unschedule({jobid}) if '{other}' does not \
+         need it, or move it with SELECT cron.alter_job({jobid}, database => '{database}'), then \
+         migrate again"
     )]
     PgCronJobElsewhere {
-        /// The pinned job name.
-        job: &'static str,
+        /// The job name, [`crate::schedule::job_name`] of this database.
+        job: String,
         /// The existing job's id.
         jobid: i64,
-        /// The connected role.
-        role: String,
         /// The database the existing job runs in.
         other: String,
         /// The application's database.
         database: String,
+    },
+
+    /// The job migrate scheduled does not read back as it was scheduled.
+    #[error(
+        "pg_cron job '{job}' (id {jobid}) was scheduled to run `CALL auth.run_token_cleanup()` \
+         in database '{database}', but {found}: this database has no cleanup; look at the job \
+         in pg_cron's database (SELECT * FROM cron.job WHERE jobid = {jobid}), remove it with \
+         cron.unschedule({jobid}) and migrate again"
+    )]
+    JobNotAsScheduled {
+        /// The job name.
+        job: String,
+        /// The job's id.
+        jobid: i64,
+        /// The application's database, where it should run.
+        database: String,
+        /// What was read back.
+        found: String,
     },
 
     /// The schedule is not one pg_cron 1.4 accepts.
@@ -283,8 +326,23 @@ pub enum Error {
 
 impl From<deadpool_postgres::PoolError> for Error {
     fn from(err: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::{PoolError, TimeoutType};
         let message = match &err {
-            deadpool_postgres::PoolError::Backend(backend) => describe(backend),
+            PoolError::Backend(backend) => describe(backend),
+            PoolError::Timeout(step) => format!(
+                "the pool's {} timeout (DatabaseUrl::pool sets the URL's connect_timeout, 10 s \
+                 when it has none) expired while {}",
+                match step {
+                    TimeoutType::Wait => "wait",
+                    TimeoutType::Create => "create",
+                    TimeoutType::Recycle => "recycle",
+                },
+                match step {
+                    TimeoutType::Wait => "waiting for a free connection (raise the pool's size)",
+                    TimeoutType::Create => "opening a connection",
+                    TimeoutType::Recycle => "checking an idle connection",
+                }
+            ),
             other => other.to_string(),
         };
         Error::Pool {

@@ -50,5 +50,6 @@ pub use tokio_postgres;
 pub use db::DatabaseUrl;
 pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};
+pub use schedule::ScheduleChoice;
 pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
 pub use token::RefreshToken;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use token_janitor::bench::{self, BenchOptions, Layout, SoakOptions};
 use token_janitor::migrate::{self, MigrateOptions};
-use token_janitor::schedule::CronDatabase;
+use token_janitor::schedule::{CronDatabase, ScheduleChoice};
 use token_janitor::verify::{VerifyOptions, verify};
 use token_janitor::{DatabaseUrl, schedule, status};
 
@@ -24,6 +24,11 @@ struct Cli {
     #[arg(long, env = "CRON_DATABASE_URL", global = true, hide_env_values = true)]
     cron_database_url: Option<String>,
 
+    /// How log lines on stderr look: human (coloured only when stderr is a
+    /// terminal) or json (one object per line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -40,9 +45,10 @@ enum Command {
         no_schedule: bool,
 
         /// When the cleanup runs: a 5-field cron expression, in UTC, minute
-        /// granularity (pg_cron 1.4).
-        #[arg(long, default_value = schedule::DEFAULT_SCHEDULE, value_name = "CRON")]
-        schedule: String,
+        /// granularity (pg_cron 1.4). Default: the schedule this database's
+        /// job already has, or */5 * * * * when it has none.
+        #[arg(long, value_name = "CRON")]
+        schedule: Option<String>,
 
         /// The role applications use: EXECUTE on the lifecycle functions
         /// only. Created NOLOGIN when missing; grant it to your app's login role.
@@ -256,6 +262,31 @@ enum Format {
     Prometheus,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line per event, for people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default: token_janitor=info).
+/// Colour codes only reach a terminal: a file, a pipe or a log shipper gets
+/// plain text or JSON.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "token_janitor=info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 fn database_url(cli: &Cli) -> anyhow::Result<DatabaseUrl> {
     let url = cli.database_url.as_deref().context(
         "no database given: pass --database-url postgres://user@host:port/dbname or set DATABASE_URL",
@@ -285,7 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut client = url.connect().await?;
             let options = MigrateOptions {
-                schedule: (!no_schedule).then_some(schedule),
+                schedule: match (no_schedule, schedule) {
+                    (true, _) => ScheduleChoice::Off,
+                    (false, Some(cron)) => ScheduleChoice::Set(cron),
+                    (false, None) => ScheduleChoice::KeepOrDefault,
+                },
                 app_role,
                 monitor_role,
                 owner_role,
@@ -302,11 +337,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.indexes_retired.len(),
                 report.owner
             );
-            match (report.job_id, &options.schedule) {
-                (Some(id), Some(cron)) => println!(
-                    "pg_cron job {} (id {id}) runs `{}` on '{cron}' (UTC) as role {}",
-                    schedule::JOB_NAME,
+            match (report.job_id, &report.job_name, &report.schedule) {
+                (Some(id), Some(name), Some(cron)) => println!(
+                    "pg_cron job '{name}' (id {id}) runs `{}` in database {} on '{cron}' (UTC) \
+                     as role {}",
                     schedule::JOB_COMMAND,
+                    url.dbname(),
                     report.owner
                 ),
                 _ => println!(
@@ -422,14 +458,8 @@ fn write_report(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "token_janitor=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result, db};
 use crate::history;
 use crate::owner::{self, Declared, Deployment, Roles, ident};
-use crate::schedule;
+use crate::schedule::{self, ScheduleChoice};
 
 /// The versioned migrations of `migrations/`, embedded at build time.
 mod embedded {
@@ -145,9 +145,14 @@ const RETIRED_INDEXES: &[&str] = &[
 /// What `migrate` should do beyond the schema.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
-    /// The pg_cron schedule of the cleanup job; `None` skips everything
-    /// pg_cron-related (`--no-schedule`). Default: [`schedule::DEFAULT_SCHEDULE`].
-    pub schedule: Option<String>,
+    /// The pg_cron schedule of this database's cleanup job. Default:
+    /// [`ScheduleChoice::KeepOrDefault`]: a migrate from an application's
+    /// start-up keeps the schedule an operator set, and a fresh install gets
+    /// [`schedule::DEFAULT_SCHEDULE`]. [`ScheduleChoice::Set`] replaces it
+    /// (`--schedule`); [`ScheduleChoice::Off`] skips everything
+    /// pg_cron-related (`--no-schedule`). Migrate never changes the policy
+    /// (`auth.cleanup_policy`) of an existing install.
+    pub schedule: ScheduleChoice,
     /// How long to wait for another migrate's lock. Default: 15 minutes, since
     /// the other may be building an index on a large table.
     pub lock_wait: Duration,
@@ -173,7 +178,7 @@ pub struct MigrateOptions {
 impl Default for MigrateOptions {
     fn default() -> Self {
         Self {
-            schedule: Some(schedule::DEFAULT_SCHEDULE.to_string()),
+            schedule: ScheduleChoice::KeepOrDefault,
             lock_wait: Duration::from_secs(15 * 60),
             app_role: DEFAULT_APP_ROLE.to_string(),
             monitor_role: DEFAULT_MONITOR_ROLE.to_string(),
@@ -196,6 +201,10 @@ pub struct MigrateReport {
     pub indexes_retired: Vec<String>,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
+    /// The job's name ([`schedule::job_name`]), when the schedule was installed.
+    pub job_name: Option<String>,
+    /// The job's schedule (UTC): the one set, kept or defaulted.
+    pub schedule: Option<String>,
     /// The owner role: it owns schema auth's token-janitor objects and the
     /// job runs as it.
     pub owner: String,
@@ -216,7 +225,7 @@ pub struct MigrateReport {
 /// [`Error::Migration`] (naming the migration; the ones before it stay
 /// applied), or [`Error::Db`] naming the file, object or index.
 pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<MigrateReport> {
-    if let Some(cron) = &options.schedule {
+    if let ScheduleChoice::Set(cron) = &options.schedule {
         schedule::check_schedule(cron)?;
     }
     let search_path = crate::db::pin_search_path(client).await?;
@@ -265,20 +274,20 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     // pg_cron is checked, in its own database when that is another, before
     // anything changes.
     let cron_db = match options.schedule {
-        Some(_) => {
+        ScheduleChoice::KeepOrDefault | ScheduleChoice::Set(_) => {
             let cron_db =
                 schedule::connect_cron_database(client, options.cron_database.as_ref()).await?;
             schedule::check_pg_cron(client, cron_db.as_ref(), schedule::CronUse::Schedule).await?;
             cron_db
         }
-        None => None,
+        ScheduleChoice::Off => None,
     };
     let record = record();
     let roles = Roles {
         owner: options.owner_role.as_deref(),
         app: &options.app_role,
         monitor: &options.monitor_role,
-        schedule: options.schedule.is_some(),
+        schedule: options.schedule != ScheduleChoice::Off,
     };
     let owner_role = owner::owner_role(client, roles.owner).await?;
     let history = history::read(client, &owner_role).await?;
@@ -320,14 +329,18 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         retire_index(client, name, &mut report).await?;
     }
 
-    if let Some(cron) = &options.schedule {
-        // A superuser schedules the job for the owner role; any other role
-        // is the owner and schedules its own.
-        let username =
-            (deployment.owner != deployment.deployer).then_some(deployment.owner.as_str());
-        report.job_id =
-            Some(schedule::install_schedule(client, cron_db.as_ref(), cron, username).await?);
-    }
+    let wanted = match &options.schedule {
+        ScheduleChoice::Off => return Ok(report),
+        ScheduleChoice::KeepOrDefault => None,
+        ScheduleChoice::Set(cron) => Some(cron.as_str()),
+    };
+    // A superuser schedules the job for the owner role; any other role is
+    // the owner and schedules its own.
+    let username = (deployment.owner != deployment.deployer).then_some(deployment.owner.as_str());
+    let job = schedule::install_schedule(client, cron_db.as_ref(), wanted, username).await?;
+    report.job_id = Some(job.jobid);
+    report.job_name = Some(job.name);
+    report.schedule = Some(job.schedule);
     Ok(report)
 }
 

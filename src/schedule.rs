@@ -12,13 +12,60 @@ use tokio_postgres::Client;
 use crate::db::DatabaseUrl;
 use crate::error::{Error, Result, db};
 
-/// The pg_cron job name (pinned).
-pub const JOB_NAME: &str = "refresh-token-cleanup";
 /// The job's command (pinned): anything before the CALL in the same command
 /// string would open a transaction and break the procedure's COMMITs.
 pub const JOB_COMMAND: &str = "CALL auth.run_token_cleanup()";
+/// The schema the job's command calls into.
+pub const JOB_SCHEMA: &str = "auth";
 /// The default schedule: every five minutes, UTC.
 pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
+/// The job name of releases before one job per database: migrate replaces
+/// the job of that name that runs this database's cleanup, and leaves one
+/// that serves another database alone.
+pub const LEGACY_JOB_NAME: &str = "refresh-token-cleanup";
+/// How job names start; the database and schema follow.
+const JOB_NAME_PREFIX: &str = "token-janitor cleanup: ";
+/// pg_cron's job names are of type `name`: 63 bytes.
+const MAX_JOB_NAME: usize = 63;
+
+/// The cleanup job's name for `database` and `schema`: `token-janitor
+/// cleanup: DATABASE.SCHEMA`, so that every database on a server has its own
+/// job on a shared pg_cron. A name over pg_cron's 63 bytes is cut and ends
+/// in `~` and 8 hex digits of the SHA-256 of `DATABASE.SCHEMA`, so that it
+/// stays one per database and schema. Checks find the job by database and
+/// command, not by this name.
+pub fn job_name(database: &str, schema: &str) -> String {
+    let full = format!("{JOB_NAME_PREFIX}{database}.{schema}");
+    if full.len() <= MAX_JOB_NAME {
+        return full;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{database}.{schema}"));
+    let suffix: String = std::iter::once("~".to_string())
+        .chain(digest[..4].iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let mut cut = MAX_JOB_NAME - suffix.len();
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &full[..cut])
+}
+
+/// Which schedule migrate gives the cleanup job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ScheduleChoice {
+    /// Keep the schedule this database's job has (an operator may have set
+    /// it); a database without a job gets [`DEFAULT_SCHEDULE`]. What an
+    /// application's start-up migrate should use: it changes nothing an
+    /// operator chose.
+    #[default]
+    KeepOrDefault,
+    /// This schedule, replacing the job's (`--schedule`).
+    Set(String),
+    /// Nothing pg_cron-related (`--no-schedule`): the cleanup is called by
+    /// another scheduler.
+    Off,
+}
 
 /// The database the pg_cron launcher serves, from pg_stat_activity. Other
 /// roles' rows show no backend_type to a plain role, but they do show the
@@ -189,8 +236,8 @@ pub struct PgCron {
 ///
 /// [`CronUse::Schedule`]: the extension exists and this role may use schema
 /// cron, or it may create the extension; from pg_cron's database into the
-/// application's, also pg_cron 1.4+, EXECUTE on cron.schedule_in_database,
-/// and no job of this name and role that runs in a third database.
+/// application's, also pg_cron 1.4+ and EXECUTE on cron.schedule_in_database;
+/// and no job of this database's [`job_name`] that runs in another database.
 ///
 /// [`CronUse::Read`]: pg_cron's scheduler runs for this database and the
 /// extension is installed.
@@ -266,33 +313,31 @@ pub async fn check_pg_cron(
     if usage != Some(true) {
         return Err(no_permission("no USAGE on schema cron"));
     }
-    let Some(cron) = cron else {
-        return Ok(PgCron {
-            version: Some(version),
-            database,
-        });
-    };
-    if in_database == Some(false) {
-        return Err(Error::PgCronTooOld { version, database });
+    if cron.is_some() {
+        if in_database == Some(false) {
+            return Err(Error::PgCronTooOld { version, database });
+        }
+        if execute != Some(true) {
+            return Err(no_permission("no EXECUTE on cron.schedule_in_database"));
+        }
     }
-    if execute != Some(true) {
-        return Err(no_permission("no EXECUTE on cron.schedule_in_database"));
-    }
+    // The job's name is this database's: a job of that name elsewhere (made
+    // by hand, or left by a database since renamed) would be upserted.
+    let app_database = cron.map_or(database.as_str(), |c| c.app_database.as_str());
+    let job = job_name(app_database, JOB_SCHEMA);
     let other = client
         .query_opt(
-            "SELECT jobid, database FROM cron.job
-             WHERE jobname = $1 AND username = current_user AND database <> $2",
-            &[&JOB_NAME, &cron.app_database],
+            "SELECT jobid, database FROM cron.job WHERE jobname = $1 AND database <> $2",
+            &[&job, &app_database],
         )
         .await
         .map_err(db("reading pg_cron's jobs"))?;
     if let Some(other) = other {
         return Err(Error::PgCronJobElsewhere {
-            job: JOB_NAME,
+            job,
             jobid: other.get(0),
-            role,
             other: other.get(1),
-            database: cron.app_database.clone(),
+            database: app_database.to_string(),
         });
     }
     Ok(PgCron {
@@ -301,34 +346,78 @@ pub async fn check_pg_cron(
     })
 }
 
-/// Creates the pg_cron extension when missing and upserts the cleanup job,
-/// in the application's database (`cron` is `None`) or, from pg_cron's
-/// database, with `cron.schedule_in_database` so that it runs in the
-/// application's. Both upsert by job name and user, so this is safe on every
-/// deploy. `username` is the role the job runs as (default: the connected
-/// role; another role needs a superuser, and pg_cron refuses one without
-/// LOGIN: the job connects as it); in the application's database the
-/// superuser lets it use schema `cron` (to read its job and prune its run
-/// history). The job of that name for that database scheduled for another
-/// role (by an install from before the owner role) is removed, and so is
-/// one that connects to a port the server no longer listens on. Returns the
-/// job id.
+/// The cleanup job as migrate left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledJob {
+    /// cron.job.jobid.
+    pub jobid: i64,
+    /// Its name, [`job_name`] of the application's database and schema.
+    pub name: String,
+    /// Its schedule (UTC).
+    pub schedule: String,
+}
+
+/// Creates the pg_cron extension when missing and upserts this database's
+/// cleanup job ([`job_name`]), in the application's database (`cron` is
+/// `None`) or, from pg_cron's database, with `cron.schedule_in_database` so
+/// that it runs in the application's. Both upsert by job name and user, so
+/// this is safe on every deploy. `schedule`: the one to set, or `None` to
+/// keep the schedule of the job that runs this database's cleanup (an
+/// earlier release's [`LEGACY_JOB_NAME`] included), else
+/// [`DEFAULT_SCHEDULE`]; a paused job (`active = false`) stays paused. `username` is the role the job runs as (default:
+/// the connected role; another role needs a superuser, and pg_cron refuses
+/// one without LOGIN: the job connects as it); in the application's database
+/// the superuser lets it use schema `cron` (to read its job and prune its
+/// run history).
+///
+/// The job is read back: it must run exactly [`JOB_COMMAND`] in the
+/// application's database. Then every other job that runs this database's
+/// cleanup (an earlier release's, one scheduled for another role before the
+/// owner role) is removed, and so is one of this name that connects to a
+/// port the server no longer listens on; jobs of other databases are left
+/// alone.
 ///
 /// # Errors
-/// [`Error::InvalidSchedule`] when pg_cron refuses the schedule; [`Error::Db`]
-/// for anything else.
+/// [`Error::InvalidSchedule`] when pg_cron refuses the schedule;
+/// [`Error::JobNotAsScheduled`] when the job read back runs something else or
+/// elsewhere; [`Error::Db`] for anything else.
 pub async fn install_schedule(
     app: &Client,
     cron: Option<&CronConnection>,
-    schedule: &str,
+    schedule: Option<&str>,
     username: Option<&str>,
-) -> Result<i64> {
+) -> Result<ScheduledJob> {
     let client = cron.map_or(app, |c| &c.client);
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
         .await
         .map_err(db("creating the pg_cron extension"))?;
-    let database = cron.map(|c| c.app_database.as_str());
+    let database: String = match cron {
+        Some(cron) => cron.app_database.clone(),
+        None => app
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(db("reading the database name"))?
+            .get(0),
+    };
+    let name = job_name(&database, JOB_SCHEMA);
+    // The job that runs this database's cleanup now, this name's first: an
+    // operator's schedule and pause carry over to the job that replaces it.
+    let current: Option<(String, bool)> = client
+        .query_opt(
+            "SELECT schedule, active FROM cron.job WHERE database = $1 AND command = $2
+             ORDER BY coalesce(jobname = $3, false) DESC, jobid LIMIT 1",
+            &[&database, &JOB_COMMAND, &name],
+        )
+        .await
+        .map_err(db("reading the cleanup job"))?
+        .map(|row| (row.get(0), row.get(1)));
+    let paused = current.as_ref().is_some_and(|(_, active)| !active);
+    let schedule = match (schedule, current) {
+        (Some(schedule), _) => schedule.to_string(),
+        (None, Some((schedule, _))) => schedule,
+        (None, None) => DEFAULT_SCHEDULE.to_string(),
+    };
     // pg_cron connects a job to the port the server had when the job was
     // scheduled, and its upsert keeps that port: after a restart on another
     // port, or a restore of pg_cron's database into another server, every
@@ -336,36 +425,68 @@ pub async fn install_schedule(
     client
         .execute(
             "SELECT cron.unschedule(j.jobid) FROM cron.job j
-             WHERE j.jobname = $1 AND j.database = coalesce($2, current_database())
+             WHERE j.jobname = $1 AND j.database = $2
                AND j.username = coalesce($3, current_user)
                AND j.nodeport <> pg_catalog.current_setting('port')::int",
-            &[&JOB_NAME, &database, &username],
+            &[&name, &database, &username],
         )
         .await
         .map_err(db("removing a cleanup job that connects to another port"))?;
-    let upsert = if database.is_none() && username.is_none() {
+    let upsert = if cron.is_none() && username.is_none() {
         client
             .query_one(
                 "SELECT cron.schedule(job_name => $1, schedule => $2, command => $3)",
-                &[&JOB_NAME, &schedule, &JOB_COMMAND],
+                &[&name, &schedule, &JOB_COMMAND],
             )
             .await
     } else {
         client
             .query_one(
                 "SELECT cron.schedule_in_database(job_name => $1, schedule => $2, command => $3,
-                     database => coalesce($4, current_database()), username => $5)",
-                &[&JOB_NAME, &schedule, &JOB_COMMAND, &database, &username],
+                     database => $4, username => $5)",
+                &[&name, &schedule, &JOB_COMMAND, &database, &username],
             )
             .await
     };
-    let row = upsert.map_err(|err| match err.as_db_error() {
-        Some(db_err) if db_err.message().contains("invalid schedule") => Error::InvalidSchedule {
-            schedule: schedule.to_string(),
-            reason: db_err.message().to_string(),
-        },
-        _ => db("scheduling the cleanup job with pg_cron")(err),
-    })?;
+    let jobid: i64 = upsert
+        .map_err(|err| match err.as_db_error() {
+            Some(db_err) if db_err.message().contains("invalid schedule") => {
+                Error::InvalidSchedule {
+                    schedule: schedule.clone(),
+                    reason: db_err.message().to_string(),
+                }
+            }
+            _ => db("scheduling the cleanup job with pg_cron")(err),
+        })?
+        .get(0);
+    let found = client
+        .query_opt(
+            "SELECT database, command FROM cron.job WHERE jobid = $1",
+            &[&jobid],
+        )
+        .await
+        .map_err(db("reading back the cleanup job"))?;
+    let found: Option<(String, String)> = found.map(|row| (row.get(0), row.get(1)));
+    if found.as_ref() != Some(&(database.clone(), JOB_COMMAND.to_string())) {
+        return Err(Error::JobNotAsScheduled {
+            job: name,
+            jobid,
+            database,
+            found: match found {
+                Some((other, command)) => format!("it runs `{command}` in database '{other}'"),
+                None => "it is not in cron.job".to_string(),
+            },
+        });
+    }
+    if paused {
+        client
+            .execute(
+                "SELECT cron.alter_job(job_id => $1, active => false)",
+                &[&jobid],
+            )
+            .await
+            .map_err(db("keeping the cleanup job paused"))?;
+    }
     if let (None, Some(role)) = (cron, username) {
         // The job's role reads its job and prunes its run history
         // (auth.cleanup_job, auth._prune_cleanup_history); pg_cron leaves the
@@ -381,13 +502,16 @@ pub async fn install_schedule(
     client
         .execute(
             "SELECT cron.unschedule(j.jobid) FROM cron.job j
-             WHERE j.jobname = $1 AND j.database = coalesce($2, current_database())
-               AND j.username <> coalesce($3, current_user)",
-            &[&JOB_NAME, &database, &username],
+             WHERE j.database = $1 AND (j.command = $2 OR j.jobname = $3) AND j.jobid <> $4",
+            &[&database, &JOB_COMMAND, &name, &jobid],
         )
         .await
-        .map_err(db("removing the cleanup job scheduled for another role"))?;
-    Ok(row.get(0))
+        .map_err(db("removing the database's other cleanup jobs"))?;
+    Ok(ScheduledJob {
+        jobid,
+        name,
+        schedule,
+    })
 }
 
 /// The cleanup job as pg_cron has it, with its last finished run.
@@ -395,6 +519,8 @@ pub async fn install_schedule(
 pub struct JobInfo {
     /// cron.job.jobid.
     pub jobid: i64,
+    /// cron.job.jobname (NULL for a job scheduled without a name).
+    pub name: Option<String>,
     /// Cron expression (UTC).
     pub schedule: String,
     /// The job's command.
@@ -409,10 +535,10 @@ pub struct JobInfo {
     pub last_start: Option<String>,
 }
 
-/// Reads the cleanup job: through `auth.cleanup_job()` in the application's
-/// database (`cron` is `None`; the monitoring role may call it), or from
-/// cron.job in pg_cron's database, the job that runs in the application's
-/// database. There pg_cron's row security shows a non-superuser only its own
+/// Reads the cleanup job, found by database and command (not by name): the
+/// job that runs exactly [`JOB_COMMAND`] in the application's database,
+/// through `auth.cleanup_job()` there (`cron` is `None`; the monitoring role
+/// may call it), or from cron.job in pg_cron's database. There pg_cron's row security shows a non-superuser only its own
 /// jobs, so read it as the role that ran migrate (or a superuser). `None`
 /// when pg_cron or the job is missing.
 ///
@@ -425,7 +551,8 @@ pub async fn find_job(
     let row = match cron {
         None => {
             app.query_opt(
-                "SELECT jobid, schedule, command, active, last_status, last_message, last_start::text
+                "SELECT jobid, jobname, schedule, command, active, last_status, last_message,
+                        last_start::text
                  FROM auth.cleanup_job()",
                 &[],
             )
@@ -445,27 +572,49 @@ pub async fn find_job(
             }
             cron.client
                 .query_opt(
-                    "SELECT j.jobid, j.schedule, j.command, j.active, d.status, d.return_message,
-                            d.start_time::text
+                    "SELECT j.jobid, j.jobname::text, j.schedule, j.command, j.active, d.status,
+                            d.return_message, d.start_time::text
                      FROM cron.job j
                      LEFT JOIN LATERAL (
                          SELECT r.status, r.return_message, r.start_time FROM cron.job_run_details r
                          WHERE r.jobid = j.jobid AND r.status IN ('succeeded', 'failed')
                          ORDER BY r.start_time DESC LIMIT 1) d ON true
-                     WHERE j.jobname = $1 AND j.database = $2
+                     WHERE j.database = $1 AND j.command = $2
                      ORDER BY j.jobid LIMIT 1",
-                    &[&JOB_NAME, &cron.app_database],
+                    &[&cron.app_database, &JOB_COMMAND],
                 )
                 .await?
         }
     };
     Ok(row.map(|r| JobInfo {
         jobid: r.get(0),
-        schedule: r.get(1),
-        command: r.get(2),
-        active: r.get(3),
-        last_status: r.get(4),
-        last_message: r.get(5),
-        last_start: r.get(6),
+        name: r.get(1),
+        schedule: r.get(2),
+        command: r.get(3),
+        active: r.get(4),
+        last_status: r.get(5),
+        last_message: r.get(6),
+        last_start: r.get(7),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_names_carry_database_and_schema_within_pg_crons_63_bytes() {
+        assert_eq!(job_name("app", "auth"), "token-janitor cleanup: app.auth");
+        let long = "a".repeat(63);
+        let name = job_name(&long, "auth");
+        assert_eq!(name.len(), MAX_JOB_NAME);
+        assert!(name.starts_with("token-janitor cleanup: aaaa"), "{name}");
+        assert_ne!(name, job_name(&format!("{}b", &long[..62]), "auth"));
+        assert_ne!(name, job_name(&long, "other"));
+        let accented = job_name(&"é".repeat(31), "auth");
+        assert!(
+            accented.len() <= MAX_JOB_NAME && accented.contains('~'),
+            "{accented}"
+        );
+    }
 }

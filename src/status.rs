@@ -5,7 +5,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{Result, db};
-use crate::schedule::{self, CronConnection, JOB_NAME};
+use crate::schedule::{self, CronConnection, JOB_COMMAND};
 
 /// Above this many rows (planner estimate), counts are estimates unless
 /// `exact` is asked for.
@@ -371,7 +371,7 @@ impl std::fmt::Display for Status {
                 if job.active { "active" } else { "INACTIVE" },
                 job.command
             )?,
-            None => writeln!(f, "schedule: no pg_cron job {JOB_NAME}")?,
+            None => writeln!(f, "schedule: no pg_cron job runs `{JOB_COMMAND}` here")?,
         }
         writeln!(
             f,

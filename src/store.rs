@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -476,26 +476,98 @@ pub mod simulated {
 /// Refresh tokens over a connection pool, with one token lifetime, on the
 /// database server's clock. Answer every outcome of [`TokenStore::rotate`]
 /// but [`Rotation::Rotated`] to the client the same way.
+///
+/// **A dropped call is cancelled on the server.** When a call's future is
+/// dropped before it finishes (the caller's own timeout, a request whose
+/// client went away) or its statement timeout expires, its connection leaves
+/// the pool, the server is asked to cancel the query (tokio-postgres'
+/// `CancelToken`) and the connection is closed: the cancel can reach no other
+/// caller's query. A dropped caller sees nothing; on a statement timeout it
+/// sees [`crate::Error::StatementTimeout`]. Either way the call either
+/// committed on the server before the cancel arrived or changed nothing: a
+/// rotation that committed but whose answer was lost is answered again, with
+/// the same successor, when the token is presented again within the
+/// policy's `reuse_grace`. The `*_with` functions, on the caller's own client,
+/// cancel nothing.
 #[derive(Clone)]
 pub struct TokenStore {
     pool: Pool,
     ttl: Duration,
+    statement_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenStore")
             .field("ttl", &self.ttl)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
 
+/// One call's pooled connection. Ended by [`Call::end`], it goes back to the
+/// pool; dropped before that (the call's future was dropped, or its
+/// statement timeout expired), it is taken out of the pool, its query is
+/// cancelled on the server and it is closed.
+struct Call {
+    connection: Option<Object>,
+}
+
+impl Call {
+    async fn start(pool: &Pool) -> Result<Self> {
+        Ok(Self {
+            connection: Some(pool.get().await?),
+        })
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        self.connection
+            .as_ref()
+            .expect("a call's connection is there until it ends")
+    }
+
+    /// Returns the connection to the pool unless the query timed out.
+    fn end<T>(mut self, answer: Result<T>) -> Result<T> {
+        if !matches!(answer, Err(Error::StatementTimeout { .. })) {
+            drop(self.connection.take());
+        }
+        answer
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let client = Object::take(connection);
+        let (Ok(runtime), Ok(tls)) = (
+            tokio::runtime::Handle::try_current(),
+            crate::db::cancel_tls(),
+        ) else {
+            // Closing the connection is all that is left: the server ends
+            // the query when it next writes to the closed socket.
+            return;
+        };
+        let cancel = client.cancel_token();
+        runtime.spawn(async move {
+            if let Err(err) = cancel.cancel_query(tls).await {
+                tracing::warn!(error = %crate::error::describe(&err),
+                    "could not cancel the query of a dropped TokenStore call");
+            }
+            drop(client);
+        });
+    }
+}
+
 impl TokenStore {
-    /// A store on `pool` issuing tokens that live [`DEFAULT_TTL`] (30 days).
+    /// A store on `pool` issuing tokens that live [`DEFAULT_TTL`] (30 days),
+    /// with no statement timeout.
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             ttl: DEFAULT_TTL,
+            statement_timeout: None,
         }
     }
 
@@ -505,43 +577,104 @@ impl TokenStore {
         self
     }
 
+    /// Bounds how long each call's query may run once it has a connection
+    /// (getting one is bounded by the pool's timeouts): past it the query is
+    /// cancelled on the server and the call returns
+    /// [`crate::Error::StatementTimeout`]. Default: none, a call waits as
+    /// long as the server takes (e.g. behind a lock).
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// Runs `query` within the statement timeout, if any.
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        query: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.statement_timeout {
+            None => query.await,
+            Some(timeout) => tokio::time::timeout(timeout, query)
+                .await
+                .map_err(|_| Error::StatementTimeout { call, timeout })?,
+        }
+    }
+
     /// Starts a session for `user_id` and returns its first token.
     ///
     /// # Errors
-    /// [`crate::Error::Pool`] when no connection can be had, [`crate::Error::Db`].
+    /// [`crate::Error::Pool`] when no connection can be had,
+    /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn issue(&self, user_id: &str) -> Result<Issued> {
-        issue_with(&**self.pool.get().await?, user_id, self.ttl).await
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.issue_token",
+                issue_with(call.client(), user_id, self.ttl),
+            )
+            .await;
+        call.end(answer)
     }
 
     /// Presents a token for rotation.
     ///
     /// # Errors
-    /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`], [`crate::Error::Db`].
+    /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
+    /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn rotate(&self, token: &str) -> Result<Rotation> {
-        rotate_with(&**self.pool.get().await?, token, self.ttl).await
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.rotate_token",
+                rotate_with(call.client(), token, self.ttl),
+            )
+            .await;
+        call.end(answer)
     }
 
     /// Revokes one session; returns how many tokens were revoked.
     ///
     /// # Errors
-    /// [`crate::Error::Pool`], [`crate::Error::Db`].
+    /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn revoke_session(&self, session_id: Uuid, reason: RevokeReason) -> Result<i32> {
-        revoke_session_with(&**self.pool.get().await?, session_id, reason).await
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.revoke_session",
+                revoke_session_with(call.client(), session_id, reason),
+            )
+            .await;
+        call.end(answer)
     }
 
     /// Revokes every session of a user; returns how many were revoked.
     ///
     /// # Errors
-    /// [`crate::Error::Pool`], [`crate::Error::Db`].
+    /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn revoke_user_sessions(&self, user_id: &str, reason: RevokeReason) -> Result<i32> {
-        revoke_user_sessions_with(&**self.pool.get().await?, user_id, reason).await
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.revoke_user_sessions",
+                revoke_user_sessions_with(call.client(), user_id, reason),
+            )
+            .await;
+        call.end(answer)
     }
 
     /// A user's sessions, newest first, at most [`DEFAULT_LIST_LIMIT`].
     ///
     /// # Errors
-    /// [`crate::Error::Pool`], [`crate::Error::Db`].
+    /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
-        list_sessions_with(&**self.pool.get().await?, user_id, DEFAULT_LIST_LIMIT).await
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.list_sessions",
+                list_sessions_with(call.client(), user_id, DEFAULT_LIST_LIMIT),
+            )
+            .await;
+        call.end(answer)
     }
 }

@@ -25,7 +25,7 @@ async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_ru
     let cron = CronDb::fresh().await;
     let mut db = TestDb::empty().await;
     let options = MigrateOptions {
-        schedule: Some("*/7 * * * *".into()),
+        schedule: ScheduleChoice::Set("*/7 * * * *".into()),
         ..reaching_cron(&db.url)
     };
     let report = migrate(&mut db.client, &options).await.unwrap();
@@ -33,7 +33,7 @@ async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_ru
         .client
         .query_one(
             "SELECT jobid, database, schedule, command FROM cron.job
-             WHERE jobname = 'refresh-token-cleanup'",
+             WHERE command = 'CALL auth.run_token_cleanup()'",
             &[],
         )
         .await
@@ -64,7 +64,7 @@ async fn a_superuser_creates_pg_cron_in_its_database_and_schedules_the_job_to_ru
     migrate(&mut db.client, &options).await.unwrap();
     let jobs: Vec<i64> = column(
         &cron.client,
-        "SELECT jobid FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+        "SELECT jobid FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     )
     .await;
     assert_eq!(jobs, vec![report.job_id.unwrap()]);

@@ -68,13 +68,13 @@ async fn the_deployer_migrates_over_verify_full_and_pg_cron_runs_the_job_in_the_
 
     let out = run_cli(&["migrate", "--schedule", "* * * * *"], &managed()).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("pg_cron job refresh-token-cleanup"));
+    assert!(stdout(&out).contains("pg_cron job 'token-janitor cleanup: app.auth'"));
 
     // The job lives in pg_cron's database, runs in the application's, as the deployer.
     let cron = url.with_dbname("postgres").connect().await.unwrap();
     let job = cron
         .query_one(
-            "SELECT database, username, command FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+            "SELECT database, username, command FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
             &[],
         )
         .await
@@ -111,7 +111,7 @@ async fn the_deployer_migrates_over_verify_full_and_pg_cron_runs_the_job_in_the_
         || async {
             cron.query_opt(
                 "SELECT 1 FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-                 WHERE j.jobname = 'refresh-token-cleanup' AND d.status = 'succeeded'
+                 WHERE j.command = 'CALL auth.run_token_cleanup()' AND d.status = 'succeeded'
                    AND d.start_time >= $1",
                 &[&started],
             )

@@ -159,7 +159,7 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
     let report = migrate(&mut cron.client, &MigrateOptions::default())
         .await
         .unwrap();
-    let job = "SELECT jobid, schedule, command, active, username FROM cron.job WHERE jobname = 'refresh-token-cleanup'";
+    let job = "SELECT jobid, schedule, command, active, username FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'";
     let rows = cron.client.query(job, &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(Some(rows[0].get::<_, i64>(0)), report.job_id);
@@ -173,13 +173,39 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
     );
 
     let options = MigrateOptions {
-        schedule: Some("17 3 * * *".into()),
+        schedule: ScheduleChoice::Set("17 3 * * *".into()),
         ..MigrateOptions::default()
     };
     migrate(&mut cron.client, &options).await.unwrap();
     let rows = cron.client.query(job, &[]).await.unwrap();
     assert_eq!(rows.len(), 1, "the job is upserted, not duplicated");
     assert_eq!(rows[0].get::<_, &str>(1), "17 3 * * *");
+}
+
+/// An application's start-up migrate (the library's default) keeps what an
+/// operator chose: the schedule set with the CLI, and the policy.
+#[tokio::test]
+async fn the_default_migrate_keeps_the_operators_schedule_and_policy() {
+    let mut cron = CronDb::fresh().await;
+    let url = cli_url(&cron.url, "postgres");
+    run_cli_ok(&["migrate", "--schedule", "* * * * *"], &url).await;
+    cron.client
+        .batch_execute("UPDATE auth.cleanup_policy SET batch_size = 123")
+        .await
+        .unwrap();
+    let report = migrate(&mut cron.client, &MigrateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.schedule.as_deref(), Some("* * * * *"));
+    // The CLI without --schedule keeps it too.
+    run_cli_ok(&["migrate"], &url).await;
+    let kept: Vec<String> = column(
+        &cron.client,
+        "SELECT schedule || ' ' || (SELECT batch_size FROM auth.cleanup_policy)
+         FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
+    )
+    .await;
+    assert_eq!(kept, vec!["* * * * * 123"]);
 }
 
 #[rstest::rstest]
@@ -191,7 +217,7 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
 async fn bad_schedules_are_refused_with_the_reason(#[case] cron_expr: &str, #[case] says: &str) {
     let mut cron = CronDb::fresh().await;
     let options = MigrateOptions {
-        schedule: Some(cron_expr.into()),
+        schedule: ScheduleChoice::Set(cron_expr.into()),
         ..MigrateOptions::default()
     };
     let err = migrate(&mut cron.client, &options).await.unwrap_err();
@@ -587,7 +613,7 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
     cron.client
         .batch_execute(
             "REASSIGN OWNED BY token_janitor_owner TO postgres;
-             UPDATE cron.job SET username = 'postgres' WHERE jobname = 'refresh-token-cleanup';
+             UPDATE cron.job SET username = 'postgres' WHERE command = 'CALL auth.run_token_cleanup()';
              GRANT SELECT ON auth.sessions TO token_janitor_monitor;
              -- Those releases named their internal routines without the
              -- leading underscore.
@@ -610,7 +636,7 @@ async fn an_install_from_before_the_owner_role_passes_to_it() {
     assert!(retired.is_empty(), "{retired:?}");
     let jobs: Vec<String> = column(
         &cron.client,
-        "SELECT username FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+        "SELECT username FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     )
     .await;
     assert_eq!(jobs, vec!["token_janitor_owner"]);
@@ -661,7 +687,9 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
     .await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!(
-            "runs `CALL auth.run_token_cleanup()` on '17 3 * * *' (UTC) as role {deployer}"
+            "runs `CALL auth.run_token_cleanup()` in database {} on '17 3 * * *' (UTC) as role \
+             {deployer}",
+            cron.url.dbname()
         )),
         "{}",
         String::from_utf8_lossy(&out.stdout)
@@ -669,7 +697,7 @@ async fn a_deploying_role_that_is_no_superuser_owns_the_install_and_its_job() {
     assert_eq!(owners_in_auth(&cron.client).await, vec![deployer.clone()]);
     let jobs: Vec<String> = column(
         &cron.client,
-        "SELECT username || ' ' || schedule FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+        "SELECT username || ' ' || schedule FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     )
     .await;
     assert_eq!(jobs, vec![format!("{deployer} 17 3 * * *")]);

@@ -12,7 +12,7 @@ use token_janitor::{MigrateOptions, migrate};
 async fn pg_cron_runs_the_cleanup_on_schedule() {
     let mut cron = CronDb::fresh().await;
     let options = MigrateOptions {
-        schedule: Some("* * * * *".into()),
+        schedule: ScheduleChoice::Set("* * * * *".into()),
         ..MigrateOptions::default()
     };
     let report = migrate(&mut cron.client, &options).await.unwrap();
@@ -128,7 +128,7 @@ async fn migrate_reschedules_a_job_that_connects_to_an_old_port() {
     let jobs: Vec<String> = column(
         &cron.client,
         "SELECT jobid || ':' || (nodeport = current_setting('port')::int) FROM cron.job
-         WHERE jobname = 'refresh-token-cleanup' ORDER BY jobid",
+         WHERE command = 'CALL auth.run_token_cleanup()' ORDER BY jobid",
     )
     .await;
     assert_ne!(again, first);

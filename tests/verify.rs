@@ -80,15 +80,15 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
 
 #[rstest::rstest]
 #[case::unscheduled(
-    "SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    "SELECT cron.unschedule(jobid) FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     "job"
 )]
 #[case::inactive(
-    "SELECT cron.alter_job(jobid, active => false) FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+    "SELECT cron.alter_job(jobid, active => false) FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     "job"
 )]
 #[case::wrong_command(
-    "UPDATE cron.job SET command = 'SET x = 1; CALL auth.run_token_cleanup()' WHERE jobname = 'refresh-token-cleanup'",
+    "UPDATE cron.job SET command = 'SET x = 1; CALL auth.run_token_cleanup()' WHERE command = 'CALL auth.run_token_cleanup()'",
     "job"
 )]
 // Dated an hour ahead, so it stays the job's last run even when the real
@@ -97,7 +97,7 @@ async fn a_fresh_install_passes_with_warnings_for_what_has_not_run_yet() {
     "INSERT INTO cron.job_run_details (jobid, job_pid, database, username, command, status, return_message, start_time, end_time)
      SELECT jobid, 0, current_database(), username, command, 'failed', 'ERROR: boom',
             now() + interval '1 hour', now() + interval '1 hour'
-     FROM cron.job WHERE jobname = 'refresh-token-cleanup'",
+     FROM cron.job WHERE command = 'CALL auth.run_token_cleanup()'",
     "last-job-run"
 )]
 #[tokio::test]
@@ -123,7 +123,7 @@ async fn schedule_breakage_fails_its_check(#[case] sabotage: &str, #[case] check
 async fn without_the_pg_cron_extension_verify_fails_naming_it() {
     let mut cron = CronDb::fresh().await;
     let unscheduled = MigrateOptions {
-        schedule: None,
+        schedule: ScheduleChoice::Off,
         ..MigrateOptions::default()
     };
     migrate(&mut cron.client, &unscheduled).await.unwrap();

@@ -364,7 +364,7 @@ async fn prepare(
     migrate(
         &mut client,
         &crate::MigrateOptions {
-            schedule: None,
+            schedule: crate::ScheduleChoice::Off,
             ..Default::default()
         },
     )

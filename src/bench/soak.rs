@@ -169,7 +169,7 @@ async fn run_in(
     let installed = migrate(
         &mut client,
         &MigrateOptions {
-            schedule: None,
+            schedule: crate::ScheduleChoice::Off,
             ..Default::default()
         },
     )

@@ -1,13 +1,14 @@
 //! Installing the schema: migrate options for the usual cases, a refused
 //! migrate, and an older release's schema to upgrade from.
 
+pub use token_janitor::ScheduleChoice;
 use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
 use tokio_postgres::Client;
 
 /// Migrate options for a database without pg_cron.
 pub fn no_schedule() -> MigrateOptions {
     MigrateOptions {
-        schedule: None,
+        schedule: ScheduleChoice::Off,
         ..MigrateOptions::default()
     }
 }
