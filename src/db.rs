@@ -34,8 +34,9 @@ pub enum SslMode {
     Disable,
     /// TLS when the server offers it, else plain (libpq's default).
     Prefer,
-    /// TLS or no connection; the certificate is checked only when an
-    /// `sslrootcert` is given (then as `verify-ca`, as libpq does).
+    /// TLS or no connection; the certificate is checked only when there is a
+    /// root certificate file, an `sslrootcert` or `~/.postgresql/root.crt`
+    /// (then as `verify-ca`, as libpq does).
     Require,
     /// TLS, and the certificate must chain to a CA in `sslrootcert`.
     VerifyCa,
@@ -422,7 +423,10 @@ fn percent_decode(text: &str) -> Result<String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| invalid_url(&format!("bad percent-encoding in '{text}'")))?;
+                .ok_or_else(|| {
+                    // Not the text itself: it may be a password.
+                    invalid_url("bad percent-encoding in a URL parameter (a % not followed by two hex digits)")
+                })?;
             out.push(hex);
             i += 3;
         } else {
@@ -479,11 +483,15 @@ impl Tls {
             )));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // libpq: with sslmode=require and a root certificate file (given, or
+        // ~/.postgresql/root.crt present), require verifies as verify-ca.
+        let default_roots = root_cert.is_none() && root_path(None).is_file();
         let verification = match (mode, &root_cert) {
             (SslMode::VerifyFull, _) => Verification::Full,
             (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, Some(_)) => {
                 Verification::Chain
             }
+            (SslMode::Require, None) if default_roots => Verification::Chain,
             (SslMode::Disable, _) | (SslMode::Prefer | SslMode::Require, None) => {
                 Verification::None
             }
@@ -645,6 +653,26 @@ mod tests {
         assert_eq!(rest, r"host='db' user='u' password='it\'s'");
         assert_eq!(mode, Some(SslMode::VerifyCa));
         assert_eq!(root.as_deref(), Some("/a b/ca.pem"));
+    }
+
+    #[test]
+    fn no_error_shows_the_password() {
+        let mut refused = 0;
+        for url in [
+            "postgres://u:s3cr%et@db/app?sslmode=nope",
+            "postgres://u@db/app?password=s3cr%ZZet",
+            "postgres://u:s3cret@db:notaport/app",
+            "postgres://u:s3cret@db/app?connect_timeout=soon",
+            "host=db password='s3cret",
+            "host=db password=s3cret port=x",
+        ] {
+            let Err(err) = DatabaseUrl::parse(url).map_err(|e| e.to_string()) else {
+                continue;
+            };
+            assert!(!err.contains("s3cr"), "{url}: {err}");
+            refused += 1;
+        }
+        assert!(refused >= 5, "{refused} of the URLs were refused");
     }
 
     #[test]

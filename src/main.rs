@@ -270,16 +270,22 @@ enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, filtered by RUST_LOG (default: token_janitor=info).
-/// Colour codes only reach a terminal: a file, a pipe or a log shipper gets
-/// plain text or JSON.
+/// Logs go to stderr, filtered by RUST_LOG (default: token_janitor=info),
+/// never below info for tokio-postgres, whose debug lines carry every
+/// statement's parameters (token hashes, authenticators, seals). Colour codes
+/// only reach a terminal: a file, a pipe or a log shipper gets plain text or
+/// JSON.
 fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "token_janitor=info".into())
+        .add_directive(
+            "tokio_postgres=info"
+                .parse()
+                .expect("a constant directive parses"),
+        );
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "token_janitor=info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -44,3 +44,25 @@ async fn log_format_json_writes_one_object_per_line() {
         "{stderr}"
     );
 }
+
+/// Issue 28: tokio-postgres logs every statement's parameters at debug level
+/// (token hashes, authenticators, seals). Whatever RUST_LOG asks, the command
+/// line keeps it at info; token-janitor's own debug lines still show.
+#[tokio::test]
+async fn no_log_level_shows_statement_parameters() {
+    let db = TestDb::empty().await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["migrate", "--no-schedule"])
+        .env("DATABASE_URL", cli_url(&db.url, "postgres"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("V1__auth_schema"), "{stderr}");
+    assert!(
+        !stderr.contains("with parameters"),
+        "a statement's parameters in the logs: {stderr}"
+    );
+}

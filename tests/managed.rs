@@ -293,3 +293,46 @@ async fn a_role_without_the_cron_grants_is_refused_before_anything_changes() {
         .await
         .unwrap();
 }
+
+/// libpq's rule: `sslmode=require` with no `sslrootcert` but a
+/// `~/.postgresql/root.crt` verifies the chain as verify-ca does. Before, it
+/// accepted any certificate there.
+#[tokio::test]
+async fn require_checks_the_chain_against_the_default_root_certificate() {
+    let url = managed();
+    let ca = url
+        .split("sslrootcert=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .expect("the managed URL names its CA")
+        .to_string();
+    let require = url
+        .replace(&format!("sslrootcert={ca}"), "")
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("?&", "?")
+        .replace("&&", "&")
+        .trim_end_matches(['&', '?'])
+        .to_string();
+    assert!(!require.contains("sslrootcert"), "{require}");
+    for (root, trusted) in [
+        (ca.replace("/ca.crt", "/other-ca.crt"), false),
+        (ca.clone(), true),
+    ] {
+        let home = std::env::temp_dir().join(format!("tj-home-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(home.join(".postgresql")).unwrap();
+        std::fs::copy(&root, home.join(".postgresql/root.crt")).unwrap();
+        let out = tokio::process::Command::new(BIN)
+            .args(["status", "--json"])
+            .env("DATABASE_URL", &require)
+            .env("HOME", &home)
+            .output()
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&home).unwrap();
+        // The server's own CA lets status connect (whatever it then finds
+        // installed); the other CA is refused at the handshake.
+        let refused = stderr(&out).contains("not signed by a trusted CA");
+        assert_eq!(refused, !trusted, "root.crt {root}: {}", stderr(&out));
+        assert!(!stderr(&out).contains(&password()));
+    }
+}

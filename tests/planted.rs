@@ -404,9 +404,9 @@ async fn a_history_shared_with_the_application_is_split() {
         "the application's rows stay, and only they"
     );
     assert_eq!(
-        history_rows(&db, "auth.token_janitor_migrations").await,
+        history_rows(&db, "auth.token_janitor_migrations").await[..ours.len()],
         ours,
-        "token-janitor's rows moved with their applied_on and checksum"
+        "token-janitor's rows moved with their applied_on and checksum (the later migrations follow them)"
     );
 }
 
@@ -417,7 +417,7 @@ async fn a_history_of_token_janitors_rows_only_is_moved_and_dropped() {
     let ours = history_rows(&db, "public.refinery_schema_history").await;
     migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_eq!(
-        history_rows(&db, "auth.token_janitor_migrations").await,
+        history_rows(&db, "auth.token_janitor_migrations").await[..ours.len()],
         ours
     );
     let left: Vec<bool> = column(
