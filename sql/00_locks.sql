@@ -92,3 +92,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The lock rows (migration V7 inserts them; this puts back any deleted
+-- since, as auth._lock's error says).
+INSERT INTO auth.locks (name) VALUES ('cleanup run'), ('purge'), ('exact count')
+ON CONFLICT (name) DO NOTHING;

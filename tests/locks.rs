@@ -203,3 +203,31 @@ async fn a_bulk_import_issues_twenty_thousand_users_in_one_transaction() {
         20_000
     );
 }
+
+/// A lock row that went missing fails the purge naming the fix, and the
+/// next migrate puts it back.
+#[tokio::test]
+async fn a_missing_lock_row_is_named_and_migrate_restores_it() {
+    let mut db = TestDb::migrated().await;
+    db.client
+        .batch_execute("DELETE FROM auth.locks WHERE name = 'purge'")
+        .await
+        .unwrap();
+    let err = db
+        .client
+        .batch_execute("SELECT * FROM auth.purge_refresh_tokens()")
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        message.contains("no lock named 'purge'") && message.contains("token-janitor migrate"),
+        "{message}"
+    );
+    token_janitor::migrate(&mut db.client, &no_schedule())
+        .await
+        .unwrap();
+    db.client
+        .batch_execute("SELECT * FROM auth.purge_refresh_tokens()")
+        .await
+        .unwrap();
+}
