@@ -596,6 +596,39 @@ BEGIN
 END
 $$;
 
+-- auth.revoke_token (server clock): revocation by a presented token (RFC
+-- 7009): revokes the token's whole family, as revoke_session does, only when
+-- the token is genuine: a row of its session and generation is stored with
+-- its hash. A forged token (a known session id with a wrong secret), or one
+-- whose row is gone, revokes nothing and returns 0; an endpoint answers 200
+-- either way (RFC 7009 §2.2), so the caller learns nothing. revoke_session
+-- takes the caller's word for the session id (a signed-in user ending a
+-- device of theirs); this one needs the token itself, so a revocation
+-- endpoint anyone can call cannot sign a user out from a session id.
+-- SECURITY DEFINER: the application role has no privilege on the tables.
+CREATE OR REPLACE FUNCTION auth.revoke_token(
+    p_session_id uuid,
+    p_generation integer,
+    p_token_hash bytea,
+    p_reason     text DEFAULT 'logout'
+)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
+    PERFORM auth._check_revoke_reason(p_reason);
+    PERFORM auth._lock_family(p_session_id);
+    IF NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t
+                   WHERE t.session_id = p_session_id AND t.generation = p_generation
+                     AND t.token_hash = p_token_hash) THEN
+        RETURN 0;
+    END IF;
+    RETURN auth.revoke_session(p_session_id => p_session_id, p_now => clock_timestamp(), p_reason => p_reason);
+END
+$$;
+
 -- auth.revoke_user_sessions (clock-driven form, owner only): revokes every
 -- unrevoked session of a user and their tokens; returns how many sessions it
 -- revoked. Takes the user's lock exclusive first (auth._lock_user), so no

@@ -30,6 +30,7 @@ DECLARE
         'auth.issue_token(text, bytea, interval)',
         'auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea)',
         'auth.revoke_session(uuid, text)',
+        'auth.revoke_token(uuid, integer, bytea, text)',
         'auth.revoke_user_sessions(text, text)',
         'auth.list_sessions(text, integer)'];
     c_monitor_routines constant text[] := ARRAY[

@@ -307,6 +307,30 @@ async fn revoke_session_on<C: GenericClient>(
     Ok(row.get(0))
 }
 
+/// `auth.revoke_token`: revokes the family of a presented token when the
+/// token is genuine; returns whether it did.
+///
+/// # Errors
+/// [`crate::Error::MalformedToken`], [`crate::Error::Db`].
+pub async fn revoke_token_with<C: GenericClient>(
+    client: &C,
+    token: &str,
+    reason: RevokeReason,
+) -> Result<bool> {
+    let presented = token::parse(token)?;
+    let (hash, reason) = (presented.secret.hash(), reason.as_str());
+    let revoked: i32 = client
+        .query_one(
+            "SELECT auth.revoke_token(p_session_id => $1, p_generation => $2, p_token_hash => $3,
+                                      p_reason => $4)",
+            &[&presented.session_id, &presented.generation, &hash, &reason],
+        )
+        .await
+        .map_err(db("revoking a presented token"))?
+        .get(0);
+    Ok(revoked > 0)
+}
+
 async fn revoke_user_sessions_on<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -643,6 +667,28 @@ impl TokenStore {
             .bounded(
                 "auth.revoke_session",
                 revoke_session_with(call.client(), session_id, reason),
+            )
+            .await;
+        call.end(answer)
+    }
+
+    /// Revokes the family of a presented refresh token, as an RFC 7009
+    /// revocation endpoint does, when the token is genuine (its row is stored
+    /// with its hash); returns whether it revoked anything. A forged token,
+    /// or one whose row the cleanup has deleted, revokes nothing: answer the
+    /// client the same either way. Unlike [`TokenStore::revoke_session`],
+    /// which trusts the caller with a session id, this needs the token
+    /// itself, so an endpoint anyone can call cannot sign a user out.
+    ///
+    /// # Errors
+    /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
+    /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    pub async fn revoke_token(&self, token: &str, reason: RevokeReason) -> Result<bool> {
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.revoke_token",
+                revoke_token_with(call.client(), token, reason),
             )
             .await;
         call.end(answer)

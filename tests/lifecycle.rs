@@ -718,3 +718,57 @@ async fn a_refused_call_keeps_the_server_error_as_its_source() {
             .contains("p_user_id must be 1 to 256 characters")
     );
 }
+
+/// RFC 7009 revocation by a presented token, as the application role: the
+/// genuine token revokes its family; a forged one (its session id and
+/// generation with another secret) revokes nothing, so an endpoint anyone
+/// may call cannot sign a user out from a session id; a malformed one is
+/// refused naming the fault.
+#[tokio::test]
+async fn a_revocation_by_token_needs_the_genuine_token() {
+    let db = TestDb::migrated().await;
+    let (role, url, client) = member_of(&db, "token_janitor_app").await;
+    let store = TokenStore::new(url.pool(2));
+    let issued = store.issue("alice").await.unwrap();
+    let parts = parts(issued.token.expose());
+    let forged = build(
+        parts.session,
+        parts.generation,
+        &random(32),
+        parts.authenticator.as_deref(),
+    );
+    assert!(
+        !store
+            .revoke_token(&forged, RevokeReason::Logout)
+            .await
+            .unwrap()
+    );
+    let live = store.list_sessions("alice").await.unwrap();
+    assert!(
+        live[0].revoked_at.is_none(),
+        "a forged token revoked nothing"
+    );
+    assert!(matches!(
+        store.revoke_token("rt2_nope", RevokeReason::Logout).await,
+        Err(Error::MalformedToken(_))
+    ));
+
+    assert!(
+        store
+            .revoke_token(issued.token.expose(), RevokeReason::Logout)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.rotate(issued.token.expose()).await.unwrap(),
+        Rotation::Revoked
+    ));
+    assert!(
+        !store
+            .revoke_token(issued.token.expose(), RevokeReason::Logout)
+            .await
+            .unwrap(),
+        "revoked once"
+    );
+    drop_member(&db, &role, client).await;
+}
