@@ -73,6 +73,9 @@ install_packages() {
     [ -f "/usr/lib/postgresql/$PGVERSION/lib/plpgsql_check.so" ] || missing+=("postgresql-$PGVERSION-plpgsql-check")
     command -v psql >/dev/null || missing+=("postgresql-client-$PGVERSION")
     [ "$MANAGED" -eq 0 ] || command -v openssl >/dev/null || missing+=("openssl")
+    # The OAuth client that drives the reference service
+    # (tests/reference_service.rs): Debian's python3 with oauthlib.
+    /usr/bin/python3 -c 'import requests_oauthlib' 2>/dev/null || missing+=("python3-requests-oauthlib")
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         die "missing packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]}) or run as root"
