@@ -118,7 +118,7 @@ pub enum Error {
     /// pg_cron is not loaded by the server.
     #[error(
         "pg_cron is not loaded by the server ({evidence}): add pg_cron to shared_preload_libraries \
-         (on a managed service, in its parameters or flags: see the README's 'Deploying on \
+         (on a managed service, in its parameters or flags: see docs/deploying.md, 'Deploying on \
          managed PostgreSQL') and restart PostgreSQL, or pass --no-schedule and call the cleanup \
          yourself"
     )]
@@ -172,8 +172,8 @@ pub enum Error {
     /// verify finds; migrate creates it, or says why it may not).
     #[error(
         "pg_cron is not installed in database '{database}': run token-janitor migrate as a \
-         superuser (it creates the extension), or have it created there once (see the README's \
-         'Deploying on managed PostgreSQL'), or pass --no-schedule"
+         superuser (it creates the extension), or have it created there once (see \
+         docs/deploying.md, 'Deploying on managed PostgreSQL'), or pass --no-schedule"
     )]
     PgCronNotInstalled {
         /// pg_cron's database (cron.database_name).

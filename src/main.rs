@@ -131,7 +131,7 @@ struct BenchArgs {
     /// the tables and indexes, token rows per live session and rotate p99
     /// over time. Time is compressed by scaling the policy: each session
     /// refreshes every --sessions / --rotate-rate seconds, standing for 15
-    /// minutes (README: Soak).
+    /// minutes (docs/performance.md, Soak).
     #[arg(long, conflicts_with_all = ["rows", "due_share", "idle_seconds", "peer_cap_seconds", "scaling", "layouts", "repeat"])]
     soak: bool,
 

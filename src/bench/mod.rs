@@ -1,6 +1,6 @@
 //! `bench`: the purge against the cleanup shapes of other auth servers, side
 //! by side on identical copies of one seeded table, each alone and under
-//! concurrent token rotations. The README's Performance section has the
+//! concurrent token rotations. docs/performance.md has the
 //! results.
 
 mod load;
