@@ -259,6 +259,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A schema name token-janitor will not install into.
+    #[error(
+        "invalid schema name '{name}': {reason}; --schema takes {rule}",
+        rule = crate::schema::SCHEMA_NAME_RULE
+    )]
+    InvalidSchema {
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
     /// Another migrate held the deploy lock for longer than we would wait.
     #[error(
         "another token-janitor migrate has held the deploy lock for over {waited_s}s: wait for it \

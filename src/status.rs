@@ -170,13 +170,13 @@ async fn read_status(
 ) -> Result<Status> {
     let relations = client
         .query(
-            "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
+            &*schema.sql("SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
                     pg_catalog.pg_relation_size(c.oid)
              FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i')
                AND c.relowner = (SELECT t.relowner FROM pg_catalog.pg_class t
                                  WHERE t.oid = 'auth.cleanup_runs'::regclass)
-             ORDER BY c.relkind DESC, c.relname",
+             ORDER BY c.relkind DESC, c.relname"),
             &[],
         )
         .await
@@ -197,7 +197,7 @@ async fn read_status(
 
     let reltuples: f32 = client
         .query_one(
-            "SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = 'auth.refresh_tokens'::regclass",
+            &*schema.sql("SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = 'auth.refresh_tokens'::regclass"),
             &[],
         )
         .await
@@ -231,10 +231,10 @@ async fn read_status(
 
     let policy_row = client
         .query_one(
-            "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
+            &*schema.sql("SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
                     batch_size::text, max_runtime::text, history_retention::text,
                     reuse_grace::text, max_ttl::text, audit_retention::text, pace::text
-             FROM auth.cleanup_policy",
+             FROM auth.cleanup_policy"),
             &[],
         )
         .await
@@ -275,14 +275,14 @@ async fn read_status(
 
     let runs = client
         .query(
-            "SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+            &*schema.sql("SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     extract(epoch FROM started_at)::float8,
                     extract(epoch FROM finished_at - started_at)::float8,
                     status, batches, error,
                     ARRAY(SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality),
                     ARRAY(SELECT (pg_catalog.to_jsonb(r) ->> t.run_column)::int8
                           FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality)
-             FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1",
+             FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1"),
             &[&runs],
         )
         .await
@@ -306,9 +306,9 @@ async fn read_status(
 
     let event_rows = client
         .query(
-            "SELECT kind, last_24h,
+            &*schema.sql("SELECT kind, last_24h,
                     to_char(last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), recorded_total
-             FROM auth.security_event_summary()",
+             FROM auth.security_event_summary()"),
             &[],
         )
         .await

@@ -354,14 +354,14 @@ async fn migrations(client: &Client) -> Found {
 async fn owner(client: &Client) -> Found {
     let row = client
         .query_one(
-            "SELECT o.rolname::text, o.rolsuper,
+            &*schema.sql("SELECT o.rolname::text, o.rolsuper,
                     (SELECT count(*) FROM pg_catalog.pg_proc p
                      WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef),
                     (SELECT pg_catalog.string_agg(p.oid::regprocedure::text || ' (' || r.rolname || ')', ', ')
                      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
                      WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef AND r.rolsuper)
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-             WHERE c.oid = 'auth.cleanup_runs'::regclass",
+             WHERE c.oid = 'auth.cleanup_runs'::regclass"),
             &[],
         )
         .await?;
@@ -393,7 +393,7 @@ async fn indexes(client: &Client) -> Found {
     let mut wanted: Vec<String> = index_statements().into_iter().map(|i| i.name).collect();
     for row in client
         .query(
-            "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
+            &*schema.sql("SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i"),
             &[],
         )
         .await?
@@ -405,10 +405,10 @@ async fn indexes(client: &Client) -> Found {
     }
     let rows = client
         .query(
-            "SELECT c.relname::text, i.indisvalid AND i.indisready
+            &*schema.sql("SELECT c.relname::text, i.indisvalid AND i.indisready
              FROM pg_catalog.pg_index i
              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-             WHERE c.relnamespace = 'auth'::regnamespace AND c.relname = ANY ($1)",
+             WHERE c.relnamespace = 'auth'::regnamespace AND c.relname = ANY ($1)"),
             &[&wanted],
         )
         .await?;
@@ -443,7 +443,7 @@ async fn indexes(client: &Client) -> Found {
 async fn plans(client: &Client) -> Found {
     let rows = client
         .query(
-            "SELECT kind, step, seq_scan, plan FROM auth.explain_purge()",
+            &*schema.sql("SELECT kind, step, seq_scan, plan FROM auth.explain_purge()"),
             &[],
         )
         .await?;
@@ -535,9 +535,9 @@ fn last_job_run(job: Option<&JobInfo>) -> Verdict {
 async fn unfinished_runs(client: &Client) -> Found {
     let row = client
         .query_one(
-            "SELECT count(*), min(r.started_at)::text
+            &*schema.sql("SELECT count(*), min(r.started_at)::text
              FROM auth.cleanup_runs r, auth.cleanup_policy p
-             WHERE r.status = 'running' AND r.started_at < now() - p.max_runtime - interval '1 minute'",
+             WHERE r.status = 'running' AND r.started_at < now() - p.max_runtime - interval '1 minute'"),
             &[],
         )
         .await?;
@@ -576,11 +576,11 @@ async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
     let every = schedule.map_or(24 * 60, schedule_minutes);
     let row = client
         .query_opt(
-            "SELECT r.status, r.error, r.started_at::text,
+            &*schema.sql("SELECT r.status, r.error, r.started_at::text,
                     r.started_at > now() - make_interval(mins => $1::int * 2) - p.max_runtime
              FROM auth.cleanup_runs r, auth.cleanup_policy p
              WHERE r.status IN ('ok', 'partial', 'failed')
-             ORDER BY r.started_at DESC LIMIT 1",
+             ORDER BY r.started_at DESC LIMIT 1"),
             &[&(every as i32)],
         )
         .await?;
@@ -615,7 +615,7 @@ async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
 async fn backlog(client: &Client, warn_above: i64) -> Found {
     let rows = client
         .query(
-            "SELECT kind, due_rows, exact FROM auth.cleanup_backlog()",
+            &*schema.sql("SELECT kind, due_rows, exact FROM auth.cleanup_backlog()"),
             &[],
         )
         .await?;
@@ -647,7 +647,7 @@ async fn backlog(client: &Client, warn_above: i64) -> Found {
 async fn self_test(client: &Client) -> Found {
     let rows = client
         .query(
-            "SELECT check_name, passed, expected, actual FROM auth.self_test()",
+            &*schema.sql("SELECT check_name, passed, expected, actual FROM auth.self_test()"),
             &[],
         )
         .await?;
