@@ -241,7 +241,7 @@ fn not_touched(holder: &str) -> Option<BTreeSet<i64>> {
 
 /// This binary's migrations as (versions, names), for matching rows.
 fn embedded() -> (Vec<i64>, Vec<String>) {
-    crate::migrate::embedded_migrations()
+    crate::migrate::embedded_migrations(&Schema::default())
         .into_iter()
         .map(|EmbeddedMigration { version, name, .. }| (version, name))
         .unzip()

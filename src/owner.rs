@@ -608,7 +608,8 @@ pub async fn hand_over(
     }
     let rows = client
         .query(
-            &*schema.sql("SELECT 'TABLE', c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
+            &*schema.sql(
+                "SELECT 'TABLE', c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'auth'::pg_catalog.regnamespace AND c.relkind = 'r'
                AND c.relname = ANY ($1) AND c.relowner <> $3::text::pg_catalog.regrole
              UNION ALL
@@ -618,7 +619,8 @@ pub async fn hand_over(
              UNION ALL
              SELECT 'TYPE', t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
              WHERE t.typnamespace = 'auth'::pg_catalog.regnamespace
-               AND t.typname = ANY ($4) AND t.typowner <> $3::text::pg_catalog.regrole"),
+               AND t.typname = ANY ($4) AND t.typowner <> $3::text::pg_catalog.regrole",
+            ),
             &[
                 &names.get("TABLE").cloned().unwrap_or_default(),
                 &names.get("ROUTINE").cloned().unwrap_or_default(),

@@ -70,9 +70,7 @@ impl Schema {
             Some(_) => {}
         }
         if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-            return Err(invalid(
-                "it holds a character other than a-z, 0-9 and _",
-            ));
+            return Err(invalid("it holds a character other than a-z, 0-9 and _"));
         }
         if name.len() > 63 {
             return Err(invalid("it is longer than 63 characters"));
