@@ -424,7 +424,7 @@ async fn apply_definitions(
                         CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
                         p.oid::pg_catalog.regprocedure)
              FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = $2::pg_catalog.regnamespace
+             WHERE p.pronamespace = $2::text::pg_catalog.regnamespace
                AND p.prokind IN ('f', 'p')
                AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
                AND p.proowner = (SELECT o.oid FROM pg_catalog.pg_roles o
