@@ -475,6 +475,7 @@ pub async fn install_schedule(
         return Err(Error::JobNotAsScheduled {
             job: name,
             jobid,
+            command,
             database,
             found: match found {
                 Some((other, command)) => format!("it runs `{command}` in database '{other}'"),

@@ -100,21 +100,18 @@ impl Schema {
             return Cow::Borrowed(sql);
         }
         let mut out = String::with_capacity(sql.len());
-        let mut rest = sql;
-        let mut previous: Option<char> = None;
-        while let Some(at) = rest.find(DEFAULT_SCHEMA) {
-            let before = rest[..at].chars().next_back().or(previous);
-            let after = rest[at + DEFAULT_SCHEMA.len()..].chars().next();
-            out.push_str(&rest[..at]);
-            if before.is_some_and(is_ident_char) || after.is_some_and(is_ident_char) {
-                out.push_str(DEFAULT_SCHEMA);
-            } else {
+        let mut done = 0;
+        for (at, _) in sql.match_indices(DEFAULT_SCHEMA) {
+            let end = at + DEFAULT_SCHEMA.len();
+            let before = sql[..at].chars().next_back();
+            let after = sql[end..].chars().next();
+            if !before.is_some_and(is_ident_char) && !after.is_some_and(is_ident_char) {
+                out.push_str(&sql[done..at]);
                 out.push_str(&self.0);
+                done = end;
             }
-            previous = Some('h');
-            rest = &rest[at + DEFAULT_SCHEMA.len()..];
         }
-        out.push_str(rest);
+        out.push_str(&sql[done..]);
         Cow::Owned(out)
     }
 
