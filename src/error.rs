@@ -231,7 +231,7 @@ pub enum Error {
 
     /// The job migrate scheduled does not read back as it was scheduled.
     #[error(
-        "pg_cron job '{job}' (id {jobid}) was scheduled to run `CALL auth.run_token_cleanup()` \
+        "pg_cron job '{job}' (id {jobid}) was scheduled to run `{command}` \
          in database '{database}', but {found}: this database has no cleanup; look at the job \
          in pg_cron's database (SELECT * FROM cron.job WHERE jobid = {jobid}), remove it with \
          cron.unschedule({jobid}) and migrate again"
@@ -241,6 +241,8 @@ pub enum Error {
         job: String,
         /// The job's id.
         jobid: i64,
+        /// The command it should run ([`crate::Schema::job_command`]).
+        command: String,
         /// The application's database, where it should run.
         database: String,
         /// What was read back.
@@ -255,6 +257,18 @@ pub enum Error {
     InvalidSchedule {
         /// The schedule as given.
         schedule: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A schema name token-janitor will not install into.
+    #[error(
+        "invalid schema name '{name}': {reason}; --schema takes {rule}",
+        rule = crate::schema::SCHEMA_NAME_RULE
+    )]
+    InvalidSchema {
+        /// The name as given.
+        name: String,
         /// Why it was refused.
         reason: String,
     },

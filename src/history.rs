@@ -1,5 +1,6 @@
-//! token-janitor's migration history: refinery's table, kept in schema
-//! `auth` as `auth.token_janitor_migrations`, where no application's runner
+//! token-janitor's migration history: refinery's table, kept in
+//! token-janitor's schema as `auth.token_janitor_migrations` (`NAME.…` with
+//! `--schema NAME`), where no application's runner
 //! looks (refinery's own default is `public.refinery_schema_history`, sqlx's
 //! `_sqlx_migrations`, diesel's `__diesel_schema_migrations`, Flyway's
 //! `flyway_schema_history`) and where no role but the owner role and
@@ -7,7 +8,7 @@
 //!
 //! Releases up to 0.1 kept it in `public.refinery_schema_history`, which the
 //! database owner controls: [`prepare`] moves token-janitor's rows out of
-//! it once, and only when that table is one token-janitor may touch: a plain
+//! it once (into schema `auth`: those releases had no `--schema`), and only when that table is one token-janitor may touch: a plain
 //! table of a role token-janitor runs as, with no trigger or rule, locked while it is checked and read, so nothing
 //! planted there runs in a superuser's migrate. An application's own rows in
 //! it stay where they are.
@@ -18,13 +19,16 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::error::{Error, Result, db};
 use crate::migrate::EmbeddedMigration;
+use crate::schema::Schema;
 
-/// Where refinery keeps token-janitor's history (schema-qualified: refinery
-/// puts the name into its statements as it is).
-pub const TABLE: &str = "auth.token_janitor_migrations";
-
-/// The name of [`TABLE`] in schema `auth`.
+/// The name of the history table in token-janitor's schema.
 pub const TABLE_NAME: &str = "token_janitor_migrations";
+
+/// Where refinery keeps token-janitor's history in `schema`
+/// (schema-qualified: refinery puts the name into its statements as it is).
+pub fn table(schema: &Schema) -> String {
+    format!("{schema}.{TABLE_NAME}")
+}
 
 /// Where releases up to 0.1 kept it.
 pub const LEGACY_TABLE: &str = "public.refinery_schema_history";
@@ -55,7 +59,7 @@ pub enum Found {
     /// No history: a fresh install (or one whose history is somewhere
     /// token-janitor will not read; preflight then names what is in the way).
     None,
-    /// [`TABLE`], with the versions it records.
+    /// [`table`], with the versions it records.
     Current(BTreeSet<i64>),
     /// token-janitor's rows in [`LEGACY_TABLE`], to move by [`adopt_legacy`].
     Legacy(BTreeSet<i64>),
@@ -92,31 +96,36 @@ async fn trusted(client: &impl GenericClient, oid: u32, owner: &str) -> Result<(
     Ok((row.get(0), row.get(1)))
 }
 
-/// Reads the history: [`TABLE`] when it exists (refusing one token-janitor
-/// did not create), else token-janitor's rows of a trusted [`LEGACY_TABLE`].
-/// Changes nothing. `owner`: the owner role this migrate deploys for.
+/// Reads the history: [`table`] when it exists (refusing one token-janitor
+/// did not create), else, in schema `auth`, token-janitor's rows of a
+/// trusted [`LEGACY_TABLE`]. Changes nothing. `owner`: the owner role this
+/// migrate deploys for.
 ///
 /// # Errors
-/// [`Error::Conflict`] when [`TABLE`] is not a table token-janitor may
+/// [`Error::Conflict`] when [`table`] is not a table token-janitor may
 /// touch; [`Error::Db`] when it cannot be read.
-pub async fn read(client: &mut Client, owner: &str) -> Result<Found> {
-    if let Some(oid) = oid(client, TABLE).await? {
+pub async fn read(client: &mut Client, schema: &Schema, owner: &str) -> Result<Found> {
+    let table = table(schema);
+    if let Some(oid) = oid(client, &table).await? {
         let (ok, holder) = trusted(client, oid, owner).await?;
         if !ok {
             return Err(Error::Conflict(vec![format!(
-                "{TABLE} is not token-janitor's migration history (it belongs to role {holder}, \
+                "{table} is not token-janitor's migration history (it belongs to role {holder}, \
                  or is not a plain table, or has a trigger or rule): drop or rename it, or \
                  install token-janitor in another database"
             )]));
         }
         let rows = client
             .query(
-                &format!("SELECT version::pg_catalog.int8 FROM {TABLE}"),
+                &format!("SELECT version::pg_catalog.int8 FROM {table}"),
                 &[],
             )
             .await
-            .map_err(db(format!("reading the applied migrations from {TABLE}")))?;
+            .map_err(db(format!("reading the applied migrations from {table}")))?;
         return Ok(Found::Current(rows.iter().map(|r| r.get(0)).collect()));
+    }
+    if !schema.is_default() {
+        return Ok(Found::None);
     }
     let Some(versions) = legacy_versions(client, owner, false).await? else {
         return Ok(Found::None);
@@ -130,7 +139,7 @@ pub async fn read(client: &mut Client, owner: &str) -> Result<Found> {
 
 /// token-janitor's versions in [`LEGACY_TABLE`] (rows whose version and name
 /// are one of this binary's migrations), read under a lock that keeps the
-/// table as checked; with `take`, also moved into [`TABLE`] (created here)
+/// table as checked; with `take`, also moved into schema `auth`'s [`table`] (created here)
 /// and deleted from it, and the table dropped when nothing else is left in
 /// it. `None` when there is no such table or token-janitor may not touch it.
 async fn legacy_versions(
@@ -139,6 +148,7 @@ async fn legacy_versions(
     take: bool,
 ) -> Result<Option<BTreeSet<i64>>> {
     let context = || format!("reading token-janitor's rows of {LEGACY_TABLE}");
+    let table = table(&Schema::default());
     let Some(oid) = oid(client, LEGACY_TABLE).await? else {
         return Ok(None);
     };
@@ -179,19 +189,19 @@ async fn legacy_versions(
         .map_err(db(context()))?;
     let found: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     if take && !found.is_empty() {
-        tx.batch_execute(&create_statement())
+        tx.batch_execute(&create_statement(&table))
             .await
-            .map_err(db(format!("creating {TABLE}")))?;
+            .map_err(db(format!("creating {table}")))?;
         tx.execute(
             &format!(
-                "INSERT INTO {TABLE} (version, name, applied_on, checksum)
+                "INSERT INTO {table} (version, name, applied_on, checksum)
                  SELECT h.version, h.name, h.applied_on, h.checksum {ours}"
             ),
             &[&versions, &names],
         )
         .await
         .map_err(db(format!(
-            "moving token-janitor's rows of {LEGACY_TABLE} to {TABLE}"
+            "moving token-janitor's rows of {LEGACY_TABLE} to {table}"
         )))?;
         tx.execute(&format!("DELETE {ours}"), &[&versions, &names])
             .await
@@ -215,7 +225,7 @@ async fn legacy_versions(
             rows = found.len(),
             left,
             from = LEGACY_TABLE,
-            to = TABLE,
+            to = table,
             "moved the migration history"
         );
     }
@@ -231,7 +241,7 @@ fn not_touched(holder: &str) -> Option<BTreeSet<i64>> {
 
 /// This binary's migrations as (versions, names), for matching rows.
 fn embedded() -> (Vec<i64>, Vec<String>) {
-    crate::migrate::embedded_migrations()
+    crate::migrate::embedded_migrations(&Schema::default())
         .into_iter()
         .map(|EmbeddedMigration { version, name, .. }| (version, name))
         .unzip()
@@ -239,9 +249,9 @@ fn embedded() -> (Vec<i64>, Vec<String>) {
 
 /// refinery's table, as refinery creates it (its statement, with built-in
 /// types named in pg_catalog).
-fn create_statement() -> String {
+fn create_statement(table: &str) -> String {
     format!(
-        "CREATE TABLE {TABLE} (
+        "CREATE TABLE {table} (
              version pg_catalog.int4 PRIMARY KEY,
              name pg_catalog.varchar(255),
              applied_on pg_catalog.varchar(255),
@@ -249,26 +259,34 @@ fn create_statement() -> String {
     )
 }
 
-/// Makes [`TABLE`] ready for refinery: creates schema `auth` when it is
+/// Makes [`table`] ready for refinery: creates `schema` when it is
 /// missing (refinery creates its table before migration V1 runs) and moves a
 /// legacy history found by [`read`]. Run after preflight.
 ///
 /// # Errors
 /// [`Error::Db`] naming the step.
-pub async fn prepare(client: &mut Client, found: &Found, owner: &str) -> Result<()> {
+pub async fn prepare(
+    client: &mut Client,
+    schema: &Schema,
+    found: &Found,
+    owner: &str,
+) -> Result<()> {
     // Only when it is missing: CREATE SCHEMA IF NOT EXISTS asks for CREATE
     // on the database even when the schema is there, which an owner role
     // redeploying its own install need not have.
     let exists: bool = client
-        .query_one("SELECT pg_catalog.to_regnamespace('auth') IS NOT NULL", &[])
+        .query_one(
+            "SELECT pg_catalog.to_regnamespace($1) IS NOT NULL",
+            &[&schema.name()],
+        )
         .await
-        .map_err(db("looking up schema auth"))?
+        .map_err(db(format!("looking up schema {schema}")))?
         .get(0);
     if !exists {
         client
-            .batch_execute("CREATE SCHEMA auth")
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
-            .map_err(db("creating schema auth"))?;
+            .map_err(db(format!("creating schema {schema}")))?;
     }
     if let Found::Legacy(expected) = found {
         let moved = legacy_versions(client, owner, true).await?;

@@ -1,7 +1,7 @@
 //! token-janitor: a refresh-token store for PostgreSQL whose cleanup lives
 //! inside the database.
 //!
-//! - [`migrate::migrate`] installs the `auth` schema, the SQL API, the purge's
+//! - [`migrate::migrate`] installs the `auth` schema (or another, [`Schema`]), the SQL API, the purge's
 //!   indexes and the pg_cron job;
 //! - [`store::TokenStore`] issues, rotates and revokes tokens through it;
 //! - [`verify::verify`] proves the cleanup works on a live database, and
@@ -17,6 +17,7 @@ pub mod history;
 pub mod migrate;
 pub mod owner;
 pub mod schedule;
+pub mod schema;
 pub mod status;
 pub mod store;
 pub mod token;
@@ -51,5 +52,6 @@ pub use db::DatabaseUrl;
 pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};
 pub use schedule::ScheduleChoice;
+pub use schema::Schema;
 pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
 pub use token::RefreshToken;

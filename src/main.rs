@@ -8,7 +8,7 @@ use token_janitor::bench::{self, BenchOptions, Layout, SoakOptions};
 use token_janitor::migrate::{self, MigrateOptions};
 use token_janitor::schedule::{CronDatabase, ScheduleChoice};
 use token_janitor::verify::{VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, schedule, status};
+use token_janitor::{DatabaseUrl, Schema, schedule, status};
 
 /// A refresh-token store for PostgreSQL whose cleanup runs inside the database.
 #[derive(Parser)]
@@ -39,8 +39,16 @@ enum Command {
     /// indexes and schedule the cleanup with pg_cron. Safe on every deploy,
     /// from several instances at once.
     Migrate {
+        /// The schema token-janitor lives in: a lowercase identifier, not
+        /// public, information_schema or pg_*. Another schema than auth
+        /// installs the same objects there (beside someone else's auth, e.g.
+        /// Supabase's), and its job runs `CALL NAME.run_token_cleanup()`.
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        schema: Schema,
+
         /// Skip everything pg_cron-related (for servers without pg_cron); run
-        /// `CALL auth.run_token_cleanup()` from your own scheduler instead.
+        /// `CALL auth.run_token_cleanup()` (NAME with --schema) from your own
+        /// scheduler instead.
         #[arg(long, conflicts_with = "schedule")]
         no_schedule: bool,
 
@@ -51,20 +59,23 @@ enum Command {
         schedule: Option<String>,
 
         /// The role applications use: EXECUTE on the lifecycle functions
-        /// only. Created NOLOGIN when missing; grant it to your app's login role.
-        #[arg(long, default_value = migrate::DEFAULT_APP_ROLE, value_name = "ROLE")]
-        app_role: String,
+        /// only. Created NOLOGIN when missing; grant it to your app's login
+        /// role. Default: token_janitor_app in schema auth, NAME_app with
+        /// --schema NAME.
+        #[arg(long, value_name = "ROLE")]
+        app_role: Option<String>,
 
         /// The read-only role verify and status can use. Created NOLOGIN when
-        /// missing.
-        #[arg(long, default_value = migrate::DEFAULT_MONITOR_ROLE, value_name = "ROLE")]
-        monitor_role: String,
+        /// missing. Default: token_janitor_monitor in schema auth,
+        /// NAME_monitor with --schema NAME.
+        #[arg(long, value_name = "ROLE")]
+        monitor_role: Option<String>,
 
-        /// The role that owns schema auth, its tables and routines, and that
-        /// the pg_cron job runs as; never a superuser. Default:
-        /// token_janitor_owner when migrate runs as a superuser (created when
-        /// missing, LOGIN without a password: pg_cron connects as it), else the
-        /// connected role itself.
+        /// The role that owns the schema's token-janitor objects and that the
+        /// pg_cron job runs as; never a superuser. Default: when migrate runs
+        /// as a superuser, token_janitor_owner in schema auth and NAME_owner
+        /// with --schema NAME (created when missing, LOGIN without a password:
+        /// pg_cron connects as it), else the connected role itself.
         #[arg(long, value_name = "ROLE")]
         owner_role: Option<String>,
     },
@@ -73,6 +84,10 @@ enum Command {
     /// itself (a self-test that is rolled back). Changes no data. Exits 0 only
     /// when no check fails.
     Verify {
+        /// The schema token-janitor was installed in (migrate --schema).
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        schema: Schema,
+
         /// Print one JSON document instead of one line per check.
         #[arg(long)]
         json: bool,
@@ -95,6 +110,10 @@ enum Command {
     /// Show token rows by state, the due backlog, sizes, the policy, the
     /// schedule and the last runs.
     Status {
+        /// The schema token-janitor was installed in (migrate --schema).
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        schema: Schema,
+
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
@@ -314,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cron_database = cron_database(&cli, &url)?;
     match cli.command {
         Command::Migrate {
+            schema,
             no_schedule,
             schedule,
             app_role,
@@ -321,7 +341,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             owner_role,
         } => {
             let mut client = url.connect().await?;
+            let command = schema.job_command();
             let options = MigrateOptions {
+                schema,
                 schedule: match (no_schedule, schedule) {
                     (true, _) => ScheduleChoice::Off,
                     (false, Some(cron)) => ScheduleChoice::Set(cron),
@@ -347,24 +369,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(id), Some(name), Some(cron)) => println!(
                     "pg_cron job '{name}' (id {id}) runs `{}` in database {} on '{cron}' (UTC) \
                      as role {}",
-                    schedule::JOB_COMMAND,
+                    command,
                     url.dbname(),
                     report.owner
                 ),
                 _ => println!(
                     "no schedule installed (--no-schedule): run `{}` from your own scheduler, \
                      outside a transaction block, every few minutes",
-                    schedule::JOB_COMMAND
+                    command
                 ),
             }
         }
         Command::Verify {
+            schema,
             json,
             no_schedule,
             schedule,
             backlog_warn,
         } => {
             let options = VerifyOptions {
+                schema,
                 schedule: (!no_schedule).then_some(schedule),
                 backlog_warn,
                 cron_database: Some(cron_database),
@@ -380,6 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status {
+            schema,
             format,
             json,
             exact,
@@ -392,7 +417,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(token_janitor::Error::PgCronNotPreloaded { .. }) => None,
                 other => other?,
             };
-            let status = status::status_with_cron(&client, cron_db.as_ref(), exact, runs).await?;
+            let status =
+                status::status_with_cron(&client, cron_db.as_ref(), &schema, exact, runs).await?;
             match if json { Format::Json } else { format } {
                 Format::Human => print!("{status}"),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),

@@ -10,6 +10,7 @@ use crate::error::{Error, Result, db};
 use crate::history;
 use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule::{self, ScheduleChoice};
+use crate::schema::Schema;
 
 /// The versioned migrations of `migrations/`, embedded at build time.
 mod embedded {
@@ -37,9 +38,29 @@ pub struct EmbeddedMigration {
     pub checksum: u64,
 }
 
-/// The versioned migrations embedded in this binary, in order.
-pub fn embedded_migrations() -> Vec<EmbeddedMigration> {
-    migrations::runner()
+/// The versioned migrations of `migrations/` for `schema`: the embedded
+/// SQL rewritten by [`Schema::sql`] (unchanged for `auth`, so an install in
+/// `auth` keeps its checksums; another schema's are its own, the same on
+/// every migrate and verify).
+fn runner(schema: &Schema) -> refinery::Runner {
+    let rewritten: Vec<refinery::Migration> = migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| {
+            refinery::Migration::unapplied(
+                &format!("V{}__{}", m.version(), m.name()),
+                &schema.sql(m.sql().unwrap_or_default()),
+            )
+            .expect("an embedded migration's name parses again")
+        })
+        .collect();
+    refinery::Runner::new(&rewritten)
+}
+
+/// The versioned migrations embedded in this binary, in order, as they are
+/// applied in `schema`.
+pub fn embedded_migrations(schema: &Schema) -> Vec<EmbeddedMigration> {
+    runner(schema)
         .get_migrations()
         .iter()
         .map(|m| EmbeddedMigration {
@@ -102,7 +123,9 @@ const RETIRED_ROUTINES: &[&str] = &[
     "_lock_key",
 ];
 
-/// What migrate creates in schema auth, by name: its record (see [`owner`]).
+/// What migrate creates in its schema, by name: its record (see [`owner`]).
+/// Names are relative to the schema, so the record is read from the SQL as
+/// written (for `auth`) whatever the schema.
 fn record() -> Vec<Declared> {
     let migrations: Vec<(i64, String)> = migrations::runner()
         .get_migrations()
@@ -125,9 +148,11 @@ fn record() -> Vec<Declared> {
 }
 
 /// Default name of the role applications use (EXECUTE on the lifecycle
-/// functions only).
+/// functions only) in schema `auth`; `NAME_app` in schema `NAME`
+/// ([`Schema::default_role`]).
 pub const DEFAULT_APP_ROLE: &str = "token_janitor_app";
-/// Default name of the read-only role verify and status can use.
+/// Default name of the read-only role verify and status can use in schema
+/// `auth`; `NAME_monitor` in schema `NAME`.
 pub const DEFAULT_MONITOR_ROLE: &str = "token_janitor_monitor";
 
 /// The purge's indexes, one `CREATE INDEX CONCURRENTLY` statement each.
@@ -145,6 +170,8 @@ const RETIRED_INDEXES: &[&str] = &[
 /// What `migrate` should do beyond the schema.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
+    /// The schema everything goes into (`--schema`). Default: `auth`.
+    pub schema: Schema,
     /// The pg_cron schedule of this database's cleanup job. Default:
     /// [`ScheduleChoice::KeepOrDefault`]: a migrate from an application's
     /// start-up keeps the schedule an operator set, and a fresh install gets
@@ -156,17 +183,20 @@ pub struct MigrateOptions {
     /// How long to wait for another migrate's lock. Default: 15 minutes, since
     /// the other may be building an index on a large table.
     pub lock_wait: Duration,
-    /// The application role, created NOLOGIN when missing. Default:
-    /// [`DEFAULT_APP_ROLE`].
-    pub app_role: String,
-    /// The monitoring role, created NOLOGIN when missing. Default:
-    /// [`DEFAULT_MONITOR_ROLE`].
-    pub monitor_role: String,
-    /// The role that owns schema auth, its tables and routines, and runs the
+    /// The application role, created NOLOGIN when missing. Default
+    /// (`None`): [`DEFAULT_APP_ROLE`] in schema `auth`, `NAME_app` in
+    /// schema `NAME`.
+    pub app_role: Option<String>,
+    /// The monitoring role, created NOLOGIN when missing. Default (`None`):
+    /// [`DEFAULT_MONITOR_ROLE`] in schema `auth`, `NAME_monitor` in schema
+    /// `NAME`.
+    pub monitor_role: Option<String>,
+    /// The role that owns the schema's token-janitor objects, and runs the
     /// pg_cron job; never a superuser. Created when missing, LOGIN when the
     /// job runs as it (pg_cron connects as the job's role). Default (`None`):
-    /// [`owner::DEFAULT_OWNER_ROLE`] when migrate runs as a superuser, else
-    /// the connected role itself.
+    /// when migrate runs as a superuser, [`owner::DEFAULT_OWNER_ROLE`] in
+    /// schema `auth` and `NAME_owner` in schema `NAME`; else the connected
+    /// role itself.
     pub owner_role: Option<String>,
     /// How to reach pg_cron's database (cron.database_name) when it is not
     /// this one; the job is then scheduled there with
@@ -175,13 +205,30 @@ pub struct MigrateOptions {
     pub cron_database: Option<schedule::CronDatabase>,
 }
 
+impl MigrateOptions {
+    /// The application role: [`MigrateOptions::app_role`] or the schema's default.
+    pub fn app_role(&self) -> String {
+        self.app_role
+            .clone()
+            .unwrap_or_else(|| self.schema.default_role("app"))
+    }
+
+    /// The monitoring role: [`MigrateOptions::monitor_role`] or the schema's default.
+    pub fn monitor_role(&self) -> String {
+        self.monitor_role
+            .clone()
+            .unwrap_or_else(|| self.schema.default_role("monitor"))
+    }
+}
+
 impl Default for MigrateOptions {
     fn default() -> Self {
         Self {
+            schema: Schema::default(),
             schedule: ScheduleChoice::KeepOrDefault,
             lock_wait: Duration::from_secs(15 * 60),
-            app_role: DEFAULT_APP_ROLE.to_string(),
-            monitor_role: DEFAULT_MONITOR_ROLE.to_string(),
+            app_role: None,
+            monitor_role: None,
             owner_role: None,
             cron_database: None,
         }
@@ -205,7 +252,7 @@ pub struct MigrateReport {
     pub job_name: Option<String>,
     /// The job's schedule (UTC): the one set, kept or defaulted.
     pub schedule: Option<String>,
-    /// The owner role: it owns schema auth's token-janitor objects and the
+    /// The owner role: it owns the schema's token-janitor objects and the
     /// job runs as it.
     pub owner: String,
 }
@@ -277,30 +324,39 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         ScheduleChoice::KeepOrDefault | ScheduleChoice::Set(_) => {
             let cron_db =
                 schedule::connect_cron_database(client, options.cron_database.as_ref()).await?;
-            schedule::check_pg_cron(client, cron_db.as_ref(), schedule::CronUse::Schedule).await?;
+            schedule::check_pg_cron(
+                client,
+                cron_db.as_ref(),
+                &options.schema,
+                schedule::CronUse::Schedule,
+            )
+            .await?;
             cron_db
         }
         ScheduleChoice::Off => None,
     };
+    let schema = &options.schema;
     let record = record();
+    let (app_role, monitor_role) = (options.app_role(), options.monitor_role());
     let roles = Roles {
+        schema,
         owner: options.owner_role.as_deref(),
-        app: &options.app_role,
-        monitor: &options.monitor_role,
+        app: &app_role,
+        monitor: &monitor_role,
         schedule: options.schedule != ScheduleChoice::Off,
     };
-    let owner_role = owner::owner_role(client, roles.owner).await?;
-    let history = history::read(client, &owner_role).await?;
+    let owner_role = owner::owner_role(client, schema, roles.owner).await?;
+    let history = history::read(client, schema, &owner_role).await?;
     let deployment = owner::preflight(client, &roles, &record, &history.versions()).await?;
     owner::ensure_roles(client, &deployment).await?;
-    history::prepare(client, &history, &deployment.owner).await?;
+    history::prepare(client, schema, &history, &deployment.owner).await?;
 
     let mut report = MigrateReport {
         owner: deployment.owner.clone(),
         ..MigrateReport::default()
     };
-    let applied = migrations::runner()
-        .set_migration_table_name(history::TABLE)
+    let applied = runner(schema)
+        .set_migration_table_name(history::table(schema))
         .run_async(client)
         .await?;
     report.applied = applied
@@ -312,21 +368,14 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
         tracing::info!(migration = %name, "applied");
     }
 
-    owner::hand_over(
-        client,
-        &deployment,
-        &record,
-        &options.app_role,
-        &options.monitor_role,
-    )
-    .await?;
+    owner::hand_over(client, &deployment, &record, &app_role, &monitor_role).await?;
     apply_definitions(client, options, &deployment, &record).await?;
 
-    for index in index_statements() {
-        build_index(client, &index, &mut report).await?;
+    for index in index_statements(schema) {
+        build_index(client, schema, &index, &mut report).await?;
     }
     for name in RETIRED_INDEXES {
-        retire_index(client, name, &mut report).await?;
+        retire_index(client, schema, name, &mut report).await?;
     }
 
     let wanted = match &options.schedule {
@@ -337,19 +386,20 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     // A superuser schedules the job for the owner role; any other role is
     // the owner and schedules its own.
     let username = (deployment.owner != deployment.deployer).then_some(deployment.owner.as_str());
-    let job = schedule::install_schedule(client, cron_db.as_ref(), wanted, username).await?;
+    let job =
+        schedule::install_schedule(client, cron_db.as_ref(), schema, wanted, username).await?;
     report.job_id = Some(job.jobid);
     report.job_name = Some(job.name);
     report.schedule = Some(job.schedule);
     Ok(report)
 }
 
-/// Replaces the owner role's functions and procedures in schema auth with the
-/// ones in `sql/`, as the owner role, in one transaction: dropping them first
+/// Replaces the owner role's functions and procedures in the schema with the
+/// ones in `sql/` (rewritten for the schema), as the owner role, in one transaction: dropping them first
 /// lets a release change a signature or return type, which `CREATE OR
 /// REPLACE` refuses, and callers see the old set or the new one, never a mix.
 /// Only routines of token-janitor's record owned by the owner role go
-/// (anyone else's in auth, and the owner role's own under other names, stay
+/// (anyone else's in the schema, and the owner role's own under other names, stay
 /// with their grants and comments); trigger functions belong to the
 /// versioned migrations and stay too. The grants go with them (a dropped function
 /// loses its grants) and `auth._apply_grants` sets them again.
@@ -374,13 +424,13 @@ async fn apply_definitions(
                         CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
                         p.oid::pg_catalog.regprocedure)
              FROM pg_catalog.pg_proc p
-             WHERE p.pronamespace = 'auth'::pg_catalog.regnamespace
+             WHERE p.pronamespace = $2::text::pg_catalog.regnamespace
                AND p.prokind IN ('f', 'p')
                AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype
                AND p.proowner = (SELECT o.oid FROM pg_catalog.pg_roles o
                                  WHERE o.rolname = current_user)
                AND p.proname = ANY ($1)",
-            &[&owner::routine_names(record)],
+            &[&owner::routine_names(record), &options.schema.name()],
         )
         .await
         .map_err(db("listing the previous sql/ definitions"))?;
@@ -390,13 +440,15 @@ async fn apply_definitions(
             .map_err(db("dropping the previous sql/ definitions"))?;
     }
     for (file, sql) in DEFINITIONS {
-        tx.batch_execute(sql)
+        tx.batch_execute(&options.schema.sql(sql))
             .await
             .map_err(db(format!("applying {file}")))?;
     }
     tx.execute(
-        "SELECT auth._apply_grants(p_app_role => $1, p_monitor_role => $2)",
-        &[&options.app_role, &options.monitor_role],
+        &*options
+            .schema
+            .sql("SELECT auth._apply_grants(p_app_role => $1, p_monitor_role => $2)"),
+        &[&options.app_role(), &options.monitor_role()],
     )
     .await
     .map_err(db(
@@ -408,15 +460,16 @@ async fn apply_definitions(
 /// One index from `sql/indexes.sql`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexDefinition {
-    /// Index name (schema `auth`).
+    /// Index name (in token-janitor's schema).
     pub name: String,
     /// The `CREATE INDEX CONCURRENTLY IF NOT EXISTS …` statement.
     pub statement: String,
 }
 
-/// The purge's indexes as `sql/indexes.sql` defines them.
-pub fn index_statements() -> Vec<IndexDefinition> {
-    let code: Vec<&str> = INDEXES
+/// The purge's indexes as `sql/indexes.sql` defines them, in `schema`.
+pub fn index_statements(schema: &Schema) -> Vec<IndexDefinition> {
+    let indexes = schema.sql(INDEXES);
+    let code: Vec<&str> = indexes
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))
         .collect();
@@ -442,17 +495,18 @@ pub fn index_statements() -> Vec<IndexDefinition> {
 /// first dropping an INVALID leftover of an interrupted build.
 async fn build_index(
     client: &Client,
+    schema: &Schema,
     index: &IndexDefinition,
     report: &mut MigrateReport,
 ) -> Result<()> {
-    let context = || format!("building index auth.{}", index.name);
+    let context = || format!("building index {schema}.{}", index.name);
     let existing = client
         .query_opt(
             "SELECT i.indisvalid FROM pg_catalog.pg_index i
              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'auth' AND c.relname = $1",
-            &[&index.name],
+             WHERE n.nspname = $2 AND c.relname = $1",
+            &[&index.name, &schema.name()],
         )
         .await
         .map_err(db(context()))?
@@ -463,7 +517,7 @@ async fn build_index(
             tracing::warn!(index = %index.name, "dropping INVALID index left by an interrupted build");
             client
                 .batch_execute(&format!(
-                    "DROP INDEX CONCURRENTLY IF EXISTS auth.\"{}\"",
+                    "DROP INDEX CONCURRENTLY IF EXISTS {schema}.\"{}\"",
                     index.name
                 ))
                 .await
@@ -482,14 +536,19 @@ async fn build_index(
 
 /// Drops index `name` of an earlier release CONCURRENTLY (its own statement,
 /// outside any transaction) when it exists, so token traffic never waits.
-async fn retire_index(client: &Client, name: &str, report: &mut MigrateReport) -> Result<()> {
-    let context = || format!("dropping the replaced index auth.{name}");
+async fn retire_index(
+    client: &Client,
+    schema: &Schema,
+    name: &str,
+    report: &mut MigrateReport,
+) -> Result<()> {
+    let context = || format!("dropping the replaced index {schema}.{name}");
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'auth' AND c.relname = $1 AND c.relkind = 'i'",
-            &[&name],
+             WHERE n.nspname = $2 AND c.relname = $1 AND c.relkind = 'i'",
+            &[&name, &schema.name()],
         )
         .await
         .map_err(db(context()))?
@@ -498,7 +557,7 @@ async fn retire_index(client: &Client, name: &str, report: &mut MigrateReport) -
         tracing::info!(index = %name, "dropping replaced index concurrently");
         client
             .batch_execute(&format!(
-                "DROP INDEX CONCURRENTLY IF EXISTS auth.\"{name}\""
+                "DROP INDEX CONCURRENTLY IF EXISTS {schema}.\"{name}\""
             ))
             .await
             .map_err(db(context()))?;

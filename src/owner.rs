@@ -1,6 +1,7 @@
-//! Who owns what in schema `auth`. token-janitor's objects belong to one owner
-//! role, and migrate touches only its record: the tables, indexes and routines
-//! its SQL declares (by name) and everything the owner role owns in `auth`.
+//! Who owns what in token-janitor's schema (`auth`, or `--schema NAME`).
+//! token-janitor's objects belong to one owner role, and migrate touches only
+//! its record: the tables, indexes and routines its SQL declares (by name,
+//! relative to the schema) and everything the owner role owns in the schema.
 //! [`preflight`] reads the database and refuses, before anything is changed,
 //! when an object in the way is not token-janitor's; [`ensure_roles`] and
 //! [`hand_over`] then make the owner role the owner of what migrate created.
@@ -10,8 +11,10 @@ use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, db};
+use crate::schema::Schema;
 
-/// Default owner role when migrate runs as a superuser.
+/// Default owner role when migrate runs as a superuser, in schema `auth`
+/// (`NAME_owner` in schema `NAME`: [`Schema::default_role`]).
 pub const DEFAULT_OWNER_ROLE: &str = "token_janitor_owner";
 
 /// The kinds of object token-janitor's SQL creates in schema `auth`.
@@ -157,9 +160,9 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Who schema `auth` belongs to, as migrate found it.
+/// Who token-janitor's schema belongs to, as migrate found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Schema {
+enum SchemaState {
     /// Missing: migration V1 creates it and the owner role gets it.
     Absent,
     /// The owner role's.
@@ -186,6 +189,7 @@ pub struct Deployment {
     /// The owner role exists without LOGIN and the job will run as it.
     grant_login: bool,
     schema: Schema,
+    state: SchemaState,
 }
 
 /// What an object found in schema `auth` is.
@@ -213,8 +217,10 @@ struct Found {
     index_table: Option<String>,
 }
 
-/// The roles migrate's options name.
+/// The schema and the roles migrate's options name.
 pub struct Roles<'a> {
+    /// `--schema`.
+    pub schema: &'a Schema,
     /// `--owner-role`, when given.
     pub owner: Option<&'a str>,
     /// `--app-role`.
@@ -233,7 +239,11 @@ struct Connected {
     owner: String,
 }
 
-async fn connected(client: &Client, owner_role: Option<&str>) -> Result<Connected> {
+async fn connected(
+    client: &Client,
+    schema: &Schema,
+    owner_role: Option<&str>,
+) -> Result<Connected> {
     let me = client
         .query_one(
             "SELECT current_user::text, r.rolsuper, r.rolcreaterole
@@ -246,7 +256,7 @@ async fn connected(client: &Client, owner_role: Option<&str>) -> Result<Connecte
     let superuser: bool = me.get(1);
     let owner = owner_role.map(str::to_string).unwrap_or_else(|| {
         if superuser {
-            DEFAULT_OWNER_ROLE.to_string()
+            schema.default_role("owner")
         } else {
             deployer.clone()
         }
@@ -260,13 +270,17 @@ async fn connected(client: &Client, owner_role: Option<&str>) -> Result<Connecte
 }
 
 /// The owner role a migrate with `--owner-role` `owner_role` deploys for:
-/// that role, else [`DEFAULT_OWNER_ROLE`] for a superuser, else the
-/// connected role itself.
+/// that role, else the schema's default ([`DEFAULT_OWNER_ROLE`] in `auth`)
+/// for a superuser, else the connected role itself.
 ///
 /// # Errors
 /// [`Error::Db`] when the connected role cannot be read.
-pub async fn owner_role(client: &Client, owner_role: Option<&str>) -> Result<String> {
-    Ok(connected(client, owner_role).await?.owner)
+pub async fn owner_role(
+    client: &Client,
+    schema: &Schema,
+    owner_role: Option<&str>,
+) -> Result<String> {
+    Ok(connected(client, schema, owner_role).await?.owner)
 }
 
 /// Reads the database and decides who owns token-janitor's objects. Changes
@@ -287,7 +301,8 @@ pub async fn preflight(
         superuser,
         createrole,
         owner,
-    } = connected(client, roles.owner).await?;
+    } = connected(client, roles.schema, roles.owner).await?;
+    let schema = roles.schema;
     let mut conflicts = Vec::new();
 
     let mut create_roles = Vec::new();
@@ -322,7 +337,8 @@ pub async fn preflight(
                     conflicts.push(format!(
                         "role {owner} is a superuser, and token-janitor's SECURITY DEFINER \
                          routines and its pg_cron job would run as a superuser: pass \
-                         --owner-role naming a role that is not one (default {DEFAULT_OWNER_ROLE})"
+                         --owner-role naming a role that is not one (default {})",
+                        schema.default_role("owner")
                     ));
                 }
                 if login && !row.get::<_, bool>(1) {
@@ -352,13 +368,13 @@ pub async fn preflight(
             "SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text, r.rolsuper,
                     pg_catalog.has_schema_privilege(n.oid, 'CREATE')
              FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-             WHERE n.nspname = 'auth'",
-            &[],
+             WHERE n.nspname = $1",
+            &[&schema.name()],
         )
         .await
-        .map_err(db("reading schema auth"))?;
+        .map_err(db(format!("reading schema {schema}")))?;
     let found = match &schema_row {
-        Some(_) => objects_in_auth(client).await?,
+        Some(_) => objects_in_schema(client, schema).await?,
         None => Vec::new(),
     };
 
@@ -434,22 +450,22 @@ pub async fn preflight(
         }
     }
 
-    let schema = match schema_row {
-        None => Schema::Absent,
-        Some(row) if row.get::<_, String>(0) == owner => Schema::Owned,
+    let state = match schema_row {
+        None => SchemaState::Absent,
+        Some(row) if row.get::<_, String>(0) == owner => SchemaState::Owned,
         Some(row) if superuser && row.get::<_, bool>(1) && !foreign && before_owner_role => {
-            Schema::Legacy
+            SchemaState::Legacy
         }
         Some(row) => {
             if !row.get::<_, bool>(2) {
                 conflicts.push(format!(
-                    "schema auth belongs to role {} and {deployer} may not create objects in it: \
-                     GRANT CREATE ON SCHEMA auth TO {deployer}, or install token-janitor in \
-                     another database",
+                    "schema {schema} belongs to role {} and {deployer} may not create objects in \
+                     it: GRANT CREATE ON SCHEMA {schema} TO {deployer}, or install token-janitor \
+                     in another schema (--schema)",
                     row.get::<_, String>(0)
                 ));
             }
-            Schema::Foreign
+            SchemaState::Foreign
         }
     };
     if !conflicts.is_empty() {
@@ -460,15 +476,16 @@ pub async fn preflight(
         owner,
         create_roles,
         grant_login,
-        schema,
+        schema: schema.clone(),
+        state,
     })
 }
 
-/// Every relation, routine and domain, enum or range type in schema `auth`.
-async fn objects_in_auth(client: &Client) -> Result<Vec<Found>> {
+/// Every relation, routine and domain, enum or range type in `schema`.
+async fn objects_in_schema(client: &Client, schema: &Schema) -> Result<Vec<Found>> {
     let rows = client
         .query(
-            "SELECT 'relation', c.relname::text, 'auth.' || pg_catalog.quote_ident(c.relname),
+            &*schema.sql("SELECT 'relation', c.relname::text, 'auth.' || pg_catalog.quote_ident(c.relname),
                     c.relkind::text, r.rolname::text, r.rolsuper, t.relname::text
              FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
@@ -484,11 +501,11 @@ async fn objects_in_auth(client: &Client) -> Result<Vec<Found>> {
              SELECT 'type', y.typname::text, 'type auth.' || pg_catalog.quote_ident(y.typname),
                     y.typtype::text, r.rolname::text, r.rolsuper, NULL
              FROM pg_catalog.pg_type y JOIN pg_catalog.pg_roles r ON r.oid = y.typowner
-             WHERE y.typnamespace = 'auth'::pg_catalog.regnamespace AND y.typtype IN ('d', 'e', 'r', 'm')",
+             WHERE y.typnamespace = 'auth'::pg_catalog.regnamespace AND y.typtype IN ('d', 'e', 'r', 'm')"),
             &[],
         )
         .await
-        .map_err(db("listing the objects in schema auth"))?;
+        .map_err(db(format!("listing the objects in schema {schema}")))?;
     Ok(rows
         .iter()
         .map(|row| Found {
@@ -542,9 +559,9 @@ pub async fn ensure_roles(client: &Client, deployment: &Deployment) -> Result<()
 }
 
 /// Gives the owner role what migrate created or an install from before the
-/// owner role left behind (schema `auth` unless it is someone else's, and
+/// owner role left behind (the schema unless it is someone else's, and
 /// every declared table and routine), and lets the owner, application and
-/// monitoring roles use a schema `auth` that is someone else's.
+/// monitoring roles use a schema that is someone else's.
 ///
 /// # Errors
 /// [`Error::Db`] naming the object.
@@ -556,24 +573,27 @@ pub async fn hand_over(
     monitor_role: &str,
 ) -> Result<()> {
     let owner = ident(&deployment.owner);
-    match deployment.schema {
-        Schema::Absent | Schema::Legacy => client
-            .batch_execute(&format!("ALTER SCHEMA auth OWNER TO {owner}"))
+    let schema = &deployment.schema;
+    match deployment.state {
+        SchemaState::Absent | SchemaState::Legacy => client
+            .batch_execute(&format!("ALTER SCHEMA {schema} OWNER TO {owner}"))
             .await
-            .map_err(db("giving schema auth to the owner role"))?,
-        Schema::Owned => {}
-        Schema::Foreign => {
+            .map_err(db(format!("giving schema {schema} to the owner role")))?,
+        SchemaState::Owned => {}
+        SchemaState::Foreign => {
             let mut grants = format!(
-                "GRANT USAGE ON SCHEMA auth TO {}, {}",
+                "GRANT USAGE ON SCHEMA {schema} TO {}, {}",
                 ident(app_role),
                 ident(monitor_role)
             );
             if deployment.owner != deployment.deployer {
-                grants.push_str(&format!("; GRANT USAGE, CREATE ON SCHEMA auth TO {owner}"));
+                grants.push_str(&format!(
+                    "; GRANT USAGE, CREATE ON SCHEMA {schema} TO {owner}"
+                ));
             }
-            client.batch_execute(&grants).await.map_err(db(
-                "granting the use of schema auth, which belongs to another role",
-            ))?
+            client.batch_execute(&grants).await.map_err(db(format!(
+                "granting the use of schema {schema}, which belongs to another role"
+            )))?
         }
     }
     let mut names: HashMap<&str, Vec<String>> = HashMap::new();
@@ -588,7 +608,8 @@ pub async fn hand_over(
     }
     let rows = client
         .query(
-            "SELECT 'TABLE', c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
+            &*schema.sql(
+                "SELECT 'TABLE', c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'auth'::pg_catalog.regnamespace AND c.relkind = 'r'
                AND c.relname = ANY ($1) AND c.relowner <> $3::text::pg_catalog.regrole
              UNION ALL
@@ -599,6 +620,7 @@ pub async fn hand_over(
              SELECT 'TYPE', t.oid::pg_catalog.regtype::text FROM pg_catalog.pg_type t
              WHERE t.typnamespace = 'auth'::pg_catalog.regnamespace
                AND t.typname = ANY ($4) AND t.typowner <> $3::text::pg_catalog.regrole",
+            ),
             &[
                 &names.get("TABLE").cloned().unwrap_or_default(),
                 &names.get("ROUTINE").cloned().unwrap_or_default(),

@@ -11,12 +11,13 @@ use tokio_postgres::Client;
 
 use crate::db::DatabaseUrl;
 use crate::error::{Error, Result, db};
+use crate::schema::Schema;
 
-/// The job's command (pinned): anything before the CALL in the same command
-/// string would open a transaction and break the procedure's COMMITs.
+/// The job's command in schema `auth` (pinned; `CALL NAME.run_token_cleanup()`
+/// in schema `NAME`, [`Schema::job_command`]): anything before the CALL in
+/// the same command string would open a transaction and break the
+/// procedure's COMMITs.
 pub const JOB_COMMAND: &str = "CALL auth.run_token_cleanup()";
-/// The schema the job's command calls into.
-pub const JOB_SCHEMA: &str = "auth";
 /// The default schedule: every five minutes, UTC.
 pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
 /// The job name of releases before one job per database: migrate replaces
@@ -251,6 +252,7 @@ pub struct PgCron {
 pub async fn check_pg_cron(
     app: &Client,
     cron: Option<&CronConnection>,
+    schema: &Schema,
     need: CronUse,
 ) -> Result<PgCron> {
     let client = cron.map_or(app, |c| &c.client);
@@ -324,7 +326,7 @@ pub async fn check_pg_cron(
     // The job's name is this database's: a job of that name elsewhere (made
     // by hand, or left by a database since renamed) would be upserted.
     let app_database = cron.map_or(database.as_str(), |c| c.app_database.as_str());
-    let job = job_name(app_database, JOB_SCHEMA);
+    let job = job_name(app_database, schema.name());
     let other = client
         .query_opt(
             "SELECT jobid, database FROM cron.job WHERE jobname = $1 AND database <> $2",
@@ -370,7 +372,7 @@ pub struct ScheduledJob {
 /// the superuser lets it use schema `cron` (to read its job and prune its
 /// run history).
 ///
-/// The job is read back: it must run exactly [`JOB_COMMAND`] in the
+/// The job is read back: it must run exactly [`Schema::job_command`] in the
 /// application's database. Then every other job that runs this database's
 /// cleanup (an earlier release's, one scheduled for another role before the
 /// owner role) is removed, and so is one of this name that connects to a
@@ -384,9 +386,11 @@ pub struct ScheduledJob {
 pub async fn install_schedule(
     app: &Client,
     cron: Option<&CronConnection>,
+    schema: &Schema,
     schedule: Option<&str>,
     username: Option<&str>,
 ) -> Result<ScheduledJob> {
+    let command = schema.job_command();
     let client = cron.map_or(app, |c| &c.client);
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
@@ -400,14 +404,14 @@ pub async fn install_schedule(
             .map_err(db("reading the database name"))?
             .get(0),
     };
-    let name = job_name(&database, JOB_SCHEMA);
+    let name = job_name(&database, schema.name());
     // The job that runs this database's cleanup now, this name's first: an
     // operator's schedule and pause carry over to the job that replaces it.
     let current: Option<(String, bool)> = client
         .query_opt(
             "SELECT schedule, active FROM cron.job WHERE database = $1 AND command = $2
              ORDER BY coalesce(jobname = $3, false) DESC, jobid LIMIT 1",
-            &[&database, &JOB_COMMAND, &name],
+            &[&database, &command, &name],
         )
         .await
         .map_err(db("reading the cleanup job"))?
@@ -436,7 +440,7 @@ pub async fn install_schedule(
         client
             .query_one(
                 "SELECT cron.schedule(job_name => $1, schedule => $2, command => $3)",
-                &[&name, &schedule, &JOB_COMMAND],
+                &[&name, &schedule, &command],
             )
             .await
     } else {
@@ -444,7 +448,7 @@ pub async fn install_schedule(
             .query_one(
                 "SELECT cron.schedule_in_database(job_name => $1, schedule => $2, command => $3,
                      database => $4, username => $5)",
-                &[&name, &schedule, &JOB_COMMAND, &database, &username],
+                &[&name, &schedule, &command, &database, &username],
             )
             .await
     };
@@ -467,10 +471,11 @@ pub async fn install_schedule(
         .await
         .map_err(db("reading back the cleanup job"))?;
     let found: Option<(String, String)> = found.map(|row| (row.get(0), row.get(1)));
-    if found.as_ref() != Some(&(database.clone(), JOB_COMMAND.to_string())) {
+    if found.as_ref() != Some(&(database.clone(), command.clone())) {
         return Err(Error::JobNotAsScheduled {
             job: name,
             jobid,
+            command,
             database,
             found: match found {
                 Some((other, command)) => format!("it runs `{command}` in database '{other}'"),
@@ -503,7 +508,7 @@ pub async fn install_schedule(
         .execute(
             "SELECT cron.unschedule(j.jobid) FROM cron.job j
              WHERE j.database = $1 AND (j.command = $2 OR j.jobname = $3) AND j.jobid <> $4",
-            &[&database, &JOB_COMMAND, &name, &jobid],
+            &[&database, &command, &name, &jobid],
         )
         .await
         .map_err(db("removing the database's other cleanup jobs"))?;
@@ -536,8 +541,8 @@ pub struct JobInfo {
 }
 
 /// Reads the cleanup job, found by database and command (not by name): the
-/// job that runs exactly [`JOB_COMMAND`] in the application's database,
-/// through `auth.cleanup_job()` there (`cron` is `None`; the monitoring role
+/// job that runs exactly [`Schema::job_command`] in the application's database,
+/// through `auth.cleanup_job()` there (in `schema`) (`cron` is `None`; the monitoring role
 /// may call it), or from cron.job in pg_cron's database. There pg_cron's row security shows a non-superuser only its own
 /// jobs, so read it as the role that ran migrate (or a superuser). `None`
 /// when pg_cron or the job is missing.
@@ -547,13 +552,16 @@ pub struct JobInfo {
 pub async fn find_job(
     app: &Client,
     cron: Option<&CronConnection>,
+    schema: &Schema,
 ) -> Result<Option<JobInfo>, tokio_postgres::Error> {
     let row = match cron {
         None => {
             app.query_opt(
-                "SELECT jobid, jobname, schedule, command, active, last_status, last_message,
-                        last_start::text
-                 FROM auth.cleanup_job()",
+                &*schema.sql(
+                    "SELECT jobid, jobname, schedule, command, active, last_status, last_message,
+                            last_start::text
+                     FROM auth.cleanup_job()",
+                ),
                 &[],
             )
             .await?
@@ -581,7 +589,7 @@ pub async fn find_job(
                          ORDER BY r.start_time DESC LIMIT 1) d ON true
                      WHERE j.database = $1 AND j.command = $2
                      ORDER BY j.jobid LIMIT 1",
-                    &[&cron.app_database, &JOB_COMMAND],
+                    &[&cron.app_database, &schema.job_command()],
                 )
                 .await?
         }

@@ -5,7 +5,8 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{Result, db};
-use crate::schedule::{self, CronConnection, JOB_COMMAND};
+use crate::schedule::{self, CronConnection};
+use crate::schema::Schema;
 
 /// Above this many rows (planner estimate), counts are estimates unless
 /// `exact` is asked for.
@@ -92,7 +93,9 @@ pub struct SecurityEvents {
 /// Everything `status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
-    /// Tables and indexes of schema auth.
+    /// The schema token-janitor is installed in.
+    pub schema: String,
+    /// Tables and indexes of the schema that are token-janitor's.
     pub relations: Vec<Relation>,
     /// Token rows by state: live, expired, revoked, rotated.
     pub tokens: Vec<Count>,
@@ -114,15 +117,17 @@ pub struct Status {
     pub security_events_recorded: i64,
 }
 
-/// The (name, rows, exact) rows `sql` returns for its one parameter, `p_exact`.
+/// The (name, rows, exact) rows `sql` (written for schema `auth`) returns
+/// in `schema` for its one parameter, `p_exact`.
 async fn counts(
     client: &Client,
+    schema: &Schema,
     sql: &str,
     exact: Option<bool>,
     context: &str,
 ) -> Result<Vec<Count>> {
     Ok(client
-        .query(sql, &[&exact])
+        .query(&*schema.sql(sql), &[&exact])
         .await
         .map_err(db(context))?
         .iter()
@@ -141,22 +146,23 @@ async fn counts(
 /// # Errors
 /// [`crate::Error::Db`] naming what could not be read.
 pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
-    status_with_cron(client, None, exact, runs).await
+    status_with_cron(client, None, &Schema::default(), exact, runs).await
 }
 
-/// [`status`], reading the job from pg_cron's database when that is `cron`
-/// (see [`schedule::connect_cron_database`]).
+/// [`status`] of the install in `schema`, reading the job from pg_cron's
+/// database when that is `cron` (see [`schedule::connect_cron_database`]).
 ///
 /// # Errors
 /// [`crate::Error::Db`] naming what could not be read.
 pub async fn status_with_cron(
     client: &Client,
     cron: Option<&CronConnection>,
+    schema: &Schema,
     exact: bool,
     runs: i64,
 ) -> Result<Status> {
     let search_path = crate::db::pin_search_path(client).await?;
-    let status = read_status(client, cron, exact, runs).await;
+    let status = read_status(client, cron, schema, exact, runs).await;
     crate::db::restore_search_path(client, &search_path).await?;
     status
 }
@@ -165,18 +171,21 @@ pub async fn status_with_cron(
 async fn read_status(
     client: &Client,
     cron: Option<&CronConnection>,
+    schema: &Schema,
     exact: bool,
     runs: i64,
 ) -> Result<Status> {
     let relations = client
         .query(
-            "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
+            &*schema.sql(
+                "SELECT c.relname::text, CASE c.relkind WHEN 'i' THEN 'index' ELSE 'table' END,
                     pg_catalog.pg_relation_size(c.oid)
              FROM pg_catalog.pg_class c
              WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i')
                AND c.relowner = (SELECT t.relowner FROM pg_catalog.pg_class t
                                  WHERE t.oid = 'auth.cleanup_runs'::regclass)
              ORDER BY c.relkind DESC, c.relname",
+            ),
             &[],
         )
         .await
@@ -185,7 +194,7 @@ async fn read_status(
         ))?
         .iter()
         .map(|r| Relation {
-            name: format!("auth.{}", r.get::<_, String>(0)),
+            name: format!("{schema}.{}", r.get::<_, String>(0)),
             kind: if r.get::<_, &str>(1) == "index" {
                 "index"
             } else {
@@ -197,7 +206,7 @@ async fn read_status(
 
     let reltuples: f32 = client
         .query_one(
-            "SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = 'auth.refresh_tokens'::regclass",
+            &*schema.sql("SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = 'auth.refresh_tokens'::regclass"),
             &[],
         )
         .await
@@ -207,6 +216,7 @@ async fn read_status(
 
     let mut tokens = counts(
         client,
+        schema,
         "SELECT state, rows, exact FROM auth.token_counts(p_exact => $1)",
         Some(exact),
         "counting token rows and sessions",
@@ -216,13 +226,14 @@ async fn read_status(
         .pop()
         .filter(|count| count.name == "sessions")
         .ok_or_else(|| {
-            crate::Error::UnexpectedResponse(
-                "auth.token_counts returned no sessions row".to_string(),
-            )
+            crate::Error::UnexpectedResponse(format!(
+                "{schema}.token_counts returned no sessions row"
+            ))
         })?;
 
     let backlog = counts(
         client,
+        schema,
         "SELECT kind, due_rows, exact FROM auth.cleanup_backlog(p_exact => $1)",
         exact.then_some(true),
         "reading the due backlog",
@@ -231,14 +242,16 @@ async fn read_status(
 
     let policy_row = client
         .query_one(
-            "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
+            &*schema.sql(
+                "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
                     batch_size::text, max_runtime::text, history_retention::text,
                     reuse_grace::text, max_ttl::text, audit_retention::text, pace::text
              FROM auth.cleanup_policy",
+            ),
             &[],
         )
         .await
-        .map_err(db("reading auth.cleanup_policy"))?;
+        .map_err(db(format!("reading {schema}.cleanup_policy")))?;
     let policy = [
         "expired_retention",
         "revoked_retention",
@@ -256,7 +269,7 @@ async fn read_status(
     .map(|(i, name)| (name.to_string(), policy_row.get::<_, String>(i)))
     .collect();
 
-    let job = match schedule::find_job(client, cron).await {
+    let job = match schedule::find_job(client, cron, schema).await {
         // pg_cron's database grants a monitoring role nothing: show the rest.
         Err(err)
             if cron.is_some()
@@ -275,18 +288,18 @@ async fn read_status(
 
     let runs = client
         .query(
-            "SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+            &*schema.sql("SELECT id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     extract(epoch FROM started_at)::float8,
                     extract(epoch FROM finished_at - started_at)::float8,
                     status, batches, error,
                     ARRAY(SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality),
                     ARRAY(SELECT (pg_catalog.to_jsonb(r) ->> t.run_column)::int8
                           FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality)
-             FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1",
+             FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1"),
             &[&runs],
         )
         .await
-        .map_err(db("reading auth.cleanup_runs"))?
+        .map_err(db(format!("reading {schema}.cleanup_runs")))?
         .iter()
         .map(|r| Run {
             id: r.get(0),
@@ -306,13 +319,13 @@ async fn read_status(
 
     let event_rows = client
         .query(
-            "SELECT kind, last_24h,
+            &*schema.sql("SELECT kind, last_24h,
                     to_char(last_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), recorded_total
-             FROM auth.security_event_summary()",
+             FROM auth.security_event_summary()"),
             &[],
         )
         .await
-        .map_err(db("reading auth.security_event_summary()"))?;
+        .map_err(db(format!("reading {schema}.security_event_summary()")))?;
     let security_events_recorded = event_rows.first().map_or(0, |r| r.get(3));
     let security_events = event_rows
         .iter()
@@ -324,6 +337,7 @@ async fn read_status(
         .collect();
 
     Ok(Status {
+        schema: schema.name().to_string(),
         relations,
         tokens,
         sessions,
@@ -371,7 +385,11 @@ impl std::fmt::Display for Status {
                 if job.active { "active" } else { "INACTIVE" },
                 job.command
             )?,
-            None => writeln!(f, "schedule: no pg_cron job runs `{JOB_COMMAND}` here")?,
+            None => writeln!(
+                f,
+                "schedule: no pg_cron job runs `CALL {}.run_token_cleanup()` here",
+                self.schema
+            )?,
         }
         writeln!(
             f,
@@ -470,7 +488,7 @@ impl Status {
         );
         metric(
             "relation_bytes",
-            "Size on disk of each table and index of schema auth.",
+            "Size on disk of each table and index of token-janitor's schema.",
             self.relations
                 .iter()
                 .map(|r| {

@@ -4,6 +4,8 @@
 //! transaction (`*_with`), so callers can compose them with their own work;
 //! [`TokenStore`] runs the same functions on a pooled connection. All of them
 //! use the database server's clock: the application never chooses the time.
+//! The `*_with` functions and [`simulated`] call schema `auth`;
+//! [`TokenStore::with_schema`] calls another.
 //! [`simulated`] drives the clock instead, for tests, demos and simulations;
 //! it needs the owner role, which the application role is not.
 //!
@@ -19,6 +21,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::error::{Error, Result, db};
+use crate::schema::Schema;
 use crate::token::{self, RefreshToken, Secret};
 
 /// Default refresh token lifetime: 30 days.
@@ -148,6 +151,7 @@ enum Clock {
 /// search_path the database or the role sets (a `public.make_interval` of the
 /// same signature would otherwise run in its place).
 fn call<'a>(
+    schema: &Schema,
     select: &str,
     function: &str,
     args: &[&str],
@@ -163,7 +167,12 @@ fn call<'a>(
         params.push(now);
         named.push(format!("p_now => ${}", params.len()));
     }
-    format!("SELECT {select} FROM {function}({}) r", named.join(", "))
+    schema
+        .sql(&format!(
+            "SELECT {select} FROM {function}({}) r",
+            named.join(", ")
+        ))
+        .into_owned()
 }
 
 fn seconds(ttl: Duration) -> f64 {
@@ -172,6 +181,7 @@ fn seconds(ttl: Duration) -> f64 {
 
 async fn issue_on<C: GenericClient>(
     client: &C,
+    schema: &Schema,
     user_id: &str,
     ttl: Duration,
     clock: Clock,
@@ -180,6 +190,7 @@ async fn issue_on<C: GenericClient>(
     let (hash, ttl) = (secret.hash(), seconds(ttl));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &hash, &ttl];
     let sql = call(
+        schema,
         "session_id, generation, expires_at, authenticator",
         "auth.issue_token",
         &[
@@ -207,6 +218,7 @@ async fn issue_on<C: GenericClient>(
 
 async fn rotate_on<C: GenericClient>(
     client: &C,
+    schema: &Schema,
     token: &str,
     ttl: Duration,
     clock: Clock,
@@ -229,6 +241,7 @@ async fn rotate_on<C: GenericClient>(
         &seal,
     ];
     let sql = call(
+        schema,
         "outcome, generation, expires_at, authenticator, successor_seal, user_id",
         "auth.rotate_token",
         &[
@@ -287,6 +300,7 @@ async fn rotate_on<C: GenericClient>(
 
 async fn revoke_session_on<C: GenericClient>(
     client: &C,
+    schema: &Schema,
     session_id: Uuid,
     reason: RevokeReason,
     clock: Clock,
@@ -294,6 +308,7 @@ async fn revoke_session_on<C: GenericClient>(
     let reason = reason.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&session_id, &reason];
     let sql = call(
+        schema,
         "r",
         "auth.revoke_session",
         &["p_session_id => $n", "p_reason => $n"],
@@ -307,6 +322,37 @@ async fn revoke_session_on<C: GenericClient>(
     Ok(row.get(0))
 }
 
+async fn revoke_token_on<C: GenericClient>(
+    client: &C,
+    schema: &Schema,
+    token: &str,
+    reason: RevokeReason,
+) -> Result<bool> {
+    let presented = token::parse(token)?;
+    let (hash, reason) = (presented.secret.hash(), reason.as_str());
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&presented.session_id, &presented.generation, &hash, &reason];
+    let sql = call(
+        schema,
+        "r",
+        "auth.revoke_token",
+        &[
+            "p_session_id => $n",
+            "p_generation => $n",
+            "p_token_hash => $n",
+            "p_reason => $n",
+        ],
+        &mut params,
+        &Clock::Server,
+    );
+    let revoked: i32 = client
+        .query_one(&sql, &params)
+        .await
+        .map_err(db("revoking a presented token"))?
+        .get(0);
+    Ok(revoked > 0)
+}
+
 /// `auth.revoke_token`: revokes the family of a presented token when the
 /// token is genuine; returns whether it did.
 ///
@@ -317,22 +363,12 @@ pub async fn revoke_token_with<C: GenericClient>(
     token: &str,
     reason: RevokeReason,
 ) -> Result<bool> {
-    let presented = token::parse(token)?;
-    let (hash, reason) = (presented.secret.hash(), reason.as_str());
-    let revoked: i32 = client
-        .query_one(
-            "SELECT auth.revoke_token(p_session_id => $1, p_generation => $2, p_token_hash => $3,
-                                      p_reason => $4)",
-            &[&presented.session_id, &presented.generation, &hash, &reason],
-        )
-        .await
-        .map_err(db("revoking a presented token"))?
-        .get(0);
-    Ok(revoked > 0)
+    revoke_token_on(client, &Schema::default(), token, reason).await
 }
 
 async fn revoke_user_sessions_on<C: GenericClient>(
     client: &C,
+    schema: &Schema,
     user_id: &str,
     reason: RevokeReason,
     clock: Clock,
@@ -340,6 +376,7 @@ async fn revoke_user_sessions_on<C: GenericClient>(
     let reason = reason.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &reason];
     let sql = call(
+        schema,
         "r",
         "auth.revoke_user_sessions",
         &["p_user_id => $n", "p_reason => $n"],
@@ -363,7 +400,7 @@ pub async fn issue_with<C: GenericClient>(
     user_id: &str,
     ttl: Duration,
 ) -> Result<Issued> {
-    issue_on(client, user_id, ttl, Clock::Server).await
+    issue_on(client, &Schema::default(), user_id, ttl, Clock::Server).await
 }
 
 /// `auth.rotate_token`: presents `token` (`rt2_` or `rt1_`) and, when it is
@@ -380,7 +417,7 @@ pub async fn rotate_with<C: GenericClient>(
     token: &str,
     ttl: Duration,
 ) -> Result<Rotation> {
-    rotate_on(client, token, ttl, Clock::Server).await
+    rotate_on(client, &Schema::default(), token, ttl, Clock::Server).await
 }
 
 /// `auth.revoke_session`: returns how many tokens it revoked.
@@ -392,7 +429,14 @@ pub async fn revoke_session_with<C: GenericClient>(
     session_id: Uuid,
     reason: RevokeReason,
 ) -> Result<i32> {
-    revoke_session_on(client, session_id, reason, Clock::Server).await
+    revoke_session_on(
+        client,
+        &Schema::default(),
+        session_id,
+        reason,
+        Clock::Server,
+    )
+    .await
 }
 
 /// `auth.revoke_user_sessions`: returns how many sessions it revoked.
@@ -404,7 +448,7 @@ pub async fn revoke_user_sessions_with<C: GenericClient>(
     user_id: &str,
     reason: RevokeReason,
 ) -> Result<i32> {
-    revoke_user_sessions_on(client, user_id, reason, Clock::Server).await
+    revoke_user_sessions_on(client, &Schema::default(), user_id, reason, Clock::Server).await
 }
 
 /// `auth.list_sessions`: a user's sessions, newest first, at most `limit`
@@ -417,10 +461,21 @@ pub async fn list_sessions_with<C: GenericClient>(
     user_id: &str,
     limit: i32,
 ) -> Result<Vec<SessionInfo>> {
+    list_sessions_on(client, &Schema::default(), user_id, limit).await
+}
+
+async fn list_sessions_on<C: GenericClient>(
+    client: &C,
+    schema: &Schema,
+    user_id: &str,
+    limit: i32,
+) -> Result<Vec<SessionInfo>> {
     let rows = client
         .query(
-            "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason
-             FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
+            &*schema.sql(
+                "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason
+                 FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
+            ),
             &[&user_id, &limit],
         )
         .await
@@ -454,7 +509,7 @@ pub mod simulated {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Issued> {
-        issue_on(client, user_id, ttl, Clock::At(now)).await
+        issue_on(client, &Schema::default(), user_id, ttl, Clock::At(now)).await
     }
 
     /// [`super::rotate_with`] at `now`.
@@ -467,7 +522,7 @@ pub mod simulated {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Rotation> {
-        rotate_on(client, token, ttl, Clock::At(now)).await
+        rotate_on(client, &Schema::default(), token, ttl, Clock::At(now)).await
     }
 
     /// [`super::revoke_session_with`] at `now`.
@@ -480,7 +535,14 @@ pub mod simulated {
         reason: RevokeReason,
         now: SystemTime,
     ) -> Result<i32> {
-        revoke_session_on(client, session_id, reason, Clock::At(now)).await
+        revoke_session_on(
+            client,
+            &Schema::default(),
+            session_id,
+            reason,
+            Clock::At(now),
+        )
+        .await
     }
 
     /// [`super::revoke_user_sessions_with`] at `now`.
@@ -493,7 +555,7 @@ pub mod simulated {
         reason: RevokeReason,
         now: SystemTime,
     ) -> Result<i32> {
-        revoke_user_sessions_on(client, user_id, reason, Clock::At(now)).await
+        revoke_user_sessions_on(client, &Schema::default(), user_id, reason, Clock::At(now)).await
     }
 }
 
@@ -516,6 +578,7 @@ pub mod simulated {
 #[derive(Clone)]
 pub struct TokenStore {
     pool: Pool,
+    schema: Schema,
     ttl: Duration,
     statement_timeout: Option<Duration>,
 }
@@ -523,6 +586,7 @@ pub struct TokenStore {
 impl std::fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenStore")
+            .field("schema", &self.schema)
             .field("ttl", &self.ttl)
             .field("statement_timeout", &self.statement_timeout)
             .finish()
@@ -586,13 +650,21 @@ impl Drop for Call {
 
 impl TokenStore {
     /// A store on `pool` issuing tokens that live [`DEFAULT_TTL`] (30 days),
-    /// with no statement timeout.
+    /// with no statement timeout, in schema `auth`.
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
+            schema: Schema::default(),
             ttl: DEFAULT_TTL,
             statement_timeout: None,
         }
+    }
+
+    /// Calls the token functions of the install in `schema` (migrate
+    /// `--schema`). Default: `auth`.
+    pub fn with_schema(mut self, schema: Schema) -> Self {
+        self.schema = schema;
+        self
     }
 
     /// Sets the lifetime of issued tokens. Default: [`DEFAULT_TTL`].
@@ -635,7 +707,13 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.issue_token",
-                issue_with(call.client(), user_id, self.ttl),
+                issue_on(
+                    call.client(),
+                    &self.schema,
+                    user_id,
+                    self.ttl,
+                    Clock::Server,
+                ),
             )
             .await;
         call.end(answer)
@@ -651,7 +729,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.rotate_token",
-                rotate_with(call.client(), token, self.ttl),
+                rotate_on(call.client(), &self.schema, token, self.ttl, Clock::Server),
             )
             .await;
         call.end(answer)
@@ -666,7 +744,13 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.revoke_session",
-                revoke_session_with(call.client(), session_id, reason),
+                revoke_session_on(
+                    call.client(),
+                    &self.schema,
+                    session_id,
+                    reason,
+                    Clock::Server,
+                ),
             )
             .await;
         call.end(answer)
@@ -688,7 +772,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.revoke_token",
-                revoke_token_with(call.client(), token, reason),
+                revoke_token_on(call.client(), &self.schema, token, reason),
             )
             .await;
         call.end(answer)
@@ -703,7 +787,13 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.revoke_user_sessions",
-                revoke_user_sessions_with(call.client(), user_id, reason),
+                revoke_user_sessions_on(
+                    call.client(),
+                    &self.schema,
+                    user_id,
+                    reason,
+                    Clock::Server,
+                ),
             )
             .await;
         call.end(answer)
@@ -718,7 +808,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.list_sessions",
-                list_sessions_with(call.client(), user_id, DEFAULT_LIST_LIMIT),
+                list_sessions_on(call.client(), &self.schema, user_id, DEFAULT_LIST_LIMIT),
             )
             .await;
         call.end(answer)

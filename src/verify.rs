@@ -12,7 +12,8 @@ use crate::db::DatabaseUrl;
 use crate::error::describe;
 use crate::history;
 use crate::migrate::{embedded_migrations, index_statements};
-use crate::schedule::{self, CronDatabase, CronUse, JOB_COMMAND, JobInfo, PgCron};
+use crate::schedule::{self, CronDatabase, CronUse, JobInfo, PgCron};
+use crate::schema::Schema;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,8 +104,9 @@ impl Check {
                 name,
                 Verdict::fail(
                     format!("query failed: {}", describe(err.borrow())),
-                    "grant this role read access to schemas auth and cron (or run verify as the \
-                     migrating role), and run token-janitor migrate if objects are missing",
+                    "grant this role read access to token-janitor's schema and cron (or run \
+                     verify as the migrating role), and run token-janitor migrate if objects are \
+                     missing (verify --schema names the schema when it is not auth)",
                 ),
             ),
         }
@@ -156,6 +158,8 @@ impl std::fmt::Display for Report {
 /// What verify expects of the installation.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
+    /// The schema token-janitor was installed in (`--schema`). Default: `auth`.
+    pub schema: Schema,
     /// The schedule `migrate` installed; `None` when it ran with
     /// `--no-schedule` (pg_cron checks are then skipped). Default: the
     /// default schedule.
@@ -170,6 +174,7 @@ pub struct VerifyOptions {
 impl Default for VerifyOptions {
     fn default() -> Self {
         Self {
+            schema: Schema::default(),
             schedule: Some(crate::schedule::DEFAULT_SCHEDULE.to_string()),
             backlog_warn: 1_000_000,
             cron_database: None,
@@ -202,26 +207,31 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
 }
 
 async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<Check>) {
+    let schema = &options.schema;
     checks.push(Check::named("server", server_version(client).await));
-    let schema = Check::named("migrations", migrations(client).await);
-    let installed = schema.outcome != Outcome::Fail;
-    checks.push(schema);
+    let history = Check::named("migrations", migrations(client, schema).await);
+    let installed = history.outcome != Outcome::Fail;
+    checks.push(history);
     if !installed {
         return;
     }
-    checks.push(Check::named("owner", owner(client).await));
-    checks.push(Check::named("indexes", indexes(client).await));
-    checks.push(Check::named("plans", plans(client).await));
+    checks.push(Check::named("owner", owner(client, schema).await));
+    checks.push(Check::named("indexes", indexes(client, schema).await));
+    checks.push(Check::named("plans", plans(client, schema).await));
     match &options.schedule {
         Some(schedule) => {
             match schedule::connect_cron_database(client, options.cron_database.as_ref()).await {
                 Ok(cron_db) => {
-                    let cron = schedule::check_pg_cron(client, cron_db.as_ref(), CronUse::Read);
+                    let cron =
+                        schedule::check_pg_cron(client, cron_db.as_ref(), schema, CronUse::Read);
                     checks.push(Check::new("pg_cron", pg_cron(cron.await)));
-                    let found = schedule::find_job(client, cron_db.as_ref()).await;
+                    let found = schedule::find_job(client, cron_db.as_ref(), schema).await;
                     let found = found.as_ref().map(Option::as_ref);
-                    checks.push(Check::named("job", found.map(|j| job(j, schedule))));
-                    checks.push(Check::named("last-job-run", found.map(last_job_run)));
+                    checks.push(Check::named("job", found.map(|j| job(j, schedule, schema))));
+                    checks.push(Check::named(
+                        "last-job-run",
+                        found.map(|j| last_job_run(j, schema)),
+                    ));
                 }
                 Err(err) => checks.push(Check::new("pg_cron", pg_cron(Err(err)))),
             }
@@ -230,18 +240,21 @@ async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<C
             "schedule",
             Verdict::warn(
                 "not checked (--no-schedule)",
-                "make sure your own scheduler runs CALL auth.run_token_cleanup()",
+                format!("make sure your own scheduler runs {}", schema.job_command()),
             ),
         )),
     }
-    checks.push(Check::named("unfinished", unfinished_runs(client).await));
-    let recent = recent_run(client, options.schedule.as_deref()).await;
+    checks.push(Check::named(
+        "unfinished",
+        unfinished_runs(client, schema).await,
+    ));
+    let recent = recent_run(client, schema, options.schedule.as_deref()).await;
     checks.push(Check::named("recent-run", recent));
     checks.push(Check::named(
         "backlog",
-        backlog(client, options.backlog_warn).await,
+        backlog(client, schema, options.backlog_warn).await,
     ));
-    checks.push(Check::named("self-test", self_test(client).await));
+    checks.push(Check::named("self-test", self_test(client, schema).await));
 }
 
 async fn server_version(client: &Client) -> Found {
@@ -262,13 +275,13 @@ async fn server_version(client: &Client) -> Found {
     })
 }
 
-async fn migrations(client: &Client) -> Found {
+async fn migrations(client: &Client, schema: &Schema) -> Found {
+    let table = history::table(schema);
     let rows = match client
         .query(
             &format!(
                 "SELECT version::pg_catalog.int8, name::pg_catalog.text, checksum::pg_catalog.text
-                 FROM {} ORDER BY version",
-                history::TABLE
+                 FROM {table} ORDER BY version"
             ),
             &[],
         )
@@ -286,29 +299,29 @@ async fn migrations(client: &Client) -> Found {
                 )
                 .await?
                 .get(0);
-            return Ok(if legacy {
+            return Ok(if legacy && schema.is_default() {
                 Verdict::fail(
                     format!(
-                        "no migration history in {}; {} may hold an earlier release's (not read: \
-                         it is in a schema the database owner controls)",
-                        history::TABLE,
+                        "no migration history in {table}; {} may hold an earlier release's (not \
+                         read: it is in a schema the database owner controls)",
                         history::LEGACY_TABLE
                     ),
                     "run token-janitor migrate: it moves token-janitor's rows to its own schema",
                 )
             } else {
                 Verdict::fail(
+                    format!("no migration history ({table}): the schema is not installed here"),
                     format!(
-                        "no migration history ({}): the schema is not installed here",
-                        history::TABLE
+                        "run token-janitor migrate against this database (with --schema \
+                         {schema} if that is where you want it), or verify with the --schema \
+                         token-janitor was installed in"
                     ),
-                    "run token-janitor migrate against this database",
                 )
             });
         }
         rows => rows?,
     };
-    let embedded = embedded_migrations();
+    let embedded = embedded_migrations(schema);
     for m in &embedded {
         match rows.iter().find(|r| r.get::<_, i64>(0) == m.version) {
             None => {
@@ -351,28 +364,30 @@ async fn migrations(client: &Client) -> Found {
 
 /// DESIGN.md §6 invariant 7: token-janitor's objects belong to a role that
 /// is not a superuser, so no SECURITY DEFINER routine in auth runs as one.
-async fn owner(client: &Client) -> Found {
+async fn owner(client: &Client, schema: &Schema) -> Found {
     let row = client
         .query_one(
-            "SELECT o.rolname::text, o.rolsuper,
+            &*schema.sql("SELECT o.rolname::text, o.rolsuper,
                     (SELECT count(*) FROM pg_catalog.pg_proc p
                      WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef),
                     (SELECT pg_catalog.string_agg(p.oid::regprocedure::text || ' (' || r.rolname || ')', ', ')
                      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
                      WHERE p.pronamespace = 'auth'::regnamespace AND p.prosecdef AND r.rolsuper)
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-             WHERE c.oid = 'auth.cleanup_runs'::regclass",
+             WHERE c.oid = 'auth.cleanup_runs'::regclass"),
             &[],
         )
         .await?;
     let (owner, superuser, definers, superusers): (String, bool, i64, Option<String>) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let remedy = "run token-janitor migrate as a superuser: it gives schema auth's token-janitor \
-                  objects to the owner role (--owner-role, never a superuser)";
+    let remedy = format!(
+        "run token-janitor migrate as a superuser: it gives schema {schema}'s token-janitor \
+         objects to the owner role (--owner-role, never a superuser)"
+    );
     if superuser {
         return Ok(Verdict::fail(
             format!("the tables belong to role {owner}, a superuser"),
-            remedy,
+            remedy.clone(),
         ));
     }
     if let Some(superusers) = superusers {
@@ -383,17 +398,22 @@ async fn owner(client: &Client) -> Found {
     }
     Ok(Verdict::pass(format!(
         "tables owned by role {owner} (no superuser); none of the {definers} SECURITY \
-         DEFINER routines in auth belongs to a superuser"
+         DEFINER routines in {schema} belongs to a superuser"
     )))
 }
 
 /// The indexes of `sql/indexes.sql` and those the purge targets name (some
 /// are built by a versioned migration).
-async fn indexes(client: &Client) -> Found {
-    let mut wanted: Vec<String> = index_statements().into_iter().map(|i| i.name).collect();
+async fn indexes(client: &Client, schema: &Schema) -> Found {
+    let mut wanted: Vec<String> = index_statements(schema)
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     for row in client
         .query(
-            "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
+            &*schema.sql(
+                "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
+            ),
             &[],
         )
         .await?
@@ -405,10 +425,12 @@ async fn indexes(client: &Client) -> Found {
     }
     let rows = client
         .query(
-            "SELECT c.relname::text, i.indisvalid AND i.indisready
+            &*schema.sql(
+                "SELECT c.relname::text, i.indisvalid AND i.indisready
              FROM pg_catalog.pg_index i
              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
              WHERE c.relnamespace = 'auth'::regnamespace AND c.relname = ANY ($1)",
+            ),
             &[&wanted],
         )
         .await?;
@@ -440,10 +462,10 @@ async fn indexes(client: &Client) -> Found {
     )))
 }
 
-async fn plans(client: &Client) -> Found {
+async fn plans(client: &Client, schema: &Schema) -> Found {
     let rows = client
         .query(
-            "SELECT kind, step, seq_scan, plan FROM auth.explain_purge()",
+            &*schema.sql("SELECT kind, step, seq_scan, plan FROM auth.explain_purge()"),
             &[],
         )
         .await?;
@@ -457,8 +479,10 @@ async fn plans(client: &Client) -> Found {
     } else {
         Verdict::fail(
             format!("sequential scan in {}", scanning.join(", ")),
-            "an index is missing or unusable: run token-janitor migrate, then \
-             SELECT plan FROM auth.explain_purge() to see the plan",
+            format!(
+                "an index is missing or unusable: run token-janitor migrate, then \
+                 SELECT plan FROM {schema}.explain_purge() to see the plan"
+            ),
         )
     })
 }
@@ -478,12 +502,13 @@ fn pg_cron(found: crate::Result<PgCron>) -> Verdict {
     }
 }
 
-fn job(found: Option<&JobInfo>, schedule: &str) -> Verdict {
+fn job(found: Option<&JobInfo>, schedule: &str, schema: &Schema) -> Verdict {
     let remedy = "run token-janitor migrate (with the --schedule you want) to re-install the job";
+    let command = schema.job_command();
     let Some(job) = found else {
         return Verdict::fail(
             format!(
-                "no pg_cron job runs `{JOB_COMMAND}` in this database (in pg_cron's database a \
+                "no pg_cron job runs `{command}` in this database (in pg_cron's database a \
                  role sees only its own jobs: verify as the role that ran migrate)"
             ),
             remedy,
@@ -505,13 +530,13 @@ fn job(found: Option<&JobInfo>, schedule: &str) -> Verdict {
         );
     }
     Verdict::pass(format!(
-        "'{}' (id {}) active on '{schedule}' (UTC) running `{JOB_COMMAND}`",
+        "'{}' (id {}) active on '{schedule}' (UTC) running `{command}`",
         job.name.as_deref().unwrap_or_default(),
         job.jobid
     ))
 }
 
-fn last_job_run(job: Option<&JobInfo>) -> Verdict {
+fn last_job_run(job: Option<&JobInfo>, schema: &Schema) -> Verdict {
     match job.and_then(|j| Some((j.last_status.as_deref()?, j))) {
         None => Verdict::warn(
             "pg_cron has not run the job yet",
@@ -527,17 +552,21 @@ fn last_job_run(job: Option<&JobInfo>) -> Verdict {
                 job.last_start.as_deref().unwrap_or("?"),
                 job.last_message.as_deref().unwrap_or("(no message)")
             ),
-            "read the error in auth.cleanup_runs and cron.job_run_details, fix it, then CALL auth.run_token_cleanup() to confirm",
+            format!(
+                "read the error in {schema}.cleanup_runs and cron.job_run_details, fix it, then \
+                 {} to confirm",
+                schema.job_command()
+            ),
         ),
     }
 }
 
-async fn unfinished_runs(client: &Client) -> Found {
+async fn unfinished_runs(client: &Client, schema: &Schema) -> Found {
     let row = client
         .query_one(
-            "SELECT count(*), min(r.started_at)::text
+            &*schema.sql("SELECT count(*), min(r.started_at)::text
              FROM auth.cleanup_runs r, auth.cleanup_policy p
-             WHERE r.status = 'running' AND r.started_at < now() - p.max_runtime - interval '1 minute'",
+             WHERE r.status = 'running' AND r.started_at < now() - p.max_runtime - interval '1 minute'"),
             &[],
         )
         .await?;
@@ -572,22 +601,27 @@ fn schedule_minutes(schedule: &str) -> i64 {
     }
 }
 
-async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
+async fn recent_run(client: &Client, schema: &Schema, schedule: Option<&str>) -> Found {
     let every = schedule.map_or(24 * 60, schedule_minutes);
     let row = client
         .query_opt(
-            "SELECT r.status, r.error, r.started_at::text,
+            &*schema.sql(
+                "SELECT r.status, r.error, r.started_at::text,
                     r.started_at > now() - make_interval(mins => $1::int * 2) - p.max_runtime
              FROM auth.cleanup_runs r, auth.cleanup_policy p
              WHERE r.status IN ('ok', 'partial', 'failed')
              ORDER BY r.started_at DESC LIMIT 1",
+            ),
             &[&(every as i32)],
         )
         .await?;
     let Some(row) = row else {
         return Ok(Verdict::warn(
             "no cleanup run recorded yet",
-            "expected on a fresh install; CALL auth.run_token_cleanup() to run one now",
+            format!(
+                "expected on a fresh install; {} to run one now",
+                schema.job_command()
+            ),
         ));
     };
     let (status, error, started, fresh): (&str, Option<&str>, &str, bool) =
@@ -598,7 +632,7 @@ async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
                 "the last run (started {started}) failed: {}",
                 error.unwrap_or("?")
             ),
-            "fix the error, then CALL auth.run_token_cleanup() to confirm",
+            format!("fix the error, then {} to confirm", schema.job_command()),
         ));
     }
     if !fresh {
@@ -612,10 +646,10 @@ async fn recent_run(client: &Client, schedule: Option<&str>) -> Found {
     )))
 }
 
-async fn backlog(client: &Client, warn_above: i64) -> Found {
+async fn backlog(client: &Client, schema: &Schema, warn_above: i64) -> Found {
     let rows = client
         .query(
-            "SELECT kind, due_rows, exact FROM auth.cleanup_backlog()",
+            &*schema.sql("SELECT kind, due_rows, exact FROM auth.cleanup_backlog()"),
             &[],
         )
         .await?;
@@ -644,10 +678,10 @@ async fn backlog(client: &Client, warn_above: i64) -> Found {
     })
 }
 
-async fn self_test(client: &Client) -> Found {
+async fn self_test(client: &Client, schema: &Schema) -> Found {
     let rows = client
         .query(
-            "SELECT check_name, passed, expected, actual FROM auth.self_test()",
+            &*schema.sql("SELECT check_name, passed, expected, actual FROM auth.self_test()"),
             &[],
         )
         .await?;
@@ -671,7 +705,10 @@ async fn self_test(client: &Client) -> Found {
     } else {
         Verdict::fail(
             failed.join("; "),
-            "the purge is broken: re-run token-janitor migrate to restore auth.purge_refresh_tokens, and stop the job until verify passes",
+            format!(
+                "the purge is broken: re-run token-janitor migrate to restore \
+                 {schema}.purge_refresh_tokens, and stop the job until verify passes"
+            ),
         )
     })
 }

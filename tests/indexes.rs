@@ -52,7 +52,7 @@ async fn every_purge_index_serves_a_target_and_exists() {
         "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
     )
     .await;
-    for index in migrate::index_statements() {
+    for index in migrate::index_statements(&token_janitor::Schema::default()) {
         assert!(
             named.contains(&index.name),
             "{} serves no purge target",

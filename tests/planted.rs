@@ -65,7 +65,10 @@ async fn recorded_versions(db: &TestDb) -> Vec<i64> {
 }
 
 fn embedded_versions() -> Vec<i64> {
-    embedded_migrations().iter().map(|m| m.version).collect()
+    embedded_migrations(&token_janitor::Schema::default())
+        .iter()
+        .map(|m| m.version)
+        .collect()
 }
 
 /// Every row of a history table, as text, in version order.

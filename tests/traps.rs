@@ -842,8 +842,8 @@ async fn nothing_the_database_owner_plants_for_the_names_the_code_uses_runs() {
     // The library, on connections an application opened without the pin.
     let options = MigrateOptions {
         owner_role: Some(owner.clone()),
-        app_role: app.clone(),
-        monitor_role: monitor.clone(),
+        app_role: Some(app.clone()),
+        monitor_role: Some(monitor.clone()),
         ..no_schedule()
     };
     let mut unpinned = db.connect_unpinned().await;

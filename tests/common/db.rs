@@ -109,8 +109,9 @@ pub struct CronDb {
 
 const CRON_DB_TEST_LOCK: i64 = 0x746a_7465;
 
-/// Empties cron.database_name: no auth schema, history or pg_cron.
+/// Empties cron.database_name: no auth (or tj) schema, history or pg_cron.
 const CRON_DB_RESET: &str = "DROP SCHEMA IF EXISTS auth CASCADE;
+     DROP SCHEMA IF EXISTS tj CASCADE;
      DROP TABLE IF EXISTS refinery_schema_history;
      DROP EXTENSION IF EXISTS pg_cron;";
 
