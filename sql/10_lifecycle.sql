@@ -363,8 +363,8 @@ BEGIN
     v_expires := least(p_now + p_ttl, p_now + v_lifetime);
 
     INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, mac_key,
-                                    client_id, dpop_jkt, last_used_at, device_label)
-    VALUES (p_user_id, p_now, 0, v_expires, v_key, p_client_id, p_dpop_jkt, p_now, p_device_label)
+                                    client_id, dpop_jkt, device_label)
+    VALUES (p_user_id, p_now, 0, v_expires, v_key, p_client_id, p_dpop_jkt, p_device_label)
     RETURNING s.id INTO v_session;
 
     INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
@@ -421,7 +421,7 @@ $$;
 --                  with p_new_token_hash, expiring at p_now + p_ttl but
 --                  never after created_at + max_session_lifetime, and, when
 --                  reuse_grace is on, with p_successor_seal (32 bytes)
---                  wrapped for the grace; the session's last_used_at is p_now
+--                  wrapped for the grace
 -- Both 'rotated' outcomes return the session's user_id, for an application
 -- role that cannot read auth.sessions; every other outcome returns NULL in
 -- generation, expires_at and user_id.
@@ -558,10 +558,7 @@ BEGIN
     WHERE t.session_id = p_session_id AND t.generation = p_generation;
     INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal)
     VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal);
-    -- last_used_at on every rotation: the row is written anyway, and the
-    -- 8 bytes cost no measurable WAL (docs/design.md, "The device list").
-    UPDATE auth.sessions s
-    SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key, last_used_at = p_now
+    UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
     WHERE s.id = p_session_id;
 
     RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires, v_session.user_id,
@@ -753,10 +750,13 @@ END
 $$;
 
 -- auth.list_sessions: a user's sessions, newest first, at most p_limit
--- (1 to 1000) of them, without keys or token hashes: a device list. A
--- session not rotated since the upgrade to V9 has no last_used_at: its
--- newest token's issue time is when it was last used. SECURITY DEFINER: the
--- application role has no privilege on the tables.
+-- (1 to 1000) of them, without keys or token hashes: a device list.
+-- last_used_at is the issue time of the session's newest token (its last
+-- issue or rotation): rotation writes it anyway, where a column of
+-- auth.sessions written on every rotation cost 15% more WAL (docs/design.md,
+-- "The device list"); created_at once the purge deleted that token (the
+-- session is then expired). SECURITY DEFINER: the application role has no
+-- privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.list_sessions(p_user_id text, p_limit integer DEFAULT 100)
 RETURNS TABLE (
     session_id         uuid,
@@ -779,8 +779,7 @@ BEGIN
     END IF;
     RETURN QUERY
         SELECT s.id, s.created_at, s.generation, s.refresh_expires_at, s.revoked_at, s.revoke_reason,
-               coalesce(s.last_used_at,
-                        (SELECT t.issued_at FROM auth.refresh_tokens t
+               coalesce((SELECT t.issued_at FROM auth.refresh_tokens t
                          WHERE t.session_id = s.id AND t.generation = s.generation),
                         s.created_at),
                s.device_label, s.client_id

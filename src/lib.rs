@@ -51,5 +51,8 @@ pub use db::DatabaseUrl;
 pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};
 pub use schedule::ScheduleChoice;
-pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
+pub use store::{
+    IssueOptions, Issued, RevocationNotices, RevokeReason, RotateOptions, Rotation, SessionInfo,
+    TokenStore,
+};
 pub use token::RefreshToken;
