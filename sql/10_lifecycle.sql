@@ -753,7 +753,7 @@ $$;
 -- (1 to 1000) of them, without keys or token hashes: a device list.
 -- last_used_at is the issue time of the session's newest token (its last
 -- issue or rotation): rotation writes it anyway, where a column of
--- auth.sessions written on every rotation cost 15% more WAL (docs/design.md,
+-- auth.sessions written on every rotation cost 10% more WAL (docs/design.md,
 -- "The device list"); created_at once the purge deleted that token (the
 -- session is then expired). SECURITY DEFINER: the application role has no
 -- privilege on the tables.
