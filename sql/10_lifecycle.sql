@@ -119,6 +119,29 @@ BEGIN
 END
 $$;
 
+-- auth._check_binding: raises a clear error for a binding argument that
+-- cannot be one (NULL is allowed: no binding): a client id of 1 to 256
+-- characters; a DPoP key's JWK thumbprint (RFC 7638: base64url without
+-- padding of a SHA-256 digest, 43 characters of A-Z a-z 0-9 - _).
+CREATE OR REPLACE FUNCTION auth._check_binding(p_client_id text, p_dpop_jkt text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_client_id IS NOT NULL AND length(p_client_id) NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION 'p_client_id must be NULL or 1 to 256 characters, got % characters', length(p_client_id)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_dpop_jkt IS NOT NULL AND p_dpop_jkt !~ '^[A-Za-z0-9_-]{43}$' THEN
+        RAISE EXCEPTION 'p_dpop_jkt must be NULL or a JWK SHA-256 thumbprint (RFC 7638): 43 base64url characters, got % characters%',
+            length(p_dpop_jkt),
+            CASE WHEN length(p_dpop_jkt) = 43 THEN ' with one outside A-Z a-z 0-9 - _' ELSE '' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- auth._mac_pads: an HMAC-SHA256 key (at most 64 bytes) as its inner and
 -- outer padded blocks, (key ‖ zeros) XOR 0x36… and XOR 0x5c…, 128 bytes.
 -- Kept in this form so each MAC costs two sha256() calls.
@@ -294,37 +317,54 @@ END
 $$;
 
 -- auth.issue_token (clock-driven form, owner only): starts a new session
--- (token family) at generation 0, expiring at p_now + p_ttl, with a fresh
--- MAC key; returns the authenticator of the first token. Inserts one session
--- row and one token row; takes the user's lock shared (auth._lock_user).
+-- (token family) at generation 0, expiring at p_now + p_ttl (at most
+-- max_session_lifetime after p_now), with a fresh MAC key; returns the
+-- authenticator of the first token. Optionally bound to a client
+-- (p_client_id) and a DPoP key (p_dpop_jkt, its RFC 7638 thumbprint), which
+-- every rotation must then present, and labelled for the device list
+-- (p_device_label, 1 to 100 characters). Inserts one session row and one
+-- token row; takes the user's lock shared (auth._lock_user).
 CREATE OR REPLACE FUNCTION auth.issue_token(
-    p_user_id    text,
-    p_token_hash bytea,
-    p_ttl        interval,
-    p_now        timestamptz
+    p_user_id      text,
+    p_token_hash   bytea,
+    p_ttl          interval,
+    p_now          timestamptz,
+    p_client_id    text DEFAULT NULL,
+    p_dpop_jkt     text DEFAULT NULL,
+    p_device_label text DEFAULT NULL
 )
 RETURNS TABLE (session_id uuid, generation integer, expires_at timestamptz, authenticator bytea)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_session uuid;
-    v_key     bytea := auth._new_mac_key();
-    v_expires timestamptz;
+    v_session  uuid;
+    v_key      bytea := auth._new_mac_key();
+    v_expires  timestamptz;
+    v_max_ttl  interval;
+    v_lifetime interval;
 BEGIN
     IF p_user_id IS NULL OR length(p_user_id) NOT BETWEEN 1 AND 256 THEN
         RAISE EXCEPTION 'p_user_id must be 1 to 256 characters, got %',
             coalesce(length(p_user_id)::text || ' characters', 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_device_label IS NOT NULL AND length(p_device_label) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'p_device_label must be NULL or 1 to 100 characters, got % characters',
+            length(p_device_label)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM auth._check_binding(p_client_id, p_dpop_jkt);
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_now(p_now);
-    PERFORM auth._check_ttl(p_ttl, (SELECT p.max_ttl FROM auth.cleanup_policy p), p_now);
+    SELECT p.max_ttl, p.max_session_lifetime INTO v_max_ttl, v_lifetime FROM auth.cleanup_policy p;
+    PERFORM auth._check_ttl(p_ttl, v_max_ttl, p_now);
     PERFORM auth._lock_user(p_user_id, false);
-    v_expires := p_now + p_ttl;
+    v_expires := least(p_now + p_ttl, p_now + v_lifetime);
 
-    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, mac_key)
-    VALUES (p_user_id, p_now, 0, v_expires, v_key)
+    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, mac_key,
+                                    client_id, dpop_jkt, device_label)
+    VALUES (p_user_id, p_now, 0, v_expires, v_key, p_client_id, p_dpop_jkt, p_device_label)
     RETURNING s.id INTO v_session;
 
     INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
@@ -337,9 +377,12 @@ $$;
 -- auth.issue_token (server clock): the application's form.
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.issue_token(
-    p_user_id    text,
-    p_token_hash bytea,
-    p_ttl        interval
+    p_user_id      text,
+    p_token_hash   bytea,
+    p_ttl          interval,
+    p_client_id    text DEFAULT NULL,
+    p_dpop_jkt     text DEFAULT NULL,
+    p_device_label text DEFAULT NULL
 )
 RETURNS TABLE (session_id uuid, generation integer, expires_at timestamptz, authenticator bytea)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -347,7 +390,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY SELECT * FROM auth.issue_token(p_user_id => p_user_id, p_token_hash => p_token_hash,
-                                                p_ttl => p_ttl, p_now => clock_timestamp());
+                                                p_ttl => p_ttl, p_now => clock_timestamp(),
+                                                p_client_id => p_client_id, p_dpop_jkt => p_dpop_jkt,
+                                                p_device_label => p_device_label);
 END
 $$;
 
@@ -360,7 +405,8 @@ $$;
 --                  not match, or the row exists and its hash differs, or the
 --                  row is gone and there is no authenticator (an rt1_ token
 --                  of a purged generation cannot be told from a forgery).
---                  Nothing changes.
+--                  Or presented by another client or key than the session
+--                  is bound to (p_client_id, p_dpop_jkt). Nothing changes.
 --   rotated        (grace) the immediate predecessor presented again within
 --                  reuse_grace of its rotation while its successor is live:
 --                  the same successor is returned (its sealed secret, which
@@ -369,10 +415,13 @@ $$;
 --                  rotated: the session and all its tokens are revoked
 --                  'reuse_detected' and auth.security_events records it
 --   revoked        the token or its session is revoked (nothing changes)
---   expired        the token or its session is expired (nothing changes)
+--   expired        the token or its session is expired, or the session is
+--                  max_session_lifetime old (nothing changes)
 --   rotated        the token is revoked 'rotated', generation+1 is issued
---                  with p_new_token_hash and, when reuse_grace is on, with
---                  p_successor_seal (32 bytes) wrapped for the grace
+--                  with p_new_token_hash, expiring at p_now + p_ttl but
+--                  never after created_at + max_session_lifetime, and, when
+--                  reuse_grace is on, with p_successor_seal (32 bytes)
+--                  wrapped for the grace
 -- Both 'rotated' outcomes return the session's user_id, for an application
 -- role that cannot read auth.sessions; every other outcome returns NULL in
 -- generation, expires_at and user_id.
@@ -384,7 +433,9 @@ CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_ttl              interval,
     p_now              timestamptz,
     p_authenticator    bytea DEFAULT NULL,
-    p_successor_seal   bytea DEFAULT NULL
+    p_successor_seal   bytea DEFAULT NULL,
+    p_client_id        text DEFAULT NULL,
+    p_dpop_jkt         text DEFAULT NULL
 )
 RETURNS TABLE (outcome text, generation integer, expires_at timestamptz, user_id text,
                authenticator bytea, successor_seal bytea)
@@ -392,22 +443,25 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_session auth.sessions%ROWTYPE;
-    v_token   auth.refresh_tokens%ROWTYPE;
-    v_next    auth.refresh_tokens%ROWTYPE;
-    v_grace   interval;
-    v_max_ttl interval;
-    v_key     bytea;
-    v_seal    bytea;
-    v_expires timestamptz;
+    v_session  auth.sessions%ROWTYPE;
+    v_token    auth.refresh_tokens%ROWTYPE;
+    v_next     auth.refresh_tokens%ROWTYPE;
+    v_grace    interval;
+    v_max_ttl  interval;
+    v_lifetime interval;
+    v_key      bytea;
+    v_seal     bytea;
+    v_expires  timestamptz;
 BEGIN
-    SELECT p.reuse_grace, p.max_ttl INTO v_grace, v_max_ttl FROM auth.cleanup_policy p;
+    SELECT p.reuse_grace, p.max_ttl, p.max_session_lifetime INTO v_grace, v_max_ttl, v_lifetime
+    FROM auth.cleanup_policy p;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
     PERFORM auth._check_now(p_now);
     PERFORM auth._check_ttl(p_ttl, v_max_ttl, p_now);
     PERFORM auth._check_optional_length('p_authenticator', p_authenticator, 16);
     PERFORM auth._check_optional_length('p_successor_seal', p_successor_seal, 32);
+    PERFORM auth._check_binding(p_client_id, p_dpop_jkt);
 
     IF p_session_id IS NULL OR p_generation IS NULL OR p_generation < 0 THEN
         RETURN QUERY SELECT 'unknown'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
@@ -434,6 +488,20 @@ BEGIN
         RETURN;
     END IF;
 
+    -- A bound session answers only its client and key, before anything
+    -- else: a genuine older token presented by another client or without
+    -- the key reads 'invalid', not 'reuse_detected'. Binding exists so that
+    -- a token alone is worth nothing; letting a copied token (a log, a
+    -- backup) revoke the family would give its finder the power to log the
+    -- user out, and proves nothing about the key holder having been robbed.
+    -- An unbound session (issued without binding, or before V9) stays
+    -- unbound: what a rotation presents then is not checked.
+    IF (v_session.client_id IS NOT NULL AND p_client_id IS DISTINCT FROM v_session.client_id)
+       OR (v_session.dpop_jkt IS NOT NULL AND p_dpop_jkt IS DISTINCT FROM v_session.dpop_jkt) THEN
+        RETURN QUERY SELECT 'invalid'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
+        RETURN;
+    END IF;
+
     IF p_generation < v_session.generation OR v_token.revoke_reason = 'rotated' THEN
         IF p_generation = v_session.generation - 1 AND v_grace > interval '0'
            AND v_session.revoked_at IS NULL THEN
@@ -452,6 +520,9 @@ BEGIN
         END IF;
         UPDATE auth.sessions s SET revoked_at = p_now, revoke_reason = 'reuse_detected'
         WHERE s.id = p_session_id AND s.revoked_at IS NULL;
+        IF FOUND THEN
+            PERFORM auth._notify_revoked(p_session_id);
+        END IF;
         UPDATE auth.refresh_tokens t
         SET revoked_at = p_now, revoke_reason = 'reuse_detected', successor_seal = NULL
         WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
@@ -468,13 +539,16 @@ BEGIN
 
     -- The current generation's row is missing only once the purge deleted it,
     -- which it does only after the token expired.
+    -- A session older than max_session_lifetime is over, also one issued
+    -- before the policy was set, whose token may still be live.
     IF v_token.session_id IS NULL OR v_token.expires_at < p_now
-       OR v_session.refresh_expires_at < p_now THEN
+       OR v_session.refresh_expires_at < p_now
+       OR p_now >= v_session.created_at + v_lifetime THEN
         RETURN QUERY SELECT 'expired'::text, NULL::integer, NULL::timestamptz, NULL::text, NULL::bytea, NULL::bytea;
         RETURN;
     END IF;
 
-    v_expires := p_now + p_ttl;
+    v_expires := least(p_now + p_ttl, v_session.created_at + v_lifetime);
     -- Sessions issued before V4 draw their key at their first rotation.
     v_key := coalesce(v_session.mac_key, auth._new_mac_key());
     IF v_grace > interval '0' AND p_successor_seal IS NOT NULL THEN
@@ -518,7 +592,9 @@ CREATE OR REPLACE FUNCTION auth.rotate_token(
     p_new_token_hash   bytea,
     p_ttl              interval,
     p_authenticator    bytea DEFAULT NULL,
-    p_successor_seal   bytea DEFAULT NULL
+    p_successor_seal   bytea DEFAULT NULL,
+    p_client_id        text DEFAULT NULL,
+    p_dpop_jkt         text DEFAULT NULL
 )
 RETURNS TABLE (outcome text, generation integer, expires_at timestamptz, user_id text,
                authenticator bytea, successor_seal bytea)
@@ -530,7 +606,22 @@ BEGIN
     RETURN QUERY SELECT * FROM auth.rotate_token(
         p_session_id => p_session_id, p_generation => p_generation, p_token_hash => p_token_hash,
         p_new_token_hash => p_new_token_hash, p_ttl => p_ttl, p_now => clock_timestamp(),
-        p_authenticator => p_authenticator, p_successor_seal => p_successor_seal);
+        p_authenticator => p_authenticator, p_successor_seal => p_successor_seal,
+        p_client_id => p_client_id, p_dpop_jkt => p_dpop_jkt);
+END
+$$;
+
+-- auth._notify_revoked: tells listeners on channel token_janitor_revocations
+-- that a session was revoked, with its id and nothing else. pg_notify is
+-- transactional: listeners receive it once the revoking transaction
+-- commits, and never when it rolls back.
+CREATE OR REPLACE FUNCTION auth._notify_revoked(p_session_id uuid)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_notify('token_janitor_revocations', p_session_id::text);
 END
 $$;
 
@@ -552,7 +643,8 @@ $$;
 -- auth.revoke_session (clock-driven form, owner only): revokes a session and
 -- its unrevoked tokens (their seals go with them); returns how many tokens it
 -- revoked (0 when the session was already revoked). Locks the session row,
--- like rotate_token, so the two never interleave.
+-- like rotate_token, so the two never interleave. Notifies listeners
+-- (auth._notify_revoked) when it revoked the session.
 CREATE OR REPLACE FUNCTION auth.revoke_session(
     p_session_id uuid,
     p_now        timestamptz,
@@ -572,6 +664,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
+    PERFORM auth._notify_revoked(p_session_id);
     UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = p_reason, successor_seal = NULL
     WHERE t.session_id = p_session_id AND t.revoked_at IS NULL;
     GET DIAGNOSTICS v_revoked = ROW_COUNT;
@@ -630,14 +723,18 @@ END
 $$;
 
 -- auth.revoke_user_sessions (clock-driven form, owner only): revokes every
--- unrevoked session of a user and their tokens; returns how many sessions it
--- revoked. Takes the user's lock exclusive first (auth._lock_user), so no
--- login of this user can slip past it, then locks the sessions in id order
--- so two concurrent calls for one user cannot deadlock.
+-- unrevoked session of a user but p_except_session_id (NULL: none; "sign
+-- out everywhere else" passes the caller's own) and their tokens; returns
+-- how many sessions it revoked, and notifies listeners of each
+-- (auth._notify_revoked). Takes the user's lock exclusive first
+-- (auth._lock_user), so no login of this user can slip past it, then locks
+-- the sessions in id order so two concurrent calls for one user cannot
+-- deadlock.
 CREATE OR REPLACE FUNCTION auth.revoke_user_sessions(
-    p_user_id text,
-    p_now     timestamptz,
-    p_reason  text DEFAULT 'admin'
+    p_user_id            text,
+    p_now                timestamptz,
+    p_reason             text DEFAULT 'admin',
+    p_except_session_id  uuid DEFAULT NULL
 )
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
@@ -652,6 +749,7 @@ BEGIN
     SELECT array_agg(id ORDER BY id) INTO v_sessions FROM (
         SELECT s.id FROM auth.sessions s
         WHERE s.user_id = p_user_id AND s.revoked_at IS NULL
+          AND s.id IS DISTINCT FROM p_except_session_id
         ORDER BY s.id
         FOR NO KEY UPDATE
     ) locked;
@@ -662,6 +760,7 @@ BEGIN
     WHERE s.id = ANY (v_sessions);
     UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = p_reason, successor_seal = NULL
     WHERE t.session_id = ANY (v_sessions) AND t.revoked_at IS NULL;
+    PERFORM auth._notify_revoked(u.id) FROM unnest(v_sessions) AS u(id);
     RETURN cardinality(v_sessions);
 END
 $$;
@@ -669,21 +768,28 @@ $$;
 -- auth.revoke_user_sessions (server clock): the application's form.
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.revoke_user_sessions(
-    p_user_id text,
-    p_reason  text DEFAULT 'admin'
+    p_user_id            text,
+    p_reason             text DEFAULT 'admin',
+    p_except_session_id  uuid DEFAULT NULL
 )
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => clock_timestamp(), p_reason => p_reason);
+    RETURN auth.revoke_user_sessions(p_user_id => p_user_id, p_now => clock_timestamp(), p_reason => p_reason,
+                                     p_except_session_id => p_except_session_id);
 END
 $$;
 
 -- auth.list_sessions: a user's sessions, newest first, at most p_limit
--- (1 to 1000) of them, without keys or token hashes. SECURITY DEFINER: the
--- application role has no privilege on the tables.
+-- (1 to 1000) of them, without keys or token hashes: a device list.
+-- last_used_at is the issue time of the session's newest token (its last
+-- issue or rotation): rotation writes it anyway, where a column of
+-- auth.sessions written on every rotation cost 10% more WAL (docs/design.md,
+-- "The device list"); created_at once the purge deleted that token (the
+-- session is then expired). SECURITY DEFINER: the application role has no
+-- privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.list_sessions(p_user_id text, p_limit integer DEFAULT 100)
 RETURNS TABLE (
     session_id         uuid,
@@ -691,7 +797,10 @@ RETURNS TABLE (
     generation         integer,
     refresh_expires_at timestamptz,
     revoked_at         timestamptz,
-    revoke_reason      text
+    revoke_reason      text,
+    last_used_at       timestamptz,
+    device_label       text,
+    client_id          text
 )
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -702,7 +811,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY
-        SELECT s.id, s.created_at, s.generation, s.refresh_expires_at, s.revoked_at, s.revoke_reason
+        SELECT s.id, s.created_at, s.generation, s.refresh_expires_at, s.revoked_at, s.revoke_reason,
+               coalesce((SELECT t.issued_at FROM auth.refresh_tokens t
+                         WHERE t.session_id = s.id AND t.generation = s.generation),
+                        s.created_at),
+               s.device_label, s.client_id
         FROM auth.sessions s
         WHERE s.user_id = p_user_id
         ORDER BY s.created_at DESC, s.id

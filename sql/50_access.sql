@@ -27,11 +27,11 @@ AS $$
 -- the constant lists below, role names quoted with %I.)
 DECLARE
     c_app_routines constant text[] := ARRAY[
-        'auth.issue_token(text, bytea, interval)',
-        'auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea)',
+        'auth.issue_token(text, bytea, interval, text, text, text)',
+        'auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea, text, text)',
         'auth.revoke_session(uuid, text)',
         'auth.revoke_token(uuid, integer, bytea, text)',
-        'auth.revoke_user_sessions(text, text)',
+        'auth.revoke_user_sessions(text, text, uuid)',
         'auth.list_sessions(text, integer)'];
     c_monitor_routines constant text[] := ARRAY[
         'auth.explain_purge(timestamptz)',

@@ -26,6 +26,12 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result, certificate_error, describe};
 
+/// A connection [`DatabaseUrl::open`] opened, whose I/O its caller drives.
+pub(crate) type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
 /// libpq's `sslmode`: whether to use TLS and what to check of the server's
 /// certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,21 +224,27 @@ impl DatabaseUrl {
     /// [`Error::TlsRequired`] when TLS is the cause; [`Error::Connect`] naming
     /// host, port and database otherwise.
     pub async fn connect(&self) -> Result<Client> {
-        let timeout = self.connect_timeout();
-        let (client, connection) =
-            tokio::time::timeout(timeout, self.config.connect(self.tls.connector.clone()))
-                .await
-                .map_err(|_| Error::ConnectTimeout {
-                    target: self.to_string(),
-                    timeout,
-                })?
-                .map_err(|err| self.connect_error(&err))?;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %describe(&err), "database connection closed");
             }
         });
         Ok(client)
+    }
+
+    /// Opens one connection as [`DatabaseUrl::connect`] does, leaving its
+    /// I/O to the caller: a listener reads notifications from it
+    /// (`Connection::poll_message`), which a spawned connection drops.
+    pub(crate) async fn open(&self) -> Result<(Client, Connection)> {
+        let timeout = self.connect_timeout();
+        tokio::time::timeout(timeout, self.config.connect(self.tls.connector.clone()))
+            .await
+            .map_err(|_| Error::ConnectTimeout {
+                target: self.to_string(),
+                timeout,
+            })?
+            .map_err(|err| self.connect_error(&err))
     }
 
     /// Names the cause of a failed connection: the TLS checks first, since

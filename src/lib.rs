@@ -53,5 +53,8 @@ pub use error::{Error, Result};
 pub use migrate::{MigrateOptions, MigrateReport, migrate};
 pub use schedule::ScheduleChoice;
 pub use schema::Schema;
-pub use store::{Issued, RevokeReason, Rotation, SessionInfo, TokenStore};
+pub use store::{
+    IssueOptions, Issued, RevocationNotices, RevokeReason, RotateOptions, Rotation, SessionInfo,
+    TokenStore,
+};
 pub use token::RefreshToken;

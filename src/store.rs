@@ -103,8 +103,70 @@ impl RevokeReason {
     }
 }
 
-/// One session as `auth.list_sessions` returns it. `Debug` leaves the
-/// session id out.
+/// What a new session is bound to and labelled with (`auth.issue_token`'s
+/// `p_client_id`, `p_dpop_jkt` and `p_device_label`). Default: none of them.
+///
+/// A session bound to a client id or a DPoP key rotates only for a caller
+/// that presents the same ([`RotateOptions`]); anything else reads
+/// [`Rotation::Invalid`] and changes nothing. A session issued without a
+/// binding stays unbound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueOptions {
+    client_id: Option<String>,
+    dpop_jkt: Option<String>,
+    device_label: Option<String>,
+}
+
+impl IssueOptions {
+    /// Binds the session to an OAuth client id (1 to 256 characters; RFC
+    /// 6819 §5.2.2.2). Default: none.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Binds the session to a DPoP key by its JWK SHA-256 thumbprint (RFC
+    /// 7638: 43 base64url characters; RFC 9449 §5). Default: none.
+    pub fn dpop_jkt(mut self, jkt: impl Into<String>) -> Self {
+        self.dpop_jkt = Some(jkt.into());
+        self
+    }
+
+    /// A label for the device list, e.g. "Firefox on Linux" (1 to 100
+    /// characters). Default: none.
+    pub fn device_label(mut self, label: impl Into<String>) -> Self {
+        self.device_label = Some(label.into());
+        self
+    }
+}
+
+/// What a rotation presents of a session's binding (`auth.rotate_token`'s
+/// `p_client_id` and `p_dpop_jkt`): the client id the caller authenticated
+/// and the thumbprint of the key its DPoP proof was verified with. Default:
+/// neither, which only an unbound session accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotateOptions {
+    client_id: Option<String>,
+    dpop_jkt: Option<String>,
+}
+
+impl RotateOptions {
+    /// The client id the caller authenticated as. Default: none.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The JWK SHA-256 thumbprint of the key the request's DPoP proof was
+    /// verified with. Default: none.
+    pub fn dpop_jkt(mut self, jkt: impl Into<String>) -> Self {
+        self.dpop_jkt = Some(jkt.into());
+        self
+    }
+}
+
+/// One session as `auth.list_sessions` returns it: a row of a device list.
+/// `Debug` leaves the session id out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionInfo {
     /// Session (family) id.
@@ -119,6 +181,12 @@ pub struct SessionInfo {
     pub revoked_at: Option<SystemTime>,
     /// Why: logout, admin or reuse_detected.
     pub revoke_reason: Option<String>,
+    /// When its newest token was issued: the last login or refresh.
+    pub last_used_at: SystemTime,
+    /// The label given at issue ([`IssueOptions::device_label`]).
+    pub device_label: Option<String>,
+    /// The client id it is bound to ([`IssueOptions::client_id`]).
+    pub client_id: Option<String>,
 }
 
 impl std::fmt::Debug for SessionInfo {
@@ -130,6 +198,9 @@ impl std::fmt::Debug for SessionInfo {
             .field("refresh_expires_at", &self.refresh_expires_at)
             .field("revoked_at", &self.revoked_at)
             .field("revoke_reason", &self.revoke_reason)
+            .field("last_used_at", &self.last_used_at)
+            .field("device_label", &self.device_label)
+            .field("client_id", &self.client_id)
             .finish()
     }
 }
@@ -184,11 +255,19 @@ async fn issue_on<C: GenericClient>(
     schema: &Schema,
     user_id: &str,
     ttl: Duration,
+    options: &IssueOptions,
     clock: Clock,
 ) -> Result<Issued> {
     let secret = Secret::generate();
     let (hash, ttl) = (secret.hash(), seconds(ttl));
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &hash, &ttl];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &user_id,
+        &hash,
+        &ttl,
+        &options.client_id,
+        &options.dpop_jkt,
+        &options.device_label,
+    ];
     let sql = call(
         schema,
         "session_id, generation, expires_at, authenticator",
@@ -197,6 +276,9 @@ async fn issue_on<C: GenericClient>(
             "p_user_id => $n",
             "p_token_hash => $n",
             "p_ttl => pg_catalog.make_interval(secs => $n)",
+            "p_client_id => $n",
+            "p_dpop_jkt => $n",
+            "p_device_label => $n",
         ],
         &mut params,
         &clock,
@@ -221,6 +303,7 @@ async fn rotate_on<C: GenericClient>(
     schema: &Schema,
     token: &str,
     ttl: Duration,
+    options: &RotateOptions,
     clock: Clock,
 ) -> Result<Rotation> {
     let presented = token::parse(token)?;
@@ -239,6 +322,8 @@ async fn rotate_on<C: GenericClient>(
         &ttl,
         &authenticator,
         &seal,
+        &options.client_id,
+        &options.dpop_jkt,
     ];
     let sql = call(
         schema,
@@ -252,6 +337,8 @@ async fn rotate_on<C: GenericClient>(
             "p_ttl => pg_catalog.make_interval(secs => $n)",
             "p_authenticator => $n",
             "p_successor_seal => $n",
+            "p_client_id => $n",
+            "p_dpop_jkt => $n",
         ],
         &mut params,
         &clock,
@@ -371,15 +458,20 @@ async fn revoke_user_sessions_on<C: GenericClient>(
     schema: &Schema,
     user_id: &str,
     reason: RevokeReason,
+    except: Option<Uuid>,
     clock: Clock,
 ) -> Result<i32> {
     let reason = reason.as_str();
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &reason];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &reason, &except];
     let sql = call(
         schema,
         "r",
         "auth.revoke_user_sessions",
-        &["p_user_id => $n", "p_reason => $n"],
+        &[
+            "p_user_id => $n",
+            "p_reason => $n",
+            "p_except_session_id => $n",
+        ],
         &mut params,
         &clock,
     );
@@ -400,7 +492,38 @@ pub async fn issue_with<C: GenericClient>(
     user_id: &str,
     ttl: Duration,
 ) -> Result<Issued> {
-    issue_on(client, &Schema::default(), user_id, ttl, Clock::Server).await
+    issue_on(
+        client,
+        &Schema::default(),
+        user_id,
+        ttl,
+        &IssueOptions::default(),
+        Clock::Server,
+    )
+    .await
+}
+
+/// `auth.issue_token` with a binding and a device label: starts a session
+/// for `user_id` as `options` say.
+///
+/// # Errors
+/// As [`issue_with`]; [`crate::Error::Db`] naming the parameter for a
+/// client id, thumbprint or label out of shape (nothing is written).
+pub async fn issue_with_options<C: GenericClient>(
+    client: &C,
+    user_id: &str,
+    ttl: Duration,
+    options: &IssueOptions,
+) -> Result<Issued> {
+    issue_on(
+        client,
+        &Schema::default(),
+        user_id,
+        ttl,
+        options,
+        Clock::Server,
+    )
+    .await
 }
 
 /// `auth.rotate_token`: presents `token` (`rt2_` or `rt1_`) and, when it is
@@ -417,7 +540,39 @@ pub async fn rotate_with<C: GenericClient>(
     token: &str,
     ttl: Duration,
 ) -> Result<Rotation> {
-    rotate_on(client, &Schema::default(), token, ttl, Clock::Server).await
+    rotate_on(
+        client,
+        &Schema::default(),
+        token,
+        ttl,
+        &RotateOptions::default(),
+        Clock::Server,
+    )
+    .await
+}
+
+/// `auth.rotate_token` presenting a session's binding: as [`rotate_with`],
+/// and a session bound to a client or key rotates only when `options`
+/// present the same ([`Rotation::Invalid`] otherwise, nothing changed).
+///
+/// # Errors
+/// As [`rotate_with`]; [`crate::Error::Db`] naming the parameter for a
+/// client id or thumbprint out of shape (nothing changes).
+pub async fn rotate_with_options<C: GenericClient>(
+    client: &C,
+    token: &str,
+    ttl: Duration,
+    options: &RotateOptions,
+) -> Result<Rotation> {
+    rotate_on(
+        client,
+        &Schema::default(),
+        token,
+        ttl,
+        options,
+        Clock::Server,
+    )
+    .await
 }
 
 /// `auth.revoke_session`: returns how many tokens it revoked.
@@ -448,7 +603,38 @@ pub async fn revoke_user_sessions_with<C: GenericClient>(
     user_id: &str,
     reason: RevokeReason,
 ) -> Result<i32> {
-    revoke_user_sessions_on(client, &Schema::default(), user_id, reason, Clock::Server).await
+    revoke_user_sessions_on(
+        client,
+        &Schema::default(),
+        user_id,
+        reason,
+        None,
+        Clock::Server,
+    )
+    .await
+}
+
+/// `auth.revoke_user_sessions` with `p_except_session_id`: revokes every
+/// session of `user_id` but `keep` ("sign out everywhere else"); returns
+/// how many it revoked.
+///
+/// # Errors
+/// [`crate::Error::Db`].
+pub async fn revoke_user_sessions_except_with<C: GenericClient>(
+    client: &C,
+    user_id: &str,
+    keep: Uuid,
+    reason: RevokeReason,
+) -> Result<i32> {
+    revoke_user_sessions_on(
+        client,
+        &Schema::default(),
+        user_id,
+        reason,
+        Some(keep),
+        Clock::Server,
+    )
+    .await
 }
 
 /// `auth.list_sessions`: a user's sessions, newest first, at most `limit`
@@ -473,7 +659,8 @@ async fn list_sessions_on<C: GenericClient>(
     let rows = client
         .query(
             &*schema.sql(
-                "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason
+                "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason,
+                        last_used_at, device_label, client_id
                  FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
             ),
             &[&user_id, &limit],
@@ -489,6 +676,9 @@ async fn list_sessions_on<C: GenericClient>(
             refresh_expires_at: row.get(3),
             revoked_at: row.get(4),
             revoke_reason: row.get(5),
+            last_used_at: row.get(6),
+            device_label: row.get(7),
+            client_id: row.get(8),
         })
         .collect())
 }
@@ -509,7 +699,15 @@ pub mod simulated {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Issued> {
-        issue_on(client, &Schema::default(), user_id, ttl, Clock::At(now)).await
+        issue_on(
+            client,
+            &Schema::default(),
+            user_id,
+            ttl,
+            &IssueOptions::default(),
+            Clock::At(now),
+        )
+        .await
     }
 
     /// [`super::rotate_with`] at `now`.
@@ -522,7 +720,15 @@ pub mod simulated {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Rotation> {
-        rotate_on(client, &Schema::default(), token, ttl, Clock::At(now)).await
+        rotate_on(
+            client,
+            &Schema::default(),
+            token,
+            ttl,
+            &RotateOptions::default(),
+            Clock::At(now),
+        )
+        .await
     }
 
     /// [`super::revoke_session_with`] at `now`.
@@ -555,7 +761,37 @@ pub mod simulated {
         reason: RevokeReason,
         now: SystemTime,
     ) -> Result<i32> {
-        revoke_user_sessions_on(client, &Schema::default(), user_id, reason, Clock::At(now)).await
+        revoke_user_sessions_on(
+            client,
+            &Schema::default(),
+            user_id,
+            reason,
+            None,
+            Clock::At(now),
+        )
+        .await
+    }
+
+    /// [`super::revoke_user_sessions_except_with`] at `now`.
+    ///
+    /// # Errors
+    /// As [`super::revoke_user_sessions_except_with`]; permission denied for a role that is not the owner.
+    pub async fn revoke_user_sessions_except_at<C: GenericClient>(
+        client: &C,
+        user_id: &str,
+        keep: Uuid,
+        reason: RevokeReason,
+        now: SystemTime,
+    ) -> Result<i32> {
+        revoke_user_sessions_on(
+            client,
+            &Schema::default(),
+            user_id,
+            reason,
+            Some(keep),
+            Clock::At(now),
+        )
+        .await
     }
 }
 
@@ -712,6 +948,63 @@ impl TokenStore {
                     &self.schema,
                     user_id,
                     self.ttl,
+                    &IssueOptions::default(),
+                    Clock::Server,
+                ),
+            )
+            .await;
+        call.end(answer)
+    }
+
+    /// Starts a session for `user_id`, bound and labelled as `options` say.
+    ///
+    /// # Errors
+    /// As [`TokenStore::issue`]; [`crate::Error::Db`] naming the parameter
+    /// for a client id, thumbprint or label out of shape (nothing is written).
+    pub async fn issue_with_options(
+        &self,
+        user_id: &str,
+        options: &IssueOptions,
+    ) -> Result<Issued> {
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.issue_token",
+                issue_on(
+                    call.client(),
+                    &self.schema,
+                    user_id,
+                    self.ttl,
+                    options,
+                    Clock::Server,
+                ),
+            )
+            .await;
+        call.end(answer)
+    }
+
+    /// Presents a token for rotation, with what the caller proved of the
+    /// session's binding: a bound session whose client id or key `options`
+    /// do not match reads [`Rotation::Invalid`] and nothing changes.
+    ///
+    /// # Errors
+    /// As [`TokenStore::rotate`]; [`crate::Error::Db`] naming the parameter
+    /// for a client id or thumbprint out of shape (nothing changes).
+    pub async fn rotate_with_options(
+        &self,
+        token: &str,
+        options: &RotateOptions,
+    ) -> Result<Rotation> {
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.rotate_token",
+                rotate_on(
+                    call.client(),
+                    &self.schema,
+                    token,
+                    self.ttl,
+                    options,
                     Clock::Server,
                 ),
             )
@@ -729,7 +1022,14 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.rotate_token",
-                rotate_on(call.client(), &self.schema, token, self.ttl, Clock::Server),
+                rotate_on(
+                    call.client(),
+                    &self.schema,
+                    token,
+                    self.ttl,
+                    &RotateOptions::default(),
+                    Clock::Server,
+                ),
             )
             .await;
         call.end(answer)
@@ -792,6 +1092,7 @@ impl TokenStore {
                     &self.schema,
                     user_id,
                     reason,
+                    None,
                     Clock::Server,
                 ),
             )
@@ -799,7 +1100,35 @@ impl TokenStore {
         call.end(answer)
     }
 
-    /// A user's sessions, newest first, at most [`DEFAULT_LIST_LIMIT`].
+    /// Revokes every session of a user but `keep` ("sign out everywhere
+    /// else": pass the caller's own session); returns how many were revoked.
+    ///
+    /// # Errors
+    /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    pub async fn revoke_user_sessions_except(
+        &self,
+        user_id: &str,
+        keep: Uuid,
+        reason: RevokeReason,
+    ) -> Result<i32> {
+        let call = Call::start(&self.pool).await?;
+        let answer = self
+            .bounded(
+                "auth.revoke_user_sessions",
+                revoke_user_sessions_on(
+                    call.client(),
+                    &self.schema,
+                    user_id,
+                    reason,
+                    Some(keep),
+                    Clock::Server,
+                ),
+            )
+            .await;
+        call.end(answer)
+    }
+
+    /// A user's sessions (a device list), newest first, at most [`DEFAULT_LIST_LIMIT`].
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
@@ -812,5 +1141,135 @@ impl TokenStore {
             )
             .await;
         call.end(answer)
+    }
+}
+
+/// The channel every revocation is notified on, with the revoked session's
+/// id as its payload: `LISTEN token_janitor_revocations`.
+pub const REVOCATION_CHANNEL: &str = "token_janitor_revocations";
+
+/// Revocation notices: the id of every session revoked from now on (logout,
+/// `revoke_user_sessions`, a detected reuse), each once its revoking
+/// transaction commits, on a dedicated connection that `LISTEN`s on
+/// [`REVOCATION_CHANNEL`]. A service that holds access tokens or websockets
+/// of a session drops them on its notice. Expiry sends nothing: it is known
+/// in advance.
+///
+/// Read it as a [`futures_core::Stream`] or with [`RevocationNotices::next`].
+/// It ends after an error (the connection closed: a restart, a network
+/// failure): notices sent meanwhile are lost, so listen again and treat
+/// what you hold as possibly revoked until then. Keep reading: PostgreSQL
+/// queues notices for a listener that does not read them, and once its
+/// queue (8 GB by default) is full, revocations fail.
+pub struct RevocationNotices {
+    /// Kept for the connection: dropping it would close it.
+    _client: tokio_postgres::Client,
+    connection: crate::db::Connection,
+    /// Notices that arrived while `LISTEN` was being sent.
+    early: std::collections::VecDeque<tokio_postgres::Notification>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for RevocationNotices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationNotices")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RevocationNotices {
+    /// Opens a connection to `url` and listens for revocations; notices of
+    /// transactions that commit after this returns are all delivered.
+    ///
+    /// # Errors
+    /// As [`crate::DatabaseUrl::connect`]; [`crate::Error::Db`] when `LISTEN`
+    /// fails (e.g. on a standby, which cannot listen).
+    pub async fn listen(url: &crate::DatabaseUrl) -> Result<Self> {
+        use tokio_postgres::AsyncMessage;
+        let (client, mut connection) = url.open().await?;
+        let mut early = std::collections::VecDeque::new();
+        {
+            let statement = format!("LISTEN {REVOCATION_CHANNEL}");
+            let listen = client.batch_execute(&statement);
+            tokio::pin!(listen);
+            loop {
+                tokio::select! {
+                    done = &mut listen => {
+                        done.map_err(db("listening for revocation notices"))?;
+                        break;
+                    }
+                    message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                        Some(Ok(AsyncMessage::Notification(notice))) => early.push_back(notice),
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(db("listening for revocation notices")(err)),
+                        None => {
+                            return Err(Error::UnexpectedResponse(
+                                "the connection closed before LISTEN completed".to_string(),
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+        Ok(Self {
+            _client: client,
+            connection,
+            early,
+            ended: false,
+        })
+    }
+
+    /// The next revoked session's id; `None` once the stream has ended.
+    ///
+    /// # Errors
+    /// [`crate::Error::Db`] when the connection fails (the stream then
+    /// ends); [`crate::Error::UnexpectedResponse`] for a payload that is not
+    /// a session id.
+    pub async fn next(&mut self) -> Option<Result<Uuid>> {
+        std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut *self), cx)
+        })
+        .await
+    }
+}
+
+fn revoked_session(notice: &tokio_postgres::Notification) -> Result<Uuid> {
+    Uuid::parse_str(notice.payload()).map_err(|_| {
+        Error::UnexpectedResponse(format!(
+            "a notice on {REVOCATION_CHANNEL} that is not a session id: {:?}",
+            notice.payload()
+        ))
+    })
+}
+
+impl futures_core::Stream for RevocationNotices {
+    type Item = Result<Uuid>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        use tokio_postgres::AsyncMessage;
+        let this = self.get_mut();
+        if let Some(notice) = this.early.pop_front() {
+            return Poll::Ready(Some(revoked_session(&notice)));
+        }
+        while !this.ended {
+            match this.connection.poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(notice)))) => {
+                    return Poll::Ready(Some(revoked_session(&notice)));
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(err))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(db("receiving revocation notices")(err))));
+                }
+                Poll::Ready(None) => this.ended = true,
+            }
+        }
+        Poll::Ready(None)
     }
 }

@@ -35,6 +35,17 @@ async fn the_application_role_cannot_drive_the_clock_on_any_path() {
                 "SELECT auth.revoke_session(p_session_id => '{victim}', p_now => '2999-01-01')"
             ),
             "SELECT auth.revoke_user_sessions(p_user_id => 'victim', p_now => '2999-01-01')",
+            &format!(
+                "SELECT auth.revoke_user_sessions(p_user_id => 'victim', p_now => '2999-01-01',
+                     p_except_session_id => '{victim}')"
+            ),
+            "SELECT * FROM auth.issue_token(p_user_id => 'x', p_token_hash => sha256('x'),
+                 p_ttl => '1 day', p_now => 'infinity', p_client_id => 'c', p_device_label => 'd')",
+            &format!(
+                "SELECT * FROM auth.rotate_token(p_session_id => '{victim}', p_generation => 0,
+                     p_token_hash => sha256('g0'), p_new_token_hash => sha256('g1'),
+                     p_ttl => '1 day', p_now => '1999-01-01', p_client_id => 'c')"
+            ),
             "SELECT * FROM auth.purge_refresh_tokens(p_now => '2999-01-01')",
         ],
     )

@@ -49,7 +49,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
             "V5__purge_position",
             "V6__pace_by_default",
             "V7__owner_locks",
-            "V8__security_event_repeats"
+            "V8__security_event_repeats",
+            "V9__session_binding_and_lifetime"
         ]
     );
     let paced: bool = db
@@ -133,4 +134,61 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
         store.rotate(live.token.expose()).await.unwrap(),
         Rotation::Rotated(_)
     ));
+}
+
+/// Sessions live on V8 keep working after V9: unbound, unlabelled, without
+/// an absolute lifetime; they rotate (as the application role), and the
+/// device list shows them with their last use.
+#[tokio::test]
+async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
+    let mut db = TestDb::empty().await;
+    migrate_to(&mut db.client, 8).await;
+    let rotated_before = legacy_session(&db.client, "vic").await;
+    let untouched = legacy_session(&db.client, "vic").await;
+    let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert_eq!(report.applied, vec!["V9__session_binding_and_lifetime"]);
+    let lifetime: Vec<Option<String>> = column(
+        &db.client,
+        "SELECT max_session_lifetime::text FROM auth.cleanup_policy",
+    )
+    .await;
+    assert_eq!(lifetime, vec![None], "no absolute lifetime on upgrade");
+
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let store = TokenStore::new(url.pool(2));
+    let before = store.list_sessions("vic").await.unwrap();
+    assert_eq!(before.len(), 2);
+    for session in &before {
+        assert_eq!(session.last_used_at, session.created_at);
+        assert_eq!(
+            (
+                session.client_id.as_deref(),
+                session.device_label.as_deref()
+            ),
+            (None, None)
+        );
+    }
+    let options = token_janitor::RotateOptions::default()
+        .client_id("web")
+        .dpop_jkt("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    let Rotation::Rotated(next) = store
+        .rotate_with_options(&rotated_before, &options)
+        .await
+        .unwrap()
+    else {
+        panic!("a session from V8 rotates after V9, whatever binding is presented");
+    };
+    let after = store.list_sessions("vic").await.unwrap();
+    let listed = after
+        .iter()
+        .find(|s| s.session_id == next.session_id)
+        .unwrap();
+    assert!(listed.last_used_at > listed.created_at);
+    assert_eq!(listed.client_id, None, "a session stays unbound");
+    assert!(matches!(
+        store.rotate(&untouched).await.unwrap(),
+        Rotation::Rotated(_)
+    ));
+    drop(store);
+    drop_member(&db, &role, app).await;
 }
