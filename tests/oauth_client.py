@@ -43,6 +43,36 @@ try:
 except InvalidGrantError:
     seen["after_replay"] = "invalid_grant"
 
+# Two devices signed in; another client presenting the laptop's refresh
+# token gets invalid_grant (the session is bound to its client) and the
+# laptop refreshes on; the phone signs out every other device.
+laptop = OAuth2Session(client=LegacyApplicationClient(client_id=CLIENT_ID))
+laptop_token = laptop.fetch_token(token_url=TOKEN_URL, username="alice", password="wonderland",
+                                  client_id=CLIENT_ID, include_client_id=True, device="laptop")
+phone = OAuth2Session(client=LegacyApplicationClient(client_id=CLIENT_ID))
+phone.fetch_token(token_url=TOKEN_URL, username="alice", password="wonderland",
+                  client_id=CLIENT_ID, include_client_id=True, device="phone")
+intruder = OAuth2Session(client_id="other-app")
+try:
+    intruder.refresh_token(TOKEN_URL, refresh_token=laptop_token["refresh_token"],
+                           client_id="other-app", include_client_id=True)
+    seen["other_client"] = "accepted"
+except InvalidGrantError:
+    seen["other_client"] = "invalid_grant"
+laptop_token = laptop.refresh_token(TOKEN_URL, refresh_token=laptop_token["refresh_token"],
+                                    client_id=CLIENT_ID, include_client_id=True)
+devices = phone.get(BASE + "/sessions").json()["sessions"]
+seen["devices"] = sorted(d["device"] for d in devices if not d["revoked"] and d["device"])
+seen["clients"] = sorted({d["client_id"] for d in devices})
+seen["signed_out_others"] = phone.post(BASE + "/sessions/sign-out-others").json()["signed_out"]
+try:
+    laptop.refresh_token(TOKEN_URL, refresh_token=laptop_token["refresh_token"],
+                         client_id=CLIENT_ID, include_client_id=True)
+    seen["laptop_after_sign_out"] = "accepted"
+except InvalidGrantError:
+    seen["laptop_after_sign_out"] = "invalid_grant"
+seen["phone_after_sign_out"] = phone.get(BASE + "/sessions").status_code
+
 # Sign in again, then revoke the refresh token (RFC 7009) as the client does.
 fresh = OAuth2Session(client=LegacyApplicationClient(client_id=CLIENT_ID))
 third = fresh.fetch_token(token_url=TOKEN_URL, username="alice", password="wonderland",

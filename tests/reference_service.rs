@@ -2,7 +2,8 @@
 //! client written elsewhere: Python's oauthlib and requests-oauthlib, as
 //! Debian packages them (scripts/pg.sh installs them). Sign-in, a refresh
 //! (RFC 6749 §6) that rotates, the replay of the old refresh token (reuse:
-//! the family dies), and revocation (RFC 7009).
+//! the family dies), a session bound to its client, the device list, sign
+//! out everywhere else, and revocation (RFC 7009).
 
 #[path = "../examples/reference_service/service.rs"]
 mod service;
@@ -51,6 +52,12 @@ async fn an_oauth_client_library_refreshes_replays_and_revokes() {
             "sessions": 1,
             "replay": "invalid_grant",
             "after_replay": "invalid_grant",
+            "other_client": "invalid_grant",
+            "devices": ["laptop", "phone"],
+            "clients": ["reference-app"],
+            "signed_out_others": 1,
+            "laptop_after_sign_out": "invalid_grant",
+            "phone_after_sign_out": 200,
             "revoke_status": 200,
             "after_revoke": "invalid_grant",
         }),
@@ -68,9 +75,13 @@ async fn an_oauth_client_library_refreshes_replays_and_revokes() {
     assert_eq!(events, 1, "the replay was recorded");
     let revoked: Vec<String> = column(
         &db.client,
-        "SELECT revoke_reason FROM auth.sessions ORDER BY created_at",
+        "SELECT coalesce(revoke_reason, 'live') FROM auth.sessions ORDER BY created_at",
     )
     .await;
-    assert_eq!(revoked, ["reuse_detected", "logout"]);
+    assert_eq!(
+        revoked,
+        ["reuse_detected", "logout", "live", "logout"],
+        "the replayed family, the laptop signed out by the phone, the phone, the revoked token's"
+    );
     drop_member(&db, &role, client).await;
 }

@@ -1,7 +1,8 @@
 //! The reference service's routes: an OAuth 2.0 token endpoint with the
 //! refresh-token grant (RFC 6749 §6) on `TokenStore` (rotation, reuse
-//! detection), token revocation (RFC 7009), a signed-in user's session list
-//! and sign-out. `main.rs` serves it; `tests/reference_service.rs` drives it
+//! detection, sessions bound to the client they were issued to), token
+//! revocation (RFC 7009), a signed-in user's device list, sign-out of one
+//! device and of every other one. `main.rs` serves it; `tests/reference_service.rs` drives it
 //! with an OAuth client library written elsewhere (Python's oauthlib).
 //!
 //! What is a stand-in here, and what a real service puts there:
@@ -22,14 +23,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use token_janitor::{Error, RevokeReason, Rotation, TokenStore};
+use token_janitor::{Error, IssueOptions, RevokeReason, RotateOptions, Rotation, TokenStore};
 use uuid::Uuid;
 
 /// How long an access token lives.
 const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// The one client this service knows (a public client: no secret).
-pub const CLIENT_ID: &str = "reference-app";
+/// The clients this service knows (public clients: no secret). A session is
+/// bound to the one it was issued to.
+pub const CLIENTS: &[&str] = &["reference-app", "other-app"];
 
 /// A signed-in access token: whose, which session, until when.
 struct Access {
@@ -70,6 +72,7 @@ impl Service {
             .route("/oauth/revoke", post(revoke))
             .route("/sessions", get(sessions))
             .route("/sessions/{id}/sign-out", post(sign_out))
+            .route("/sessions/sign-out-others", post(sign_out_others))
             .with_state(self)
     }
 
@@ -130,17 +133,26 @@ struct TokenRequest {
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
+    /// A name for the device list ("Firefox on a laptop"), at sign-in.
+    device: Option<String>,
+}
+
+/// The request's client, when it is one this service knows.
+fn known_client(client_id: Option<&str>) -> Option<&str> {
+    client_id.filter(|id| CLIENTS.contains(id))
 }
 
 /// `POST /oauth/token`: the password grant (sign-in) and the refresh-token
 /// grant (rotation). Every refresh failure is `invalid_grant` (RFC 6749
 /// §5.2): the client signs in again; what happened (a replay, an expired or
 /// revoked family) is the server's business, recorded in
-/// `auth.security_events` for a replay.
+/// `auth.security_events` for a replay. Each session is bound to the client
+/// it was issued to: another client presenting its refresh token gets
+/// `invalid_grant`, and the session lives on (RFC 6819 §5.2.2.2).
 async fn token(State(service): State<Service>, Form(request): Form<TokenRequest>) -> Response {
-    if request.client_id.as_deref() != Some(CLIENT_ID) {
+    let Some(client) = known_client(request.client_id.as_deref()) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
-    }
+    };
     let issued = match request.grant_type.as_str() {
         "password" => {
             let (Some(user), Some(password)) = (&request.username, &request.password) else {
@@ -149,7 +161,11 @@ async fn token(State(service): State<Service>, Form(request): Form<TokenRequest>
             if service.users.get(user) != Some(password) {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            match service.store.issue(user).await {
+            let mut options = IssueOptions::default().client_id(client);
+            if let Some(device) = &request.device {
+                options = options.device_label(device.clone());
+            }
+            match service.store.issue_with_options(user, &options).await {
                 Ok(issued) => issued,
                 Err(err) => return server_error(&err),
             }
@@ -158,7 +174,8 @@ async fn token(State(service): State<Service>, Form(request): Form<TokenRequest>
             let Some(presented) = &request.refresh_token else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            match service.store.rotate(presented).await {
+            let options = RotateOptions::default().client_id(client);
+            match service.store.rotate_with_options(presented, &options).await {
                 Ok(Rotation::Rotated(next)) => next,
                 Ok(_) | Err(Error::MalformedToken(_)) => {
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
@@ -190,7 +207,7 @@ struct RevokeRequest {
 /// token; 200 whatever the token was (§2.2), so the answer tells a caller
 /// nothing about it. Access tokens here die with their 15 minutes.
 async fn revoke(State(service): State<Service>, Form(request): Form<RevokeRequest>) -> Response {
-    if request.client_id.as_deref() != Some(CLIENT_ID) {
+    if known_client(request.client_id.as_deref()).is_none() {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     match service
@@ -201,6 +218,12 @@ async fn revoke(State(service): State<Service>, Form(request): Form<RevokeReques
         Ok(_) | Err(Error::MalformedToken(_)) => StatusCode::OK.into_response(),
         Err(err) => server_error(&err),
     }
+}
+
+/// Seconds since the epoch, for JSON.
+fn epoch_seconds(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `GET /sessions`: the signed-in user's devices.
@@ -215,9 +238,10 @@ async fn sessions(State(service): State<Service>, headers: HeaderMap) -> Respons
                 .map(|s| {
                     json!({
                         "session_id": s.session_id.to_string(),
-                        "created_at": s.created_at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs()),
+                        "created_at": epoch_seconds(s.created_at),
+                        "last_used_at": epoch_seconds(s.last_used_at),
+                        "device": s.device_label,
+                        "client_id": s.client_id,
                         "revoked": s.revoked_at.is_some(),
                         "current": s.session_id == current,
                     })
@@ -252,6 +276,22 @@ async fn sign_out(
     }
     match service.store.revoke_session(id, RevokeReason::Logout).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => server_error(&err),
+    }
+}
+
+/// `POST /sessions/sign-out-others`: signs out every device of the user but
+/// the one asking ("sign out everywhere else").
+async fn sign_out_others(State(service): State<Service>, headers: HeaderMap) -> Response {
+    let Some((user, current)) = service.signed_in(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    match service
+        .store
+        .revoke_user_sessions_except(&user, current, RevokeReason::Logout)
+        .await
+    {
+        Ok(revoked) => Json(json!({ "signed_out": revoked })).into_response(),
         Err(err) => server_error(&err),
     }
 }
