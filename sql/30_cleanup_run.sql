@@ -205,8 +205,8 @@ BEGIN
 END
 $$;
 
--- auth.run_token_cleanup: the scheduled entry point (pg_cron job
--- refresh-token-cleanup). One run: batches of batch_size (with pace on, an
+-- auth.run_token_cleanup: the scheduled entry point (the pg_cron job
+-- 'token-janitor cleanup: <database>.<schema>'). One run: batches of batch_size (with pace on, an
 -- eighth of it after a short pause while transactions come and go on the
 -- token table: auth._run_pace), each committed, until nothing is due or
 -- max_runtime is spent; recorded in auth.cleanup_runs.
