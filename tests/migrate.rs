@@ -748,3 +748,28 @@ async fn a_schema_auth_made_before_the_install_keeps_its_owner() {
     assert_eq!(owners.len(), 2, "{owners:?}");
     assert!(owners.contains(&"token_janitor_owner".to_string()));
 }
+
+/// Invariant 9: migrate drops and recreates only the routines of its record.
+/// A routine the owner role created in `auth` under another name (as a
+/// deploying role that is the owner does on a managed service) survives the
+/// next migrate; before, every routine of the owner role there was dropped.
+#[tokio::test]
+async fn a_routine_of_the_owner_role_outside_the_record_survives_migrate() {
+    let mut db = TestDb::migrated().await;
+    db.client
+        .batch_execute(
+            "SET ROLE token_janitor_owner;
+             CREATE FUNCTION auth.app_helper() RETURNS int LANGUAGE sql AS 'SELECT 42';
+             RESET ROLE;",
+        )
+        .await
+        .unwrap();
+    migrate(&mut db.client, &no_schedule()).await.unwrap();
+    let answer: i32 = db
+        .client
+        .query_one("SELECT auth.app_helper()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(answer, 42);
+}
