@@ -492,15 +492,7 @@ pub async fn issue_with<C: GenericClient>(
     user_id: &str,
     ttl: Duration,
 ) -> Result<Issued> {
-    issue_on(
-        client,
-        &Schema::default(),
-        user_id,
-        ttl,
-        &IssueOptions::default(),
-        Clock::Server,
-    )
-    .await
+    issue_with_options(client, user_id, ttl, &IssueOptions::default()).await
 }
 
 /// `auth.issue_token` with a binding and a device label: starts a session
@@ -540,15 +532,7 @@ pub async fn rotate_with<C: GenericClient>(
     token: &str,
     ttl: Duration,
 ) -> Result<Rotation> {
-    rotate_on(
-        client,
-        &Schema::default(),
-        token,
-        ttl,
-        &RotateOptions::default(),
-        Clock::Server,
-    )
-    .await
+    rotate_with_options(client, token, ttl, &RotateOptions::default()).await
 }
 
 /// `auth.rotate_token` presenting a session's binding: as [`rotate_with`],
@@ -939,21 +923,8 @@ impl TokenStore {
     /// [`crate::Error::Pool`] when no connection can be had,
     /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn issue(&self, user_id: &str) -> Result<Issued> {
-        let call = Call::start(&self.pool).await?;
-        let answer = self
-            .bounded(
-                "auth.issue_token",
-                issue_on(
-                    call.client(),
-                    &self.schema,
-                    user_id,
-                    self.ttl,
-                    &IssueOptions::default(),
-                    Clock::Server,
-                ),
-            )
-            .await;
-        call.end(answer)
+        self.issue_with_options(user_id, &IssueOptions::default())
+            .await
     }
 
     /// Starts a session for `user_id`, bound and labelled as `options` say.
@@ -1018,21 +989,8 @@ impl TokenStore {
     /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
     /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
     pub async fn rotate(&self, token: &str) -> Result<Rotation> {
-        let call = Call::start(&self.pool).await?;
-        let answer = self
-            .bounded(
-                "auth.rotate_token",
-                rotate_on(
-                    call.client(),
-                    &self.schema,
-                    token,
-                    self.ttl,
-                    &RotateOptions::default(),
-                    Clock::Server,
-                ),
-            )
-            .await;
-        call.end(answer)
+        self.rotate_with_options(token, &RotateOptions::default())
+            .await
     }
 
     /// Revokes one session; returns how many tokens were revoked.
