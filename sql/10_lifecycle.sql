@@ -417,11 +417,14 @@ $$;
 --   revoked        the token or its session is revoked (nothing changes)
 --   expired        the token or its session is expired, or the session is
 --                  max_session_lifetime old (nothing changes)
---   rotated        the token is revoked 'rotated', generation+1 is issued
---                  with p_new_token_hash, expiring at p_now + p_ttl but
---                  never after created_at + max_session_lifetime, and, when
---                  reuse_grace is on, with p_successor_seal (32 bytes)
---                  wrapped for the grace
+--   rotated        generation+1 is issued with p_new_token_hash, expiring
+--                  at p_now + p_ttl but never after created_at +
+--                  max_session_lifetime, and, when reuse_grace is on, with
+--                  p_successor_seal (32 bytes) wrapped for the grace. With
+--                  an authenticator and token_history off (the policy's
+--                  default) it replaces the presented token's row in place
+--                  (one row per session); otherwise that row is revoked
+--                  'rotated' and a row is inserted for the successor
 -- Both 'rotated' outcomes return the session's user_id, for an application
 -- role that cannot read auth.sessions; every other outcome returns NULL in
 -- generation, expires_at and user_id.
@@ -449,11 +452,13 @@ DECLARE
     v_grace    interval;
     v_max_ttl  interval;
     v_lifetime interval;
+    v_history  boolean;
     v_key      bytea;
     v_seal     bytea;
     v_expires  timestamptz;
 BEGIN
-    SELECT p.reuse_grace, p.max_ttl, p.max_session_lifetime INTO v_grace, v_max_ttl, v_lifetime
+    SELECT p.reuse_grace, p.max_ttl, p.max_session_lifetime, p.token_history
+    INTO v_grace, v_max_ttl, v_lifetime, v_history
     FROM auth.cleanup_policy p;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
@@ -554,10 +559,20 @@ BEGIN
     IF v_grace > interval '0' AND p_successor_seal IS NOT NULL THEN
         v_seal := auth._wrap_seal(p_successor_seal, p_session_id, p_generation + 1, p_now, v_grace);
     END IF;
-    UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL
-    WHERE t.session_id = p_session_id AND t.generation = p_generation;
-    INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal)
-    VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal);
+    IF v_history OR p_authenticator IS NULL THEN
+        UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL
+        WHERE t.session_id = p_session_id AND t.generation = p_generation;
+        INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal)
+        VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal);
+    ELSE
+        -- In place: the presented token's authenticator proved it genuine,
+        -- and proves it again if it is replayed, so its row decides nothing
+        -- and becomes its successor's.
+        UPDATE auth.refresh_tokens t
+        SET generation = p_generation + 1, token_hash = p_new_token_hash, issued_at = p_now,
+            expires_at = v_expires, successor_seal = v_seal
+        WHERE t.session_id = p_session_id AND t.generation = p_generation;
+    END IF;
     UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
     WHERE s.id = p_session_id;
 
@@ -692,30 +707,47 @@ $$;
 -- auth.revoke_token (server clock): revocation by a presented token (RFC
 -- 7009): revokes the token's whole family, as revoke_session does, only when
 -- the token is genuine: a row of its session and generation is stored with
--- its hash. A forged token (a known session id with a wrong secret), or one
--- whose row is gone, revokes nothing and returns 0; an endpoint answers 200
--- either way (RFC 7009 §2.2), so the caller learns nothing. revoke_session
--- takes the caller's word for the session id (a signed-in user ending a
--- device of theirs); this one needs the token itself, so a revocation
--- endpoint anyone can call cannot sign a user out from a session id.
+-- its hash, or, once no row is stored (rotated away in place, or purged),
+-- p_authenticator is the one of an rt2_ token of that session, generation
+-- and hash (as rotate_token checks it). A forged token (a known session id
+-- with a wrong secret), or an rt1_ token whose row is gone, revokes nothing
+-- and returns 0; an endpoint answers 200 either way (RFC 7009 §2.2), so the
+-- caller learns nothing. revoke_session takes the caller's word for the
+-- session id (a signed-in user ending a device of theirs); this one needs
+-- the token itself, so a revocation endpoint anyone can call cannot sign a
+-- user out from a session id.
 -- SECURITY DEFINER: the application role has no privilege on the tables.
 CREATE OR REPLACE FUNCTION auth.revoke_token(
-    p_session_id uuid,
-    p_generation integer,
-    p_token_hash bytea,
-    p_reason     text DEFAULT 'logout'
+    p_session_id    uuid,
+    p_generation    integer,
+    p_token_hash    bytea,
+    p_reason        text DEFAULT 'logout',
+    p_authenticator bytea DEFAULT NULL
 )
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_stored  bytea;
+    v_genuine boolean;
 BEGIN
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_revoke_reason(p_reason);
+    PERFORM auth._check_optional_length('p_authenticator', p_authenticator, 16);
     PERFORM auth._lock_family(p_session_id);
-    IF NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t
-                   WHERE t.session_id = p_session_id AND t.generation = p_generation
-                     AND t.token_hash = p_token_hash) THEN
+    SELECT t.token_hash INTO v_stored FROM auth.refresh_tokens t
+    WHERE t.session_id = p_session_id AND t.generation = p_generation;
+    IF FOUND THEN
+        v_genuine := v_stored = p_token_hash;
+    ELSE
+        SELECT p_authenticator IS NOT NULL AND s.mac_key IS NOT NULL AND p_generation BETWEEN 0 AND s.generation
+               AND sha256(auth._authenticator(s.mac_key, p_session_id, p_generation, p_token_hash))
+                   = sha256(p_authenticator)
+        INTO v_genuine
+        FROM auth.sessions s WHERE s.id = p_session_id;
+    END IF;
+    IF v_genuine IS NOT TRUE THEN
         RETURN 0;
     END IF;
     RETURN auth.revoke_session(p_session_id => p_session_id, p_now => clock_timestamp(), p_reason => p_reason);

@@ -246,13 +246,27 @@ BEGIN
             (SELECT b.deleted ->> 'security_events'
              FROM auth._purge_batch(c_now, NULL, NULL, ARRAY['security_events']) b)));
 
+        -- The live rt2_ token rotates: in place (one row left, of
+        -- generation 1) unless the policy keeps a row per token.
+        v_id := (v_ids ->> 'live')::uuid;
         SELECT r.outcome INTO v_outcome
-        FROM auth.rotate_token(p_session_id => (v_ids ->> 'live')::uuid, p_generation => 0,
+        FROM auth.sessions s,
+             auth.rotate_token(p_session_id => v_id, p_generation => 0,
                                p_token_hash => sha256(convert_to('live0', 'UTF8')),
                                p_new_token_hash => sha256(convert_to('next', 'UTF8')),
-                               p_ttl => interval '1 day', p_now => c_now) r;
+                               p_ttl => interval '1 day', p_now => c_now,
+                               p_authenticator => auth._authenticator(
+                                   s.mac_key, v_id, 0, sha256(convert_to('live0', 'UTF8')))) r
+        WHERE s.id = v_id;
         v_result := v_result || jsonb_build_array(jsonb_build_array(
             'live token still rotates', 'rotated', coalesce(v_outcome, '(no row)')));
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            format('token rows of the rotated session (generation:revoke_reason; token_history %s)',
+                   v_policy.token_history),
+            CASE WHEN v_policy.token_history THEN '0:rotated 1:-' ELSE '1:-' END,
+            coalesce((SELECT string_agg(t.generation || ':' || coalesce(t.revoke_reason, '-'), ' '
+                                        ORDER BY t.generation)
+                      FROM auth.refresh_tokens t WHERE t.session_id = v_id), '(none)')));
 
         RAISE EXCEPTION USING ERRCODE = 'TJ001', MESSAGE = v_result::text;
     EXCEPTION WHEN SQLSTATE 'TJ001' THEN
@@ -261,7 +275,8 @@ BEGIN
     FOR i IN 0 .. jsonb_array_length(v_result) - 1 LOOP
         check_name := v_result -> i ->> 0;
         expected := v_result -> i ->> 1;
-        actual := v_result -> i ->> 2;
+        -- A check whose query found nothing reads '(null)', never NULL.
+        actual := coalesce(v_result -> i ->> 2, '(null)');
         passed := expected = actual;
         RETURN NEXT;
     END LOOP;

@@ -30,7 +30,7 @@ DECLARE
         'auth.issue_token(text, bytea, interval, text, text, text)',
         'auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea, text, text)',
         'auth.revoke_session(uuid, text)',
-        'auth.revoke_token(uuid, integer, bytea, text)',
+        'auth.revoke_token(uuid, integer, bytea, text, bytea)',
         'auth.revoke_user_sessions(text, text, uuid)',
         'auth.list_sessions(text, integer)'];
     c_monitor_routines constant text[] := ARRAY[

@@ -43,7 +43,7 @@ pub struct EmbeddedMigration {
 /// `auth` keeps its checksums; another schema's are its own, the same on
 /// every migrate and verify).
 fn runner(schema: &Schema) -> refinery::Runner {
-    let rewritten: Vec<refinery::Migration> = migrations::runner()
+    let mut rewritten: Vec<refinery::Migration> = migrations::runner()
         .get_migrations()
         .iter()
         .map(|m| {
@@ -54,6 +54,8 @@ fn runner(schema: &Schema) -> refinery::Runner {
             .expect("an embedded migration's name parses again")
         })
         .collect();
+    // Embedded in file-name order (V10 before V2): versions order them.
+    rewritten.sort_by_key(refinery::Migration::version);
     refinery::Runner::new(&rewritten)
 }
 
@@ -127,7 +129,7 @@ const RETIRED_ROUTINES: &[&str] = &[
 /// Names are relative to the schema, so the record is read from the SQL as
 /// written (for `auth`) whatever the schema.
 fn record() -> Vec<Declared> {
-    let migrations: Vec<(i64, String)> = migrations::runner()
+    let mut migrations: Vec<(i64, String)> = migrations::runner()
         .get_migrations()
         .iter()
         .map(|m| {
@@ -137,6 +139,7 @@ fn record() -> Vec<Declared> {
             )
         })
         .collect();
+    migrations.sort_by_key(|(version, _)| *version);
     let mut definitions: Vec<&str> = DEFINITIONS.iter().map(|(_, sql)| *sql).collect();
     definitions.push(INDEXES);
     owner::record(

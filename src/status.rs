@@ -245,7 +245,8 @@ async fn read_status(
             &*schema.sql(
                 "SELECT expired_retention::text, revoked_retention::text, rotated_retention::text,
                     batch_size::text, max_runtime::text, history_retention::text,
-                    reuse_grace::text, max_ttl::text, audit_retention::text, pace::text
+                    reuse_grace::text, max_ttl::text, audit_retention::text, pace::text,
+                    token_history::text, coalesce(max_session_lifetime::text, 'none')
              FROM auth.cleanup_policy",
             ),
             &[],
@@ -263,6 +264,8 @@ async fn read_status(
         "max_ttl",
         "audit_retention",
         "pace",
+        "token_history",
+        "max_session_lifetime",
     ]
     .iter()
     .enumerate()

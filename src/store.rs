@@ -417,8 +417,14 @@ async fn revoke_token_on<C: GenericClient>(
 ) -> Result<bool> {
     let presented = token::parse(token)?;
     let (hash, reason) = (presented.secret.hash(), reason.as_str());
-    let mut params: Vec<&(dyn ToSql + Sync)> =
-        vec![&presented.session_id, &presented.generation, &hash, &reason];
+    let authenticator = presented.authenticator.map(|a| a.to_vec());
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &presented.session_id,
+        &presented.generation,
+        &hash,
+        &reason,
+        &authenticator,
+    ];
     let sql = call(
         schema,
         "r",
@@ -428,6 +434,7 @@ async fn revoke_token_on<C: GenericClient>(
             "p_generation => $n",
             "p_token_hash => $n",
             "p_reason => $n",
+            "p_authenticator => $n",
         ],
         &mut params,
         &Clock::Server,
@@ -1016,9 +1023,10 @@ impl TokenStore {
 
     /// Revokes the family of a presented refresh token, as an RFC 7009
     /// revocation endpoint does, when the token is genuine (its row is stored
-    /// with its hash); returns whether it revoked anything. A forged token,
-    /// or one whose row the cleanup has deleted, revokes nothing: answer the
-    /// client the same either way. Unlike [`TokenStore::revoke_session`],
+    /// with its hash, or its `rt2_` authenticator verifies once no row is
+    /// stored: rotated away in place, or purged); returns whether it revoked
+    /// anything. A forged token, or an `rt1_` token whose row the cleanup has
+    /// deleted, revokes nothing: answer the client the same either way. Unlike [`TokenStore::revoke_session`],
     /// which trusts the caller with a session id, this needs the token
     /// itself, so an endpoint anyone can call cannot sign a user out.
     ///

@@ -20,9 +20,13 @@ fn rotated(outcome: Rotation) -> token_janitor::Issued {
     }
 }
 
+#[rstest::rstest]
 #[tokio::test]
-async fn a_retry_within_the_grace_gets_the_same_successor_even_once_its_row_is_purged() {
+async fn a_retry_within_the_grace_gets_the_same_successor_even_once_its_row_is_purged(
+    #[values(false, true)] history: bool,
+) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     db.client
         .batch_execute("UPDATE auth.cleanup_policy SET rotated_retention = '0'")
         .await
@@ -64,9 +68,13 @@ async fn a_retry_within_the_grace_gets_the_same_successor_even_once_its_row_is_p
     assert_eq!(third.generation, 2);
 }
 
+#[rstest::rstest]
 #[tokio::test]
-async fn two_concurrent_rotations_of_one_token_both_end_with_the_same_working_token() {
+async fn two_concurrent_rotations_of_one_token_both_end_with_the_same_working_token(
+    #[values(false, true)] history: bool,
+) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     let store = TokenStore::new(db.url.pool(4));
     for _ in 0..5 {
         let first = store.issue("bob").await.unwrap();
@@ -85,9 +93,11 @@ async fn two_concurrent_rotations_of_one_token_both_end_with_the_same_working_to
     assert_eq!(events, 0);
 }
 
+#[rstest::rstest]
 #[tokio::test]
-async fn after_the_grace_or_further_back_a_replay_is_reuse() {
+async fn after_the_grace_or_further_back_a_replay_is_reuse(#[values(false, true)] history: bool) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     // After the grace (10 seconds by default).
     let first = issue_at(&db.client, "cat", TTL, at(0)).await.unwrap();
     let second = rotated(
@@ -157,9 +167,11 @@ async fn after_the_grace_or_further_back_a_replay_is_reuse() {
     assert_eq!(events, vec!["cat:0", "dan:0", "eve:0"]);
 }
 
+#[rstest::rstest]
 #[tokio::test]
-async fn grace_keys_do_not_outlive_the_grace() {
+async fn grace_keys_do_not_outlive_the_grace(#[values(false, true)] history: bool) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     let first = issue_at(&db.client, "fay", TTL, at(0)).await.unwrap();
     rotated(
         rotate_at(&db.client, first.token.expose(), TTL, at(60))
@@ -204,9 +216,13 @@ async fn grace_keys_do_not_outlive_the_grace() {
 /// Pruning grace keys never waits: a key another transaction holds is left
 /// for the next prune (prunes at different clocks, planned in different
 /// orders, deadlocked before).
+#[rstest::rstest]
 #[tokio::test]
-async fn pruning_grace_keys_skips_what_another_transaction_holds() {
+async fn pruning_grace_keys_skips_what_another_transaction_holds(
+    #[values(false, true)] history: bool,
+) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     db.client
         .batch_execute(
             "INSERT INTO auth.grace_keys (starts_at, mac_key)
@@ -270,9 +286,13 @@ async fn past(client: &tokio_postgres::Client, t: SystemTime) {
 /// that it lives on until the first sealed rotation, or, when none comes,
 /// until the next cleanup run. The read path refuses a seal past its grace
 /// meanwhile.
+#[rstest::rstest]
 #[tokio::test]
-async fn a_grace_key_lives_until_the_next_sealed_rotation_or_cleanup_run() {
+async fn a_grace_key_lives_until_the_next_sealed_rotation_or_cleanup_run(
+    #[values(false, true)] history: bool,
+) {
     let db = TestDb::migrated().await;
+    set_token_history(&db.client, history).await;
     db.client
         .batch_execute("UPDATE auth.cleanup_policy SET reuse_grace = '1 second'")
         .await

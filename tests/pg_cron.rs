@@ -19,7 +19,9 @@ async fn pg_cron_runs_the_cleanup_on_schedule() {
     let job_id = report.job_id.unwrap();
     let c = &cron.client;
 
-    // 100 rotated rows due now, and their live successors.
+    // 100 rotated rows due now, and their live successors: rotated rows
+    // are kept with token_history on.
+    set_token_history(c, true).await;
     for i in 0..100 {
         let s = issue(
             c,

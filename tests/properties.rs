@@ -369,13 +369,16 @@ async fn run(client: &Client, policy: Policy, steps: &[Step]) -> Result<(), Stri
     Ok(())
 }
 
-#[test]
-fn random_histories_keep_the_invariants() {
+/// In both modes of `token_history`: a row per issued token, or the
+/// session's token replaced in place.
+#[rstest::rstest]
+fn random_histories_keep_the_invariants(#[values(false, true)] history: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let db = runtime.block_on(TestDb::migrated());
+    runtime.block_on(set_token_history(&db.client, history));
     let cases: u32 = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -391,7 +394,9 @@ fn random_histories_keep_the_invariants() {
             runtime
                 .block_on(run(&db.client, policy, &steps))
                 .map_err(|broken| {
-                    TestCaseError::fail(format!("{broken}\npolicy {policy:?}\nsteps {steps:#?}"))
+                    TestCaseError::fail(format!(
+                        "{broken}\ntoken_history {history}, policy {policy:?}\nsteps {steps:#?}"
+                    ))
                 })
         },
     );

@@ -50,7 +50,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
             "V6__pace_by_default",
             "V7__owner_locks",
             "V8__security_event_repeats",
-            "V9__session_binding_and_lifetime"
+            "V9__session_binding_and_lifetime",
+            "V10__token_in_place"
         ]
     );
     let paced: bool = db
@@ -146,7 +147,10 @@ async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
     let rotated_before = legacy_session(&db.client, "vic").await;
     let untouched = legacy_session(&db.client, "vic").await;
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(report.applied, vec!["V9__session_binding_and_lifetime"]);
+    assert_eq!(
+        report.applied,
+        vec!["V9__session_binding_and_lifetime", "V10__token_in_place"]
+    );
     let lifetime: Vec<Option<String>> = column(
         &db.client,
         "SELECT max_session_lifetime::text FROM auth.cleanup_policy",
@@ -191,4 +195,108 @@ async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
     ));
     drop(store);
     drop_member(&db, &role, app).await;
+}
+
+/// Upgrading from V9, where every rotation kept a row: the rotated rows
+/// stay and are purged as before, the live rt2_ token then rotates in place
+/// (its older generations, rows or not, still read reuse_detected), and a
+/// live rt1_ token rotates keeping its row, as it has no authenticator.
+#[tokio::test]
+async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate() {
+    let mut db = TestDb::empty().await;
+    migrate_to(&mut db.client, 9).await;
+    let c = &db.client;
+    let now = server_now(c).await;
+    let rotated = Revocation {
+        at: plus(now, -3 * 3600),
+        reason: Reason::Rotated,
+    };
+    let family = Family {
+        hashes: ["k0", "k1", "k2"].iter().map(|seed| hash(seed)).collect(),
+        ..Family::new(
+            "kim",
+            plus(now, -4 * 3600),
+            vec![
+                TokenRow {
+                    revoked: Some(rotated),
+                    ..TokenRow::expiring(plus(now, 30 * DAY))
+                },
+                TokenRow {
+                    revoked: Some(rotated),
+                    ..TokenRow::expiring(plus(now, 30 * DAY))
+                },
+                TokenRow::expiring(plus(now, 30 * DAY)),
+            ],
+        )
+    };
+    let keyed = seed(c, &[family]).await[0];
+    let legacy = legacy_session(c, "lee").await;
+    assert_eq!(counts(c).await, (2, 4), "V9 kept a row per rotation");
+
+    let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert_eq!(report.applied, vec!["V10__token_in_place"]);
+    let c = &db.client;
+    // The key V4 on draws for each new session.
+    c.execute(
+        "UPDATE auth.sessions SET mac_key = auth._new_mac_key() WHERE id = $1",
+        &[&keyed],
+    )
+    .await
+    .unwrap();
+    let history: Vec<bool> = column(c, "SELECT token_history FROM auth.cleanup_policy").await;
+    assert_eq!(
+        history,
+        vec![false],
+        "rotation in place from the upgrade on"
+    );
+
+    // The live rt2_ token rotates in place: no row added.
+    assert_eq!(
+        rotate(c, keyed, 2, "k2", "k3", 30 * DAY, now).await,
+        "rotated"
+    );
+    assert_eq!(counts(c).await, (2, 4));
+    // The rows from before are purged as rotated rows (due an hour after
+    // their rotation, three hours ago).
+    let (_, _, rotated, _) = purge(c, now, None).await;
+    assert_eq!(rotated, 2);
+    let left: Vec<i32> = column(
+        c,
+        &format!("SELECT generation FROM auth.refresh_tokens WHERE session_id = '{keyed}'"),
+    )
+    .await;
+    assert_eq!(left, vec![3]);
+    // Generation 2 (rotated in place) and 0 (row purged) read reuse.
+    for (generation, seed) in [(2, "k2"), (0, "k0")] {
+        c.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(
+            rotate(c, keyed, generation, seed, "x", 30 * DAY, plus(now, 60)).await,
+            "reuse_detected"
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+
+    // The rt1_ token rotates into an rt2_ one, keeping its own row
+    // (revoked 'rotated'); its successor then rotates in place.
+    let store = TokenStore::new(db.url.pool(2));
+    let Rotation::Rotated(next) = store.rotate(&legacy).await.unwrap() else {
+        panic!("a live rt1_ token rotates after the upgrade");
+    };
+    let rows = |session: uuid::Uuid| {
+        format!(
+            "SELECT generation || ':' || coalesce(revoke_reason, '-') FROM auth.refresh_tokens
+             WHERE session_id = '{session}' ORDER BY generation"
+        )
+    };
+    assert_eq!(
+        column::<String>(c, &rows(next.session_id)).await,
+        ["0:rotated", "1:-"]
+    );
+    let Rotation::Rotated(_) = store.rotate(next.token.expose()).await.unwrap() else {
+        panic!("the rt2_ successor of an rt1_ token rotates");
+    };
+    assert_eq!(
+        column::<String>(c, &rows(next.session_id)).await,
+        ["0:rotated", "2:-"]
+    );
 }

@@ -129,3 +129,13 @@ pub fn random(n: usize) -> Vec<u8> {
     rand::fill(&mut bytes[..]);
     bytes
 }
+
+/// Sets `auth.cleanup_policy.token_history`: `true` keeps a row per issued
+/// token, `false` (the default) rotates an `rt2_` token in place. The
+/// tests of the invariants run in both modes.
+pub async fn set_token_history(client: &Client, on: bool) {
+    client
+        .execute("UPDATE auth.cleanup_policy SET token_history = $1", &[&on])
+        .await
+        .unwrap();
+}

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# rotation-cost.sh — what a refresh costs in storage, WAL and speed, with
+# auth.cleanup_policy.token_history off (the default: the session's token
+# row is replaced in place) and on (a row per issued token, as before
+# release 0.2), side by side in one run, on fresh databases of one server.
+#
+#   DATABASE_URL=postgres://…/any scripts/rotation-cost.sh [options]
+#     --sessions N   sessions issued, one per user                     (1000)
+#     --rotations R  rotations of every session, one transaction each   (20)
+#     --seconds S    length of the saturation run                       (20)
+#     --clients C    pgbench connections of the saturation run          (2)
+#     --repeat K     saturation runs per mode, alternating modes        (3)
+#
+# Per mode it prints:
+#   rows_per_session  token rows per live session after the rotations, no
+#                     cleanup having run;
+#   wal_per_rotation  WAL bytes written by the rotations (a CHECKPOINT
+#                     first, so full-page images are counted as a server
+#                     writes them), divided by their number;
+#   rotations_per_s   each saturation run: pgbench, C clients, no rate
+#                     limit, random sessions, after the rotations above.
+# Every rotation goes through the application's form of auth.rotate_token
+# (the server's clock) with the token's authenticator, as TokenStore calls
+# it, and must return 'rotated' (a division by zero stops the script).
+#
+# It creates databases tj_rotcost_<pid>_* and drops them at the end,
+# whatever happens. Needs psql and pgbench (postgresql-client 15); builds
+# token-janitor (debug) when TJ is not set.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+SESSIONS=1000 ROTATIONS=20 SECONDS_=20 CLIENTS=2 REPEAT=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --sessions) SESSIONS="$2"; shift 2 ;;
+        --rotations) ROTATIONS="$2"; shift 2 ;;
+        --seconds) SECONDS_="$2"; shift 2 ;;
+        --clients) CLIENTS="$2"; shift 2 ;;
+        --repeat) REPEAT="$2"; shift 2 ;;
+        *) echo "rotation-cost.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+for value in "$SESSIONS" "$ROTATIONS" "$SECONDS_" "$CLIENTS" "$REPEAT"; do
+    case "$value" in
+        '' | 0 | *[!0-9]*) echo "rotation-cost.sh: every option takes a positive whole number, got '$value'" >&2; exit 2 ;;
+    esac
+done
+: "${DATABASE_URL:?set DATABASE_URL to any database on the server (scripts/pg.sh start prints one)}"
+if [ -z "${TJ:-}" ]; then
+    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin token-janitor
+    TJ="$ROOT/target/debug/token-janitor"
+fi
+
+SERVER="${DATABASE_URL%/*}"
+PREFIX="tj_rotcost_$$"
+WORK="$(mktemp -d)"
+cleanup() {
+    for db in $(psql -qXAt "$DATABASE_URL" -c "SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}\_%'" 2>/dev/null); do
+        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+sql() { psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$1" -c "$2"; }
+
+# One rotation of the session of user u<k>, its token's hash being
+# sha256('u<k>/<generation>'). The authenticator is computed from the
+# session's key, which this superuser reads; an application has it in the
+# token string.
+rotation() {
+    cat <<SQL
+SELECT 1 / (r.outcome = 'rotated')::int
+FROM auth.sessions s,
+     auth.rotate_token(p_session_id => s.id, p_generation => s.generation,
+                       p_token_hash => sha256(convert_to(s.user_id || '/' || s.generation, 'UTF8')),
+                       p_new_token_hash => sha256(convert_to(s.user_id || '/' || (s.generation + 1), 'UTF8')),
+                       p_ttl => interval '30 days',
+                       p_authenticator => auth._authenticator(s.mac_key, s.id, s.generation,
+                           sha256(convert_to(s.user_id || '/' || s.generation, 'UTF8'))),
+                       p_successor_seal => sha256(convert_to(s.user_id || ':' || s.generation, 'UTF8'))) r
+WHERE s.user_id = $1
+SQL
+}
+{ echo "\\set k random(1, $SESSIONS)"; rotation "'u' || :k"; echo ';'; } >"$WORK/rotate.sql"
+
+prepare() {
+    local db="${PREFIX}_$1"
+    psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE $db"
+    DATABASE_URL="$SERVER/$db" "$TJ" migrate --no-schedule >/dev/null 2>"$WORK/migrate.log" ||
+        { cat "$WORK/migrate.log" >&2; exit 1; }
+    sql "$db" "UPDATE auth.cleanup_policy SET token_history = $1, reuse_grace = interval '10 seconds'" >/dev/null
+    sql "$db" "SELECT count(*) FROM generate_series(1, $SESSIONS) k,
+                   auth.issue_token(p_user_id => 'u' || k, p_token_hash => sha256(convert_to('u' || k || '/0', 'UTF8')),
+                                    p_ttl => interval '30 days')" >/dev/null
+    sql "$db" "CHECKPOINT" >/dev/null
+    local from
+    from=$(sql "$db" "SELECT pg_current_wal_lsn()")
+    # Each rotation in its own transaction, as an application makes them.
+    for _ in $(seq "$ROTATIONS"); do
+        sql "$db" "SELECT format(\$f\$$(rotation '%L');\$f\$, user_id) FROM auth.sessions ORDER BY user_id" >"$WORK/round.sql"
+        psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$db" -f "$WORK/round.sql" >/dev/null
+    done
+    sql "$db" "SELECT round(count(*)::numeric / (SELECT count(*) FROM auth.sessions WHERE revoked_at IS NULL AND refresh_expires_at >= now()), 2),
+                      round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$from') / ($SESSIONS * $ROTATIONS))
+               FROM auth.refresh_tokens"
+}
+
+saturate() {
+    "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_" -f "$WORK/rotate.sql" "$SERVER/${PREFIX}_$1" 2>&1 |
+        awk '/^tps = / { printf "%.0f", $3 }'
+}
+
+declare -A ROWS WAL RATES
+for mode in false true; do
+    echo "token_history $mode: $SESSIONS sessions x $ROTATIONS rotations" >&2
+    read -r ROWS[$mode] WAL[$mode] < <(prepare "$mode" | tr '|' ' ')
+done
+for i in $(seq "$REPEAT"); do
+    for mode in false true; do
+        echo "saturation run $i, token_history $mode: $CLIENTS clients, ${SECONDS_}s" >&2
+        RATES[$mode]="${RATES[$mode]:-}$(saturate "$mode") "
+    done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+printf '%-14s %16s %16s %s\n' token_history rows_per_session wal_per_rotation "rotations_per_s (runs; median)"
+for mode in false true; do
+    printf '%-14s %16s %16s %s; %s\n' "$mode" "${ROWS[$mode]}" "${WAL[$mode]}" "${RATES[$mode]% }" \
+        "$(echo "${RATES[$mode]}" | median)"
+done
