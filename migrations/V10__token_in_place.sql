@@ -14,3 +14,13 @@
 -- authenticator, keeps its row in either mode.
 ALTER TABLE auth.cleanup_policy
     ADD COLUMN token_history boolean NOT NULL DEFAULT false;
+
+-- rotates_in_place: whether a rotation may replace this row (token_history
+-- off, and the token presented with its authenticator). issue_token and
+-- rotate_token set it on the rows they write while token_history is off.
+-- False for every row that exists at the upgrade, and for any row written
+-- without it: a rotation revokes such a row 'rotated', as before, and
+-- writes its successor's row, which the next rotation then replaces. A
+-- constant default: no table rewrite, whatever the table's size.
+ALTER TABLE auth.refresh_tokens
+    ADD COLUMN rotates_in_place boolean NOT NULL DEFAULT false;

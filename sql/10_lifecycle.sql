@@ -343,6 +343,7 @@ DECLARE
     v_expires  timestamptz;
     v_max_ttl  interval;
     v_lifetime interval;
+    v_history  boolean;
 BEGIN
     IF p_user_id IS NULL OR length(p_user_id) NOT BETWEEN 1 AND 256 THEN
         RAISE EXCEPTION 'p_user_id must be 1 to 256 characters, got %',
@@ -357,7 +358,8 @@ BEGIN
     PERFORM auth._check_binding(p_client_id, p_dpop_jkt);
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_now(p_now);
-    SELECT p.max_ttl, p.max_session_lifetime INTO v_max_ttl, v_lifetime FROM auth.cleanup_policy p;
+    SELECT p.max_ttl, p.max_session_lifetime, p.token_history INTO v_max_ttl, v_lifetime, v_history
+    FROM auth.cleanup_policy p;
     PERFORM auth._check_ttl(p_ttl, v_max_ttl, p_now);
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := least(p_now + p_ttl, p_now + v_lifetime);
@@ -367,8 +369,8 @@ BEGIN
     VALUES (p_user_id, p_now, 0, v_expires, v_key, p_client_id, p_dpop_jkt, p_device_label)
     RETURNING s.id INTO v_session;
 
-    INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at)
-    VALUES (v_session, 0, p_token_hash, p_now, v_expires);
+    INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, rotates_in_place)
+    VALUES (v_session, 0, p_token_hash, p_now, v_expires, NOT v_history);
 
     RETURN QUERY SELECT v_session, 0, v_expires, auth._authenticator(v_key, v_session, 0, p_token_hash);
 END
@@ -421,10 +423,12 @@ $$;
 --                  at p_now + p_ttl but never after created_at +
 --                  max_session_lifetime, and, when reuse_grace is on, with
 --                  p_successor_seal (32 bytes) wrapped for the grace. With
---                  an authenticator and token_history off (the policy's
---                  default) it replaces the presented token's row in place
---                  (one row per session); otherwise that row is revoked
---                  'rotated' and a row is inserted for the successor
+--                  an authenticator, token_history off (the policy's
+--                  default) and a row written so (rotates_in_place), it
+--                  replaces the presented token's row in place (one row per
+--                  session); otherwise (token_history on, an rt1_ token, a
+--                  row from before V10) that row is revoked 'rotated' and a
+--                  row is inserted for the successor
 -- Both 'rotated' outcomes return the session's user_id, for an application
 -- role that cannot read auth.sessions; every other outcome returns NULL in
 -- generation, expires_at and user_id.
@@ -559,11 +563,12 @@ BEGIN
     IF v_grace > interval '0' AND p_successor_seal IS NOT NULL THEN
         v_seal := auth._wrap_seal(p_successor_seal, p_session_id, p_generation + 1, p_now, v_grace);
     END IF;
-    IF v_history OR p_authenticator IS NULL THEN
+    IF v_history OR p_authenticator IS NULL OR NOT v_token.rotates_in_place THEN
         UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL
         WHERE t.session_id = p_session_id AND t.generation = p_generation;
-        INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal)
-        VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal);
+        INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal,
+                                         rotates_in_place)
+        VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal, NOT v_history);
     ELSE
         -- In place: the presented token's authenticator proved it genuine,
         -- and proves it again if it is replayed, so its row decides nothing

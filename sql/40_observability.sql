@@ -185,9 +185,11 @@ BEGIN
             VALUES (c_user, c_now - interval '60 days', v_family.generation, v_family.refresh_expires_at,
                     v_family.revoked_at, v_family.revoke_reason, auth._new_mac_key())
             RETURNING id INTO v_id;
-            INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason)
+            -- Written as this release's issue and rotate write them.
+            INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at,
+                                             revoke_reason, rotates_in_place)
             SELECT v_id, g - 1, sha256(convert_to(v_family.name || (g - 1), 'UTF8')), c_now - interval '60 days',
-                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g]
+                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g], NOT v_policy.token_history
             FROM generate_subscripts(v_family.expires, 1) g;
             v_ids := v_ids || jsonb_build_object(v_family.name, v_id);
         END LOOP;

@@ -197,10 +197,12 @@ async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
     drop_member(&db, &role, app).await;
 }
 
-/// Upgrading from V9, where every rotation kept a row: the rotated rows
-/// stay and are purged as before, the live rt2_ token then rotates in place
-/// (its older generations, rows or not, still read reuse_detected), and a
-/// live rt1_ token rotates keeping its row, as it has no authenticator.
+/// Upgrading from V9, where every rotation kept a row: the rows from before
+/// stay and are purged as before; the first rotation of a live rt2_ token
+/// revokes its row from before ('rotated', as the design says of such rows)
+/// and the next one is made in place; every older generation, row or not,
+/// still reads reuse_detected. A live rt1_ token rotates keeping its row,
+/// as it has no authenticator.
 #[tokio::test]
 async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate() {
     let mut db = TestDb::empty().await;
@@ -250,24 +252,37 @@ async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate
         "rotation in place from the upgrade on"
     );
 
-    // The live rt2_ token rotates in place: no row added.
+    // The live rt2_ token's row is from before: kept, revoked 'rotated';
+    // its successor's row is then replaced in place.
+    let rows = |session: uuid::Uuid| {
+        format!(
+            "SELECT generation || ':' || coalesce(revoke_reason, '-') FROM auth.refresh_tokens
+             WHERE session_id = '{session}' ORDER BY generation"
+        )
+    };
     assert_eq!(
-        rotate(c, keyed, 2, "k2", "k3", 30 * DAY, now).await,
+        rotate(c, keyed, 2, "k2", "k3", 30 * DAY, plus(now, -2 * 3600)).await,
         "rotated"
     );
-    assert_eq!(counts(c).await, (2, 4));
+    assert_eq!(
+        column::<String>(c, &rows(keyed)).await,
+        ["0:rotated", "1:rotated", "2:rotated", "3:-"]
+    );
+    assert_eq!(
+        rotate(c, keyed, 3, "k3", "k4", 30 * DAY, now).await,
+        "rotated"
+    );
+    assert_eq!(
+        column::<String>(c, &rows(keyed)).await,
+        ["0:rotated", "1:rotated", "2:rotated", "4:-"]
+    );
     // The rows from before are purged as rotated rows (due an hour after
-    // their rotation, three hours ago).
+    // their rotation).
     let (_, _, rotated, _) = purge(c, now, None).await;
-    assert_eq!(rotated, 2);
-    let left: Vec<i32> = column(
-        c,
-        &format!("SELECT generation FROM auth.refresh_tokens WHERE session_id = '{keyed}'"),
-    )
-    .await;
-    assert_eq!(left, vec![3]);
-    // Generation 2 (rotated in place) and 0 (row purged) read reuse.
-    for (generation, seed) in [(2, "k2"), (0, "k0")] {
+    assert_eq!(rotated, 3);
+    assert_eq!(column::<String>(c, &rows(keyed)).await, ["4:-"]);
+    // Generation 3 (rotated in place) and 0 (row purged) read reuse.
+    for (generation, seed) in [(3, "k3"), (0, "k0")] {
         c.batch_execute("BEGIN").await.unwrap();
         assert_eq!(
             rotate(c, keyed, generation, seed, "x", 30 * DAY, plus(now, 60)).await,
@@ -281,12 +296,6 @@ async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate
     let store = TokenStore::new(db.url.pool(2));
     let Rotation::Rotated(next) = store.rotate(&legacy).await.unwrap() else {
         panic!("a live rt1_ token rotates after the upgrade");
-    };
-    let rows = |session: uuid::Uuid| {
-        format!(
-            "SELECT generation || ':' || coalesce(revoke_reason, '-') FROM auth.refresh_tokens
-             WHERE session_id = '{session}' ORDER BY generation"
-        )
     };
     assert_eq!(
         column::<String>(c, &rows(next.session_id)).await,

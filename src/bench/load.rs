@@ -10,7 +10,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
-use super::seed::token_hash;
+use super::seed::{authenticator, token_hash};
 
 /// Live tokens to rotate, one per slot (a device), used round-robin.
 pub struct Targets {
@@ -18,39 +18,42 @@ pub struct Targets {
     next: AtomicUsize,
 }
 
-/// The token a slot presents at its next rotation.
-struct Held {
-    session: Uuid,
-    generation: i64,
-    hash: Vec<u8>,
+/// A live token a slot presents at its next rotation: its selector, its
+/// stored hash and the authenticator it carries (so that rotations are made
+/// as TokenStore makes them: in place under the default policy).
+pub struct Held {
+    pub session: Uuid,
+    pub generation: i64,
+    pub hash: Vec<u8>,
+    pub authenticator: Vec<u8>,
 }
 
 impl Targets {
-    /// Targets from (session, generation) pairs of live tokens whose stored
-    /// hashes are [`token_hash`]'s (the seed's).
+    /// Targets from (session, generation) pairs of seeded live tokens, whose
+    /// hashes and authenticators are the seed's ([`token_hash`],
+    /// [`authenticator`]).
     pub fn new(tokens: Vec<(Uuid, i64)>) -> Self {
         Self::issued(
             tokens
                 .into_iter()
-                .map(|(session, generation)| (session, generation, token_hash(session, generation)))
+                .map(|(session, generation)| {
+                    let hash = token_hash(session, generation);
+                    Held {
+                        session,
+                        generation,
+                        authenticator: authenticator(session, generation, &hash),
+                        hash,
+                    }
+                })
                 .collect(),
         )
     }
 
-    /// Targets from (session, generation, stored hash) of live tokens, such
-    /// as tokens just issued with hashes of the caller's choosing.
-    pub fn issued(tokens: Vec<(Uuid, i64, Vec<u8>)>) -> Self {
+    /// Targets from live tokens, such as tokens just issued with hashes of
+    /// the caller's choosing.
+    pub fn issued(tokens: Vec<Held>) -> Self {
         Self {
-            tokens: tokens
-                .into_iter()
-                .map(|(session, generation, hash)| {
-                    Mutex::new(Held {
-                        session,
-                        generation,
-                        hash,
-                    })
-                })
-                .collect(),
+            tokens: tokens.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -60,18 +63,12 @@ impl Targets {
         self.tokens.len()
     }
 
-    /// Puts generation 0 of `session`, stored with `hash`, in `slot` (once
-    /// a rotation of the slot in flight is done); returns the session the
-    /// slot held, which no rotation presents any more.
-    pub async fn replace(&self, slot: usize, session: Uuid, hash: Vec<u8>) -> Uuid {
+    /// Puts `token` in `slot` (once a rotation of the slot in flight is
+    /// done); returns the session the slot held, which no rotation presents
+    /// any more.
+    pub async fn replace(&self, slot: usize, token: Held) -> Uuid {
         let mut held = self.tokens[slot].lock().await;
-        let old = held.session;
-        *held = Held {
-            session,
-            generation: 0,
-            hash,
-        };
-        old
+        std::mem::replace(&mut *held, token).session
     }
 }
 
@@ -96,9 +93,9 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
     };
     let Ok(statement) = client
         .prepare_cached(
-            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
+            "SELECT outcome, authenticator FROM auth.rotate_token(p_session_id => $1, p_generation => $2,
                  p_token_hash => $3, p_new_token_hash => $4, p_ttl => interval '30 days',
-                 p_successor_seal => $5)",
+                 p_successor_seal => $5, p_authenticator => $6)",
         )
         .await
     else {
@@ -114,6 +111,7 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
                 &next_hash,
                 // Any 32 bytes: a seal costs the database the same work.
                 &token_hash(session, generation + 2),
+                &held.authenticator,
             ],
         )
         .await;
@@ -121,6 +119,7 @@ async fn rotate_once(pool: &Pool, targets: &Targets) -> bool {
         Ok(row) if row.get::<_, &str>(0) == "rotated" => {
             held.generation += 1;
             held.hash = next_hash;
+            held.authenticator = row.get(1);
             true
         }
         _ => false,

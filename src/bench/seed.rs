@@ -102,14 +102,36 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A seeded session's MAC key (128 bytes, as `auth.issue_token` stores one),
-/// so that the bench's rotations do what rotations of sessions issued by
-/// this release do; derived from the id, since nothing seeded is secret.
-fn mac_key(session: Uuid) -> String {
-    let key: Vec<u8> = (0..4)
+/// A seeded session's MAC key (128 bytes, as `auth.issue_token` stores one:
+/// the inner and the outer padded block), so that the bench's rotations do
+/// what rotations of sessions issued by this release do; derived from the
+/// id, since nothing seeded is secret.
+fn mac_key_blocks(session: Uuid) -> Vec<u8> {
+    (0..4)
         .flat_map(|k| Sha256::digest(format!("{session}/mac/{k}")).to_vec())
-        .collect();
-    hex(&key)
+        .collect()
+}
+
+fn mac_key(session: Uuid) -> String {
+    hex(&mac_key_blocks(session))
+}
+
+/// The authenticator an `rt2_` token of a seeded session carries for
+/// `generation` and `hash`, as `auth._authenticator` computes it from the
+/// key's blocks: SHA-256(outer ‖ SHA-256(inner ‖ session ‖ generation ‖
+/// hash)), its first 16 bytes. Rotations that present it are made in place
+/// under the default policy, as TokenStore's are.
+pub fn authenticator(session: Uuid, generation: i64, hash: &[u8]) -> Vec<u8> {
+    let blocks = mac_key_blocks(session);
+    let mut inner = Sha256::new();
+    inner.update(&blocks[..64]);
+    inner.update(session.as_bytes());
+    inner.update((generation as i32).to_be_bytes());
+    inner.update(hash);
+    let mut outer = Sha256::new();
+    outer.update(&blocks[64..]);
+    outer.update(inner.finalize());
+    outer.finalize()[..16].to_vec()
 }
 
 /// Seeds `shape` into a migrated, empty database and ANALYZEs it. Returns
@@ -233,19 +255,22 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
 
     let sink = client
         .copy_in(
-            "COPY auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason) FROM STDIN",
+            "COPY auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason,
+                                   rotates_in_place) FROM STDIN",
         )
         .await
         .map_err(db("seeding tokens"))?;
     let mut sink = Box::pin(sink);
     for (n, t) in tokens.iter().enumerate() {
         let id = sessions[t.session];
-        let (revoked, reason) = match t.revoked {
-            Some(at) => (timestamp(at), "rotated"),
-            None => ("\\N".to_string(), "\\N"),
+        // A live token as this release's issue and rotate write it under
+        // the default policy: its rotation is made in place.
+        let (revoked, reason, in_place) = match t.revoked {
+            Some(at) => (timestamp(at), "rotated", "f"),
+            None => ("\\N".to_string(), "\\N", "t"),
         };
         buffer.push_str(&format!(
-            "{id}\t{}\t\\\\x{}\t{}\t{}\t{revoked}\t{reason}\n",
+            "{id}\t{}\t\\\\x{}\t{}\t{}\t{revoked}\t{reason}\t{in_place}\n",
             t.generation,
             hex(&token_hash(id, t.generation)),
             timestamp(t.issued),

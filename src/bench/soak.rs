@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::load::{self, Targets};
+use super::load::{self, Held, Targets};
 use super::seed::token_hash;
 use super::soak_report::{
     Relation, SoakCleanup, SoakPolicy, SoakReport, SoakResult, SoakSample, SoakTraffic,
@@ -357,9 +357,8 @@ async fn autovacuum_naptime(client: &Client, policy: &SoakPolicy) -> Result<f64>
 }
 
 /// A new login through auth.issue_token (the application's form, server
-/// clock) with a token of `ttl_s` seconds; returns its session and the
-/// stored hash of its first token.
-async fn issue(pool: &Pool, user: &str, ttl_s: f64) -> Result<(Uuid, Vec<u8>)> {
+/// clock) with a token of `ttl_s` seconds; returns its first token.
+async fn issue(pool: &Pool, user: &str, ttl_s: f64) -> Result<Held> {
     let hash = token_hash(Uuid::new_v4(), 0);
     let client = pool
         .get()
@@ -367,22 +366,24 @@ async fn issue(pool: &Pool, user: &str, ttl_s: f64) -> Result<(Uuid, Vec<u8>)> {
         .map_err(|err| Error::Bench(format!("no connection for a login: {err}")))?;
     let row = client
         .query_one(
-            "SELECT session_id FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
+            "SELECT session_id, authenticator FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
                  p_ttl => make_interval(secs => $3))",
             &[&user, &hash, &ttl_s],
         )
         .await
         .map_err(db("logging in (auth.issue_token)"))?;
-    Ok((row.get(0), hash))
+    Ok(Held {
+        session: row.get(0),
+        generation: 0,
+        hash,
+        authenticator: row.get(1),
+    })
 }
 
 /// Logs in `sessions` devices, 16 at a time.
 async fn log_in(pool: &Pool, sessions: usize) -> Result<Targets> {
-    let issued: Vec<(Uuid, i64, Vec<u8>)> = futures_util::stream::iter(0..sessions)
-        .map(|device| async move {
-            let (session, hash) = issue(pool, &format!("device-{device}"), REFRESH_TTL_S).await?;
-            Ok::<_, Error>((session, 0, hash))
-        })
+    let issued: Vec<Held> = futures_util::stream::iter(0..sessions)
+        .map(|device| async move { issue(pool, &format!("device-{device}"), REFRESH_TTL_S).await })
         .buffer_unordered(16)
         .try_collect()
         .await?;
@@ -413,8 +414,8 @@ async fn churn(
         let slot = rng.random_range(0..targets.slots());
         let (pool_a, pool_b, targets) = (pool.clone(), pool.clone(), targets.clone());
         events.push(tokio::spawn(async move {
-            let (session, hash) = issue(&pool_a, &format!("device-{slot}"), REFRESH_TTL_S).await?;
-            let old = targets.replace(slot, session, hash).await;
+            let token = issue(&pool_a, &format!("device-{slot}"), REFRESH_TTL_S).await?;
+            let old = targets.replace(slot, token).await;
             let client = pool_a
                 .get()
                 .await
