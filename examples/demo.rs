@@ -228,21 +228,23 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let run = client
         .query_one(
-            "SELECT status, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted, batches,
-                    round(extract(epoch FROM finished_at - started_at)::numeric, 2)::text
-             FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
+            "SELECT r.status,
+                    (SELECT string_agg(t.kind || ' ' || coalesce(r.deleted_by_kind ->> t.kind, '0'), ', '
+                                       ORDER BY t.n)
+                     FROM auth.purge_targets() WITH ORDINALITY t (kind, shape, relation, key_column, row_key,
+                                                                  due, retentions, indexes, empties_sessions,
+                                                                  run_column, n)),
+                    r.batches, round(extract(epoch FROM r.finished_at - r.started_at)::numeric, 2)::text
+             FROM auth.cleanup_runs r ORDER BY r.id DESC LIMIT 1",
             &[],
         )
         .await?;
     println!(
-        "CALL auth.run_token_cleanup(): {} in {} s, {} batch(es): deleted {} expired, {} revoked and {} rotated tokens, {} sessions",
+        "CALL auth.run_token_cleanup(): {} in {} s, {} batch(es); deleted by kind: {}",
         run.get::<_, &str>(0),
-        run.get::<_, String>(6),
-        run.get::<_, i32>(5),
-        run.get::<_, i64>(1),
-        run.get::<_, i64>(2),
-        run.get::<_, i64>(3),
-        run.get::<_, i64>(4)
+        run.get::<_, String>(3),
+        run.get::<_, i32>(2),
+        run.get::<_, String>(1)
     );
     println!(
         "After the cleanup:  {}",

@@ -3,8 +3,9 @@
 -- purge engine builds its statements from them (sql/20_purge.sql), the run
 -- counts into their columns (sql/30_cleanup_run.sql), explain_purge,
 -- cleanup_backlog, verify's plan and index checks, status and bench list
--- them. Adding a kind is one row here, its index in sql/indexes.sql and its
--- counter column in a migration. Re-applied on every migrate.
+-- them. Adding a kind is one row here and its index in sql/indexes.sql (and
+-- its test): runs count it in auth.cleanup_runs.deleted_by_kind and
+-- purge_refresh_tokens in by_kind. Re-applied on every migrate.
 
 -- auth.purge_targets: the kinds (only p_kind's when given; an unknown kind
 -- is an error), in the order a batch deletes them:
@@ -35,7 +36,9 @@
 --   empties_sessions  whether deleting a row can leave its session without
 --                     token rows: its deletes return session ids, which
 --                     'emptied' looks at
---   run_column        the auth.cleanup_runs column counting its deletes
+--   run_column        the auth.cleanup_runs column that also counts its
+--                     deletes, for the kinds from before deleted_by_kind
+--                     (NULL for a kind added since)
 -- SECURITY DEFINER-free and readable by monitoring: definitions, no data.
 CREATE OR REPLACE FUNCTION auth.purge_targets(p_kind text DEFAULT NULL)
 RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],

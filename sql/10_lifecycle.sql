@@ -577,6 +577,17 @@ BEGIN
         SET generation = p_generation + 1, token_hash = p_new_token_hash, issued_at = p_now,
             expires_at = v_expires, successor_seal = v_seal
         WHERE t.session_id = p_session_id AND t.generation = p_generation;
+        -- A purge at a later clock may have deleted the row (expired past
+        -- expired_retention by that clock) after it was read above: the
+        -- UPDATE then waited for that purge and found nothing. The token
+        -- was live at this rotation's clock, so its successor gets a row of
+        -- its own, as with token_history on; never 'rotated' with no row
+        -- behind the new token.
+        IF NOT FOUND THEN
+            INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at,
+                                             successor_seal, rotates_in_place)
+            VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal, true);
+        END IF;
     END IF;
     UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
     WHERE s.id = p_session_id;
@@ -714,7 +725,8 @@ $$;
 -- the token is genuine: a row of its session and generation is stored with
 -- its hash, or, once no row is stored (rotated away in place, or purged),
 -- p_authenticator is the one of an rt2_ token of that session, generation
--- and hash (as rotate_token checks it). A forged token (a known session id
+-- and hash (as rotate_token checks it) and the session is not bound to a
+-- client or key. A forged token (a known session id
 -- with a wrong secret), or an rt1_ token whose row is gone, revokes nothing
 -- and returns 0; an endpoint answers 200 either way (RFC 7009 §2.2), so the
 -- caller learns nothing. revoke_session takes the caller's word for the
@@ -746,7 +758,11 @@ BEGIN
     IF FOUND THEN
         v_genuine := v_stored = p_token_hash;
     ELSE
+        -- Not for a session bound to a client or key: there, as in
+        -- rotate_token, a copied token alone must be worth nothing, and a
+        -- rotated-away one found in a log is no proof of the holder.
         SELECT p_authenticator IS NOT NULL AND s.mac_key IS NOT NULL AND p_generation BETWEEN 0 AND s.generation
+               AND s.client_id IS NULL AND s.dpop_jkt IS NULL
                AND sha256(auth._authenticator(s.mac_key, p_session_id, p_generation, p_token_hash))
                    = sha256(p_authenticator)
         INTO v_genuine

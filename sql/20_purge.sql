@@ -643,19 +643,23 @@ $$;
 
 -- auth.purge_refresh_tokens: deletes up to p_limit due token rows (NULL: all
 -- that are due) in the caller's transaction, then the dead sessions left
--- without tokens; returns how many rows of each kind it deleted. Security
--- events are the run's (auth.run_token_cleanup).
+-- without tokens; returns how many rows of each kind it deleted: the pinned
+-- kinds in their columns, and every kind of auth.purge_targets on these two
+-- tables in by_kind (kind -> rows), so a new kind needs no new column.
+-- Security events are the run's (auth.run_token_cleanup).
 CREATE OR REPLACE FUNCTION auth.purge_refresh_tokens(
     p_now   timestamptz DEFAULT now(),
     p_limit integer DEFAULT NULL
 )
-RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint)
+RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint, by_kind jsonb)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT (b.deleted ->> 'expired')::bigint, (b.deleted ->> 'revoked')::bigint,
-           (b.deleted ->> 'rotated')::bigint, (b.deleted ->> 'sessions')::bigint
-    FROM auth._purge_batch(p_now, p_limit, NULL, ARRAY['expired', 'revoked', 'rotated', 'sessions']) b
+           (b.deleted ->> 'rotated')::bigint, (b.deleted ->> 'sessions')::bigint, b.deleted
+    FROM auth._purge_batch(p_now, p_limit, NULL,
+                           ARRAY(SELECT t.kind FROM auth.purge_targets() t
+                                 WHERE t.relation IN ('auth.refresh_tokens'::regclass, 'auth.sessions'::regclass))) b
 $$;
 
 -- auth._purge_step's statements, from the definitions as they stand now.

@@ -30,29 +30,59 @@ AS $$
     VALUES (p_started, clock_timestamp(), 'skipped');
 $$;
 
+-- auth._add_counts: two objects of counts (key -> number) added key by key.
+CREATE OR REPLACE FUNCTION auth._add_counts(p_a jsonb, p_b jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce((SELECT jsonb_object_agg(k.key, coalesce((p_a ->> k.key)::bigint, 0)
+                                                    + coalesce((p_b ->> k.key)::bigint, 0))
+                     FROM (SELECT jsonb_object_keys(coalesce(p_a, '{}'))
+                           UNION SELECT jsonb_object_keys(coalesce(p_b, '{}'))) k (key)),
+                    '{}');
+END
+$$;
+
+-- auth._token_rows_deleted: of counts by kind (a run's deleted_by_kind,
+-- purge_refresh_tokens' by_kind), the token rows: the sum over the kinds of
+-- auth.purge_targets on auth.refresh_tokens, whichever they are. For the
+-- reports of bench, the soak and the demo.
+CREATE OR REPLACE FUNCTION auth._token_rows_deleted(p_by_kind jsonb)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT coalesce(sum((p_by_kind ->> t.kind)::bigint), 0)::bigint
+            FROM auth.purge_targets() t WHERE t.relation = 'auth.refresh_tokens'::regclass);
+END
+$$;
+
 -- auth._run_counters: the statement that adds a batch's deletes ($2, kind
--- -> rows) to run $1's record, each kind into its run_column of
--- auth.purge_targets, and the due rows it left held by other transactions
--- ($3) to rows_locked. IMMUTABLE without arguments, so a run builds it once:
--- the planner folds the call into the caller's cached plan.
+-- -> rows) to run $1's record: to deleted_by_kind, and each kind that has a
+-- run_column of auth.purge_targets to that column too; and the due rows it
+-- left held by other transactions ($3) to rows_locked. IMMUTABLE without
+-- arguments, so a run builds it once: the planner folds the call into the
+-- caller's cached plan.
 CREATE OR REPLACE FUNCTION auth._run_counters()
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN format('UPDATE auth.cleanup_runs r SET %s, rows_locked = r.rows_locked + $3, batches = r.batches + 1 '
-                  'WHERE r.id = $1',
-                  (SELECT string_agg(format('%1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
-                                            t.run_column, t.kind), ', ')
-                   FROM auth.purge_targets() t));
+    RETURN format('UPDATE auth.cleanup_runs r SET deleted_by_kind = auth._add_counts(r.deleted_by_kind, $2)%s, '
+                  'rows_locked = r.rows_locked + $3, batches = r.batches + 1 WHERE r.id = $1',
+                  coalesce((SELECT string_agg(format(', %1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
+                                                     t.run_column, t.kind), '')
+                            FROM auth.purge_targets() t WHERE t.run_column IS NOT NULL), ''));
 END
 $$;
 
 -- auth._run_batch: one batch of run p_run over every kind of
--- auth.purge_targets, counted into the run's record (each kind into its
--- run_column, in the same transaction, so the record and the deletes always
--- agree); returns the _purge_batch row and whether the run is out of time.
+-- auth.purge_targets, counted into the run's record (auth._run_counters, in
+-- the same transaction, so the record and the deletes always agree); returns the _purge_batch row and whether the run is out of time.
 -- A due token row another transaction holds is left to a later run
 -- (auth._purge_range); any other lock is waited for at most 5 seconds,
 -- and then ends the run as 'partial' instead of stalling it (rotations

@@ -142,12 +142,18 @@ RETURNS TABLE (check_name text, passed boolean, expected text, actual text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- @plpgsql_check_options: security_warnings = false
+-- (plpgsql_check: the EXECUTEd text is format()ted from the constant
+-- definitions of auth.purge_targets; the cutoff goes through USING.)
 DECLARE
     c_now    constant timestamptz := timestamptz '2000-01-01 00:00:00+00';
     c_user   constant text := 'token-janitor-self-test';
     v_policy auth.cleanup_policy%ROWTYPE;
     v_result jsonb := jsonb '[]';
     v_purge  record;
+    v_target record;
+    v_due    text;
+    v_count  bigint;
     v_ids    jsonb := jsonb '{}';
     v_id     uuid;
     v_far    timestamptz;
@@ -194,10 +200,27 @@ BEGIN
             v_ids := v_ids || jsonb_build_object(v_family.name, v_id);
         END LOOP;
 
+        -- What each token kind's definition calls due at c_now (only the
+        -- rows seeded above can be, and each of them under one kind only),
+        -- so that a kind added to auth.purge_targets is checked too.
+        v_due := NULL;
+        FOR v_target IN SELECT t.kind, t.relation, t.due, t.retentions FROM auth.purge_targets() t
+                        WHERE t.relation = 'auth.refresh_tokens'::regclass LOOP
+            EXECUTE format('SELECT count(*) FROM %s WHERE %s', v_target.relation, v_target.due)
+                INTO v_count USING (auth._purge_cutoffs(v_policy, v_target.retentions, c_now))[1];
+            v_due := concat_ws(' ', v_due, v_target.kind || ':' || v_count);
+        END LOOP;
+
         SELECT * INTO v_purge FROM auth.purge_refresh_tokens(p_now => c_now, p_limit => NULL);
         v_result := v_result || jsonb_build_array(
             jsonb_build_array('purge counts (expired, revoked, rotated, sessions)', '1, 1, 1, 2',
                               concat_ws(', ', v_purge.expired, v_purge.revoked, v_purge.rotated, v_purge.sessions)));
+        v_result := v_result || jsonb_build_array(jsonb_build_array(
+            'token rows deleted by kind, as each kind of auth.purge_targets defines due', v_due,
+            (SELECT string_agg(t.kind || ':' || coalesce(v_purge.by_kind ->> t.kind, '(none)'), ' ' ORDER BY t.n)
+             FROM auth.purge_targets() WITH ORDINALITY t (kind, shape, relation, key_column, row_key, due,
+                                                          retentions, indexes, empties_sessions, run_column, n)
+             WHERE t.relation = 'auth.refresh_tokens'::regclass)));
 
         SELECT string_agg(f.key || ':' || (SELECT string_agg(t.generation::text, ',' ORDER BY t.generation)
                                            FROM auth.refresh_tokens t WHERE t.session_id = (f.value #>> '{}')::uuid),

@@ -296,7 +296,7 @@ async fn read_status(
                     extract(epoch FROM finished_at - started_at)::float8,
                     status, batches, error,
                     ARRAY(SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality),
-                    ARRAY(SELECT (pg_catalog.to_jsonb(r) ->> t.run_column)::int8
+                    ARRAY(SELECT coalesce((r.deleted_by_kind ->> t.kind)::int8, 0)
                           FROM auth.purge_targets() WITH ORDINALITY t ORDER BY t.ordinality)
              FROM auth.cleanup_runs r ORDER BY started_at DESC, id DESC LIMIT $1"),
             &[&runs],

@@ -9,7 +9,10 @@
 //! - batch_vs_purge: a scheduled batch and a purge_refresh_tokens call;
 //! - rotate_vs_purge: a rotation and the purge of its predecessor's row;
 //! - replay_vs_purge: a replay revoking a long-expired family and the purge
-//!   of that family (a deadlock before the session step skipped held rows).
+//!   of that family (a deadlock before the session step skipped held rows);
+//! - rotate_vs_purge_of_its_row: a rotation and a purge, at a later clock,
+//!   of the row it rotates (in place, the new token had no row before the
+//!   rotation checked its UPDATE).
 
 mod common;
 
@@ -59,6 +62,7 @@ async fn the_races_that_matter_end_as_expected(#[values(false, true)] history: b
         "batch_vs_purge",
         "rotate_vs_purge",
         "replay_vs_purge",
+        "rotate_vs_purge_of_its_row",
     ];
     let run = tokio::process::Command::new(DRIVER)
         .arg("--use-existing")

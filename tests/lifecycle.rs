@@ -844,3 +844,42 @@ async fn rotation_in_place_keeps_one_token_row_per_session(#[values(false, true)
         "reuse_detected"
     );
 }
+
+/// A session bound to a client: a rotated-away token, whose row rotation in
+/// place did not keep, revokes nothing by its authenticator alone (as in
+/// rotate_token, a copied token of a bound session is worth nothing); the
+/// live token, whose row is stored, still does.
+#[tokio::test]
+async fn a_bound_session_is_not_revoked_by_a_rotated_away_token() {
+    let db = TestDb::migrated().await;
+    let store = TokenStore::new(db.url.pool(2));
+    let issued = store
+        .issue_with_options(
+            "bob",
+            &token_janitor::IssueOptions::default().client_id("web"),
+        )
+        .await
+        .unwrap();
+    let Rotation::Rotated(next) = store
+        .rotate_with_options(
+            issued.token.expose(),
+            &token_janitor::RotateOptions::default().client_id("web"),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("bob's first refresh");
+    };
+    assert!(
+        !store
+            .revoke_token(issued.token.expose(), RevokeReason::Logout)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .revoke_token(next.token.expose(), RevokeReason::Logout)
+            .await
+            .unwrap()
+    );
+}

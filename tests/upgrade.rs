@@ -51,7 +51,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
             "V7__owner_locks",
             "V8__security_event_repeats",
             "V9__session_binding_and_lifetime",
-            "V10__token_in_place"
+            "V10__token_in_place",
+            "V11__deleted_by_kind"
         ]
     );
     let paced: bool = db
@@ -149,7 +150,11 @@ async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_eq!(
         report.applied,
-        vec!["V9__session_binding_and_lifetime", "V10__token_in_place"]
+        vec![
+            "V9__session_binding_and_lifetime",
+            "V10__token_in_place",
+            "V11__deleted_by_kind"
+        ]
     );
     let lifetime: Vec<Option<String>> = column(
         &db.client,
@@ -236,7 +241,10 @@ async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate
     assert_eq!(counts(c).await, (2, 4), "V9 kept a row per rotation");
 
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
-    assert_eq!(report.applied, vec!["V10__token_in_place"]);
+    assert_eq!(
+        report.applied,
+        vec!["V10__token_in_place", "V11__deleted_by_kind"]
+    );
     let c = &db.client;
     // The key V4 on draws for each new session.
     c.execute(

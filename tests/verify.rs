@@ -158,13 +158,13 @@ async fn without_the_pg_cron_extension_verify_fails_naming_it() {
 )]
 #[case::purge_deletes_live_tokens(
     "CREATE OR REPLACE FUNCTION auth.purge_refresh_tokens(p_now timestamptz DEFAULT now(), p_limit integer DEFAULT NULL)
-     RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint)
+     RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint, by_kind jsonb)
      LANGUAGE plpgsql SET search_path = pg_catalog AS $$
      DECLARE n bigint;
      BEGIN
          DELETE FROM auth.refresh_tokens WHERE expires_at < p_now + interval '1 year';
          GET DIAGNOSTICS n = ROW_COUNT;
-         RETURN QUERY SELECT n, 0::bigint, 0::bigint, 0::bigint;
+         RETURN QUERY SELECT n, 0::bigint, 0::bigint, 0::bigint, jsonb_build_object('expired', n);
      END $$",
     &["self-test"]
 )]

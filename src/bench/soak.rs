@@ -576,7 +576,7 @@ async fn cleanup_runs(client: &Client) -> Result<SoakCleanup> {
                     count(*) FILTER (WHERE status = 'partial'),
                     count(*) FILTER (WHERE status = 'skipped'),
                     count(*) FILTER (WHERE status = 'failed'),
-                    coalesce(sum(expired_deleted + revoked_deleted + rotated_deleted), 0)::bigint,
+                    coalesce(sum(auth._token_rows_deleted(deleted_by_kind)), 0)::bigint,
                     coalesce(sum(sessions_deleted), 0)::bigint,
                     coalesce(max(extract(epoch FROM finished_at - started_at)), 0)::float8
              FROM auth.cleanup_runs",

@@ -35,7 +35,7 @@ impl Strategy for TokenJanitor {
                 .map_err(failed(self))?;
             let row = client
                 .query_one(
-                    "SELECT expired_deleted + revoked_deleted + rotated_deleted, status
+                    "SELECT auth._token_rows_deleted(deleted_by_kind), status
                      FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
                     &[],
                 )
