@@ -12,12 +12,13 @@ MANAGED_DB = $${MANAGED_DATABASE_URL:-$$($(PG) start-managed)}
 .PHONY: test demo bench lint pg-start pg-stop pg-destroy pg-managed-start pg-managed-stop pg-managed-destroy
 
 ## test: provision (the usual cluster and the managed-like one), check
-## formatting and lints, build, run every test
+## formatting and lints, build, run every test and the documentation's
+## examples (nextest does not run doctests)
 test: lint
 	DATABASE_URL="$(DB)"; export DATABASE_URL; \
 	MANAGED_DATABASE_URL="$(MANAGED_DB)"; export MANAGED_DATABASE_URL; \
 	if cargo nextest --version >/dev/null 2>&1; then \
-		cargo nextest run --no-fail-fast; \
+		cargo nextest run --no-fail-fast && cargo test --doc; \
 	else \
 		cargo test --no-fail-fast; \
 	fi

@@ -6,6 +6,31 @@
 //! - [`store::TokenStore`] issues, rotates and revokes tokens through it;
 //! - [`verify::verify`] proves the cleanup works on a live database, and
 //!   [`status::status`] shows its state.
+//!
+//! # Quick start
+//!
+//! Migrate at start-up (or run `token-janitor migrate` at deploy time), then
+//! issue a token at sign-in, rotate it at each refresh, revoke it at
+//! sign-out:
+//!
+//! ```no_run
+//! use token_janitor::{DatabaseUrl, MigrateOptions, RevokeReason, Rotation, TokenStore, migrate};
+//!
+//! # async fn app() -> Result<(), token_janitor::Error> {
+//! let url = DatabaseUrl::parse("postgres://deployer@localhost/app")?;
+//! let mut client = url.connect().await?;
+//! migrate(&mut client, &MigrateOptions::default()).await?;
+//!
+//! let store = TokenStore::new(DatabaseUrl::parse("postgres://app@localhost/app")?.pool(8));
+//! let issued = store.issue("user-42").await?; // sign-in: hand issued.token to the client
+//! match store.rotate(issued.token.expose()).await? {
+//!     Rotation::Rotated(next) => println!("new token for {}", next.user_id),
+//!     _ => println!("sign in again"), // replayed, expired, revoked or forged
+//! }
+//! store.revoke_token(issued.token.expose(), RevokeReason::Logout).await?; // sign-out
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
