@@ -57,24 +57,9 @@ for size in "${BATCH_SIZES[@]}"; do
         '' | *[!0-9]*) echo "pgbench-rotate.sh: --batch-size takes a whole number of rows (1 to 100000), got '$size'" >&2; exit 2 ;;
     esac
 done
-: "${DATABASE_URL:?set DATABASE_URL to any database on the server (scripts/pg.sh start prints one)}"
-if [ -z "${TJ:-}" ]; then
-    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin token-janitor
-    TJ="$ROOT/target/debug/token-janitor"
-fi
-
-SERVER="${DATABASE_URL%/*}"
-PREFIX="tj_pgbench_$$"
-WORK="$(mktemp -d)"
+# shellcheck source=scripts/scratch.sh
+. "$ROOT/scripts/scratch.sh" pgbench
 SESSIONS=$((ROWS / 10))
-cleanup() {
-    for db in $(psql -qXAt "$DATABASE_URL" -c "SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}\_%'" 2>/dev/null); do
-        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-sql() { psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$1" -c "$2"; }
 
 # The template: migrated, then seeded (scripts/seed-layout.sql: SESSIONS
 # families of ten tokens, 90% due; token hashes that the rotation script

@@ -46,23 +46,8 @@ for value in "$SESSIONS" "$ROTATIONS" "$SECONDS_" "$CLIENTS" "$REPEAT"; do
         '' | 0 | *[!0-9]*) echo "rotation-cost.sh: every option takes a positive whole number, got '$value'" >&2; exit 2 ;;
     esac
 done
-: "${DATABASE_URL:?set DATABASE_URL to any database on the server (scripts/pg.sh start prints one)}"
-if [ -z "${TJ:-}" ]; then
-    cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin token-janitor
-    TJ="$ROOT/target/debug/token-janitor"
-fi
-
-SERVER="${DATABASE_URL%/*}"
-PREFIX="tj_rotcost_$$"
-WORK="$(mktemp -d)"
-cleanup() {
-    for db in $(psql -qXAt "$DATABASE_URL" -c "SELECT datname FROM pg_database WHERE datname LIKE '${PREFIX}\_%'" 2>/dev/null); do
-        psql -qX "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-sql() { psql -qXAt -v ON_ERROR_STOP=1 "$SERVER/$1" -c "$2"; }
+# shellcheck source=scripts/scratch.sh
+. "$ROOT/scripts/scratch.sh" rotcost
 
 # One rotation of the session of user u<k>, its token's hash being
 # sha256('u<k>/<generation>'). The authenticator is computed from the
