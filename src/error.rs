@@ -6,8 +6,7 @@
 pub enum Error {
     /// The database URL could not be parsed.
     #[error(
-        "invalid database URL ({reason}): expected postgres://user[:password]@host[:port]/database, \
-         from --database-url or DATABASE_URL"
+        "invalid database URL ({reason}): expected postgres://user[:password]@host[:port]/database"
     )]
     InvalidUrl {
         /// What the parser said.
@@ -17,7 +16,7 @@ pub enum Error {
     /// No connection could be opened to the server.
     #[error(
         "cannot connect to PostgreSQL at {target}: {message}; check that the server is running \
-         there and that --database-url / DATABASE_URL is right"
+         there and that the database URL is right"
     )]
     Connect {
         /// host:port/database, never the password.
@@ -119,8 +118,8 @@ pub enum Error {
     #[error(
         "pg_cron is not loaded by the server ({evidence}): add pg_cron to shared_preload_libraries \
          (on a managed service, in its parameters or flags: see docs/deploying.md, 'Deploying on \
-         managed PostgreSQL') and restart PostgreSQL, or pass --no-schedule and call the cleanup \
-         yourself"
+         managed PostgreSQL') and restart PostgreSQL, or migrate without a schedule \
+         (ScheduleChoice::Off) and call the cleanup yourself"
     )]
     PgCronNotPreloaded {
         /// What showed it: the server's shared_preload_libraries, or that no
@@ -131,9 +130,9 @@ pub enum Error {
     /// pg_cron lives in another database and no way to reach it was given.
     #[error(
         "pg_cron can only be created in database '{configured}' (cron.database_name), but this is \
-         '{current}': let migrate connect there (the command line does so by itself, or with \
-         --cron-database-url; the library with MigrateOptions::cron_database), or set \
-         cron.database_name = '{current}' and restart PostgreSQL, or pass --no-schedule"
+         '{current}': let migrate connect there (MigrateOptions::cron_database), or set \
+         cron.database_name = '{current}' and restart PostgreSQL, or migrate without a schedule \
+         (ScheduleChoice::Off)"
     )]
     PgCronWrongDatabase {
         /// cron.database_name.
@@ -144,8 +143,8 @@ pub enum Error {
 
     /// pg_cron's database could not be reached.
     #[error(
-        "cannot reach pg_cron's database: {source}; pass --cron-database-url (or \
-         CRON_DATABASE_URL) with a role that may log in there, or --no-schedule"
+        "cannot reach pg_cron's database: {source}; give migrate a URL of a role that may log in \
+         there (MigrateOptions::cron_database), or migrate without a schedule (ScheduleChoice::Off)"
     )]
     CronDatabase {
         /// Why the connection failed.
@@ -159,7 +158,7 @@ pub enum Error {
          created there once (RDS/Aurora: as rds_superuser; Cloud SQL: as cloudsqlsuperuser \
          after setting the flag cloudsql.enable_pg_cron; Azure Flexible Server: as the admin \
          user after allow-listing pg_cron in azure.extensions; Supabase: Integrations > \
-         Cron; your own server: as a superuser), or pass --no-schedule"
+         Cron; your own server: as a superuser), or migrate without a schedule (ScheduleChoice::Off)"
     )]
     PgCronNotSuperuser {
         /// The connected role.
@@ -173,7 +172,8 @@ pub enum Error {
     #[error(
         "pg_cron is not installed in database '{database}': run token-janitor migrate as a \
          superuser (it creates the extension), or have it created there once (see \
-         docs/deploying.md, 'Deploying on managed PostgreSQL'), or pass --no-schedule"
+         docs/deploying.md, 'Deploying on managed PostgreSQL'), or migrate without a schedule \
+         (ScheduleChoice::Off)"
     )]
     PgCronNotInstalled {
         /// pg_cron's database (cron.database_name).
@@ -186,7 +186,7 @@ pub enum Error {
          as the provider's admin role (or a superuser) run there: GRANT USAGE ON SCHEMA cron TO \
          {role}; GRANT EXECUTE ON FUNCTION cron.schedule_in_database(text, text, text, text, \
          text, boolean), cron.alter_job(bigint, text, text, text, text, boolean) TO {role}; or \
-         run migrate as that admin role, or pass --no-schedule"
+         run migrate as that admin role, or migrate without a schedule (ScheduleChoice::Off)"
     )]
     PgCronNoPermission {
         /// The connected role.
@@ -201,7 +201,8 @@ pub enum Error {
     #[error(
         "pg_cron {version} in database '{database}' cannot run jobs in another database \
          (cron.schedule_in_database came with 1.4): ALTER EXTENSION pg_cron UPDATE there, \
-         or set cron.database_name to the application's database, or pass --no-schedule"
+         or set cron.database_name to the application's database, or migrate without a schedule \
+         (ScheduleChoice::Off)"
     )]
     PgCronTooOld {
         /// The installed extension version.
@@ -263,7 +264,7 @@ pub enum Error {
 
     /// A schema name token-janitor will not install into.
     #[error(
-        "invalid schema name '{name}': {reason}; --schema takes {rule}",
+        "invalid schema name '{name}': {reason}; a schema (MigrateOptions::schema) takes {rule}",
         rule = crate::schema::SCHEMA_NAME_RULE
     )]
     InvalidSchema {

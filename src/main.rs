@@ -43,7 +43,7 @@ enum Command {
         /// public, information_schema or pg_*. Another schema than auth
         /// installs the same objects there (beside someone else's auth, e.g.
         /// Supabase's), and its job runs `CALL NAME.run_token_cleanup()`.
-        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME", value_parser = schema_name)]
         schema: Schema,
 
         /// Skip everything pg_cron-related (for servers without pg_cron); run
@@ -85,7 +85,7 @@ enum Command {
     /// when no check fails.
     Verify {
         /// The schema token-janitor was installed in (migrate --schema).
-        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME", value_parser = schema_name)]
         schema: Schema,
 
         /// Print one JSON document instead of one line per check.
@@ -111,7 +111,7 @@ enum Command {
     /// schedule and the last runs.
     Status {
         /// The schema token-janitor was installed in (migrate --schema).
-        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME")]
+        #[arg(long, default_value = token_janitor::schema::DEFAULT_SCHEMA, value_name = "NAME", value_parser = schema_name)]
         schema: Schema,
 
         /// Output format.
@@ -247,6 +247,10 @@ fn layout(text: &str) -> Result<Vec<Layout>, String> {
         let names: Vec<&str> = Layout::ALL.iter().map(|l| l.name()).collect();
         format!("expected all or one of {}", names.join(", "))
     })
+}
+
+fn schema_name(text: &str) -> Result<Schema, String> {
+    Schema::new(text).map_err(|err| cli_terms(&err.to_string()))
 }
 
 fn share(text: &str) -> Result<f64, String> {
@@ -395,9 +399,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = verify(&url, &options).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", cli_terms(&serde_json::to_string_pretty(&report)?));
             } else {
-                println!("{report}");
+                println!("{}", cli_terms(&report.to_string()));
             }
             if !report.ok {
                 return Ok(ExitCode::FAILURE);
@@ -488,6 +492,38 @@ fn write_report(
     Ok(())
 }
 
+/// The library's messages name its options (`MigrateOptions::schema`,
+/// `ScheduleChoice::Off`, …); on the command line they are flags. Longer
+/// names first, so that none is cut by a shorter one it contains.
+const CLI_TERMS: &[(&str, &str)] = &[
+    ("VerifyOptions::schedule is None", "--no-schedule"),
+    ("ScheduleChoice::Off", "--no-schedule"),
+    ("VerifyOptions::schedule", "--schedule"),
+    ("MigrateOptions::schedule", "--schedule"),
+    (
+        "MigrateOptions::cron_database",
+        "--cron-database-url or CRON_DATABASE_URL",
+    ),
+    ("MigrateOptions::owner_role", "--owner-role"),
+    ("MigrateOptions::app_role", "--app-role"),
+    ("MigrateOptions::monitor_role", "--monitor-role"),
+    ("MigrateOptions::schema", "--schema"),
+    ("VerifyOptions::schema", "--schema"),
+    (
+        "the database URL",
+        "the database URL (--database-url or DATABASE_URL)",
+    ),
+];
+
+/// `text` with the library's option names as this command line's flags.
+fn cli_terms(text: &str) -> String {
+    CLI_TERMS
+        .iter()
+        .fold(text.to_string(), |text, (library, cli)| {
+            text.replace(library, cli)
+        })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -495,7 +531,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cli_terms(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

@@ -329,15 +329,15 @@ pub async fn preflight(
             }
             None => conflicts.push(format!(
                 "role {role} does not exist and {deployer} may not create it: create it once as a \
-                 role with CREATEROLE, or pass --owner-role / --app-role / --monitor-role naming an \
-                 existing role"
+                 role with CREATEROLE, or name an existing role instead (MigrateOptions::owner_role, \
+                 MigrateOptions::app_role, MigrateOptions::monitor_role)"
             )),
             Some(row) if role == owner => {
                 if row.get::<_, bool>(0) {
                     conflicts.push(format!(
                         "role {owner} is a superuser, and token-janitor's SECURITY DEFINER \
-                         routines and its pg_cron job would run as a superuser: pass \
-                         --owner-role naming a role that is not one (default {})",
+                         routines and its pg_cron job would run as a superuser: name a role \
+                         that is not one (MigrateOptions::owner_role; default {})",
                         schema.default_role("owner")
                     ));
                 }
@@ -347,7 +347,8 @@ pub async fn preflight(
                     } else {
                         conflicts.push(format!(
                             "role {owner} cannot log in, and the pg_cron job connects as it: \
-                             ALTER ROLE {owner} LOGIN as a role with CREATEROLE, or pass --no-schedule"
+                             ALTER ROLE {owner} LOGIN as a role with CREATEROLE, or migrate \
+                             without a schedule (ScheduleChoice::Off)"
                         ));
                     }
                 }
@@ -359,7 +360,8 @@ pub async fn preflight(
         conflicts.push(format!(
             "role {deployer} is not a superuser, so it can deploy only as the owner role itself \
              (only a superuser may give objects to another role or schedule a pg_cron job for \
-             it): omit --owner-role to make {deployer} the owner, or run migrate as a superuser"
+             it): leave MigrateOptions::owner_role unset to make {deployer} the owner, or run \
+             migrate as a superuser"
         ));
     }
 
@@ -461,7 +463,7 @@ pub async fn preflight(
                 conflicts.push(format!(
                     "schema {schema} belongs to role {} and {deployer} may not create objects in \
                      it: GRANT CREATE ON SCHEMA {schema} TO {deployer}, or install token-janitor \
-                     in another schema (--schema)",
+                     in another schema (MigrateOptions::schema)",
                     row.get::<_, String>(0)
                 ));
             }

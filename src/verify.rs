@@ -106,7 +106,7 @@ impl Check {
                     format!("query failed: {}", describe(err.borrow())),
                     "grant this role read access to token-janitor's schema and cron (or run \
                      verify as the migrating role), and run token-janitor migrate if objects are \
-                     missing (verify --schema names the schema when it is not auth)",
+                     missing (VerifyOptions::schema names the schema when it is not auth)",
                 ),
             ),
         }
@@ -196,10 +196,7 @@ pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
         }
         Err(err) => checks.push(Check::new(
             "connection",
-            Verdict::fail(
-                err.to_string(),
-                "fix --database-url / DATABASE_URL or start the server",
-            ),
+            Verdict::fail(err.to_string(), "fix the database URL or start the server"),
         )),
     }
     let ok = checks.iter().all(|c| c.outcome != Outcome::Fail);
@@ -239,7 +236,7 @@ async fn run_checks(client: &Client, options: &VerifyOptions, checks: &mut Vec<C
         None => checks.push(Check::new(
             "schedule",
             Verdict::warn(
-                "not checked (--no-schedule)",
+                "not checked (no schedule: VerifyOptions::schedule is None)",
                 format!("make sure your own scheduler runs {}", schema.job_command()),
             ),
         )),
@@ -312,9 +309,9 @@ async fn migrations(client: &Client, schema: &Schema) -> Found {
                 Verdict::fail(
                     format!("no migration history ({table}): the schema is not installed here"),
                     format!(
-                        "run token-janitor migrate against this database (with --schema \
-                         {schema} if that is where you want it), or verify with the --schema \
-                         token-janitor was installed in"
+                        "run token-janitor migrate against this database (with MigrateOptions::schema \
+                         {schema} if that is where you want it), or verify with the \
+                         VerifyOptions::schema token-janitor was installed in"
                     ),
                 )
             });
@@ -382,7 +379,7 @@ async fn owner(client: &Client, schema: &Schema) -> Found {
         (row.get(0), row.get(1), row.get(2), row.get(3));
     let remedy = format!(
         "run token-janitor migrate as a superuser: it gives schema {schema}'s token-janitor \
-         objects to the owner role (--owner-role, never a superuser)"
+         objects to the owner role (MigrateOptions::owner_role, never a superuser)"
     );
     if superuser {
         return Ok(Verdict::fail(
@@ -497,13 +494,13 @@ fn pg_cron(found: crate::Result<PgCron>) -> Verdict {
         )),
         Err(err) => Verdict::fail(
             err.to_string(),
-            "do what the message says, or verify with --no-schedule",
+            "do what the message says, or verify without a schedule (VerifyOptions::schedule is None)",
         ),
     }
 }
 
 fn job(found: Option<&JobInfo>, schedule: &str, schema: &Schema) -> Verdict {
-    let remedy = "run token-janitor migrate (with the --schedule you want) to re-install the job";
+    let remedy = "run token-janitor migrate (with the MigrateOptions::schedule you want) to re-install the job";
     let command = schema.job_command();
     let Some(job) = found else {
         return Verdict::fail(
@@ -526,7 +523,7 @@ fn job(found: Option<&JobInfo>, schedule: &str, schema: &Schema) -> Verdict {
     if job.schedule != schedule {
         return Verdict::fail(
             format!("job runs on '{}', expected '{schedule}'", job.schedule),
-            "pass verify the --schedule that migrate installed, or re-run migrate with it",
+            "give verify the schedule that migrate installed (VerifyOptions::schedule), or re-run migrate with it",
         );
     }
     Verdict::pass(format!(

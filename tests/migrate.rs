@@ -101,7 +101,9 @@ async fn without_pg_cron_here_migrate_fails_naming_it_and_changes_nothing() {
     assert!(
         message.contains("pg_cron")
             && message.contains("cron.database_name")
-            && message.contains("--no-schedule")
+            && message.contains("ScheduleChoice::Off")
+            && !message.contains("--"),
+        "the library names its options, not the command line's flags: {message}"
     );
     let schemas: i64 = db
         .client
