@@ -267,11 +267,11 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .and_then(|r| r.get(0));
     println!(
-        "\nThe thief replays the stolen token (its row {}): {replay:?}; the family is now revoked ({}).",
+        "\nThe thief replays the stolen token ({}): {replay:?}; the family is now revoked ({}).",
         if row_left == 0 {
-            "was purged"
+            "no row of it is left: rotation replaced it, or the purge deleted it; its authenticator proves it genuine"
         } else {
-            "is still there"
+            "its row is still there"
         },
         session.as_deref().unwrap_or("session gone")
     );
