@@ -1022,13 +1022,15 @@ impl TokenStore {
     }
 
     /// Revokes the family of a presented refresh token, as an RFC 7009
-    /// revocation endpoint does, when the token is genuine (its row is stored
-    /// with its hash, or its `rt2_` authenticator verifies once no row is
-    /// stored: rotated away in place, or purged); returns whether it revoked
-    /// anything. A forged token, or an `rt1_` token whose row the cleanup has
-    /// deleted, revokes nothing: answer the client the same either way. Unlike [`TokenStore::revoke_session`],
-    /// which trusts the caller with a session id, this needs the token
-    /// itself, so an endpoint anyone can call cannot sign a user out.
+    /// revocation endpoint does, when the token is genuine: its row is
+    /// stored with its hash, or, once no row is stored (rotated away in
+    /// place, or purged), its `rt2_` authenticator verifies and the session
+    /// is bound to no client or key. Returns whether it revoked anything. A
+    /// forged token, or an `rt1_` token whose row the cleanup has deleted,
+    /// revokes nothing: answer the client the same either way. Unlike
+    /// [`TokenStore::revoke_session`], which trusts the caller with a
+    /// session id, this needs the token itself, so an endpoint anyone can
+    /// call cannot sign a user out.
     ///
     /// # Errors
     /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
