@@ -10,7 +10,7 @@ use anyhow::Context;
 use futures_util::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use token_janitor::store::rotate_with;
-use token_janitor::store::simulated::{issue_at, revoke_session_at, rotate_at};
+use token_janitor::testing::simulated::{issue_at, revoke_session_at, rotate_at};
 use token_janitor::{DatabaseUrl, Issued, RevokeReason, Rotation};
 use tokio_postgres::Client;
 

@@ -24,7 +24,7 @@ use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::{Error, Result, certificate_error, describe};
+use crate::error::{ConnectFailure, Error, Result, certificate_error, describe};
 
 /// A connection [`DatabaseUrl::open`] opened, whose I/O its caller drives.
 pub(crate) type Connection = tokio_postgres::Connection<
@@ -218,11 +218,13 @@ impl DatabaseUrl {
     /// runs on a spawned task.
     ///
     /// # Errors
-    /// [`Error::ConnectTimeout`] when the server does not complete the
-    /// connection in time; [`Error::UntrustedCertificate`],
-    /// [`Error::HostNameMismatch`], [`Error::ServerWithoutTls`] or
-    /// [`Error::TlsRequired`] when TLS is the cause; [`Error::Connect`] naming
-    /// host, port and database otherwise.
+    /// [`Error::Connect`] naming host, port and database, with the
+    /// [`ConnectFailure`]: [`ConnectFailure::Timeout`] when the server does
+    /// not complete the connection in time;
+    /// [`ConnectFailure::UntrustedCertificate`],
+    /// [`ConnectFailure::HostNameMismatch`],
+    /// [`ConnectFailure::ServerWithoutTls`] or [`ConnectFailure::TlsRequired`]
+    /// when TLS is the cause; [`ConnectFailure::Failed`] otherwise.
     pub async fn connect(&self) -> Result<Client> {
         let (client, connection) = self.open().await?;
         tokio::spawn(async move {
@@ -240,9 +242,9 @@ impl DatabaseUrl {
         let timeout = self.connect_timeout();
         tokio::time::timeout(timeout, self.config.connect(self.tls.connector.clone()))
             .await
-            .map_err(|_| Error::ConnectTimeout {
+            .map_err(|_| Error::Connect {
                 target: self.to_string(),
-                timeout,
+                failure: ConnectFailure::Timeout { timeout },
             })?
             .map_err(|err| self.connect_error(&err))
     }
@@ -251,30 +253,30 @@ impl DatabaseUrl {
     /// the driver's own text ("error performing TLS handshake: invalid peer
     /// certificate: UnknownIssuer") says little to someone who set a URL.
     fn connect_error(&self, err: &tokio_postgres::Error) -> Error {
-        let target = self.to_string();
-        if let Some(cause) = certificate_error(err) {
-            return match cause {
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => Error::HostNameMismatch {
-                    target,
-                    host: self.host(),
-                },
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    Error::UntrustedCertificate {
-                        target,
-                        roots: self.tls.roots_description(),
-                    }
-                }
-                _ => Error::Connect {
-                    target,
-                    message: describe(err),
-                },
-            };
+        Error::Connect {
+            target: self.to_string(),
+            failure: self.connect_failure(err),
         }
+    }
+
+    fn connect_failure(&self, err: &tokio_postgres::Error) -> ConnectFailure {
         let message = describe(err);
+        match certificate_error(err) {
+            Some(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => {
+                return ConnectFailure::HostNameMismatch { host: self.host() };
+            }
+            Some(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+                return ConnectFailure::UntrustedCertificate {
+                    roots: self.tls.roots_description(),
+                };
+            }
+            Some(_) => return ConnectFailure::Failed { message },
+            None => {}
+        }
         if message.contains("server does not support TLS") {
-            return Error::ServerWithoutTls {
-                target,
+            return ConnectFailure::ServerWithoutTls {
                 mode: self.tls.mode.as_str(),
             };
         }
@@ -284,9 +286,9 @@ impl DatabaseUrl {
                     && db.message().contains("no encryption")
             })
         {
-            return Error::TlsRequired { target, message };
+            return ConnectFailure::TlsRequired { message };
         }
-        Error::Connect { target, message }
+        ConnectFailure::Failed { message }
     }
 
     /// A pool of up to `max_size` connections with this URL's TLS settings.

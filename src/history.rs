@@ -17,8 +17,9 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::{Client, GenericClient};
 
-use crate::error::{Error, Result, db};
+use crate::error::db;
 use crate::migrate::EmbeddedMigration;
+use crate::operator::{Error, Result};
 use crate::schema::Schema;
 
 /// The name of the history table in token-janitor's schema.

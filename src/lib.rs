@@ -1,11 +1,18 @@
 //! token-janitor: a refresh-token store for PostgreSQL whose cleanup lives
 //! inside the database.
 //!
-//! - [`migrate::migrate`] installs the `auth` schema (or another, [`Schema`]), the SQL API, the purge's
-//!   indexes and the pg_cron job;
-//! - [`store::TokenStore`] issues, rotates and revokes tokens through it;
-//! - [`verify::verify`] proves the cleanup works on a live database, and
-//!   [`status::status`] shows its state.
+//! The crate has two parts:
+//! - the runtime, what an application's handlers use: [`TokenStore`] issues,
+//!   rotates and revokes [`RefreshToken`]s through the SQL API on a pool
+//!   ([`DatabaseUrl::pool`]); the [`store`] functions do the same on a
+//!   connection or transaction of the application's; [`Error`] says what
+//!   failed;
+//! - the [`operator`] part, what a deploy or a monitor runs:
+//!   [`operator::migrate()`] installs the `auth` schema (or another,
+//!   [`Schema`]), the SQL API, the purge's indexes and the pg_cron job;
+//!   [`operator::verify()`] proves the cleanup works on a live database and
+//!   [`operator::status()`] shows its state. The `token-janitor` command
+//!   line runs these.
 //!
 //! # Quick start
 //!
@@ -14,12 +21,13 @@
 //! sign-out:
 //!
 //! ```no_run
-//! use token_janitor::{DatabaseUrl, MigrateOptions, RevokeReason, Rotation, TokenStore, migrate};
+//! use token_janitor::operator::{self, MigrateOptions};
+//! use token_janitor::{DatabaseUrl, RevokeReason, Rotation, TokenStore};
 //!
-//! # async fn app() -> Result<(), token_janitor::Error> {
+//! # async fn app() -> Result<(), Box<dyn std::error::Error>> {
 //! let url = DatabaseUrl::parse("postgres://deployer@localhost/app")?;
 //! let mut client = url.connect().await?;
-//! migrate(&mut client, &MigrateOptions::default()).await?;
+//! operator::migrate(&mut client, &MigrateOptions::default()).await?;
 //!
 //! let store = TokenStore::new(DatabaseUrl::parse("postgres://app@localhost/app")?.pool(8));
 //! let issued = store.issue("user-42").await?; // sign-in: hand issued.token to the client
@@ -35,18 +43,25 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "cli")]
-pub mod bench;
-pub mod db;
-pub mod error;
-pub mod history;
-pub mod migrate;
-pub mod owner;
-pub mod schedule;
-pub mod schema;
-pub mod status;
+mod bench;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
+mod db;
+mod error;
+mod history;
+mod migrate;
+pub mod operator;
+mod owner;
+mod schedule;
+mod schema;
+mod status;
 pub mod store;
-pub mod token;
-pub mod verify;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
+mod token;
+mod verify;
 
 /// The pool crate [`TokenStore::new`] takes, at the version this crate
 /// builds with, so an application does not pin a second copy to match.
@@ -69,14 +84,25 @@ pub mod verify;
 /// ```
 pub use deadpool_postgres;
 /// The driver behind [`deadpool_postgres`], at the version this crate builds
-/// with: its clients and transactions are what the `*_with` functions of
-/// [`store`] take.
+/// with: its clients and transactions are what the functions of [`store`]
+/// take.
+///
+/// ```no_run
+/// use token_janitor::tokio_postgres::NoTls;
+///
+/// # async fn connect() -> Result<(), token_janitor::tokio_postgres::Error> {
+/// let (client, connection) =
+///     token_janitor::tokio_postgres::connect("postgres://app@localhost/app", NoTls).await?;
+/// tokio::spawn(connection);
+/// let sessions = token_janitor::store::list_sessions_with(&client, "user-42", 10).await;
+/// # drop(sessions);
+/// # Ok(())
+/// # }
+/// ```
 pub use tokio_postgres;
 
 pub use db::DatabaseUrl;
-pub use error::{Error, Result};
-pub use migrate::{MigrateOptions, MigrateReport, migrate};
-pub use schedule::ScheduleChoice;
+pub use error::{ConnectFailure, Error, Result};
 pub use schema::Schema;
 pub use store::{
     IssueOptions, Issued, RevocationNotices, RevokeReason, RotateOptions, Rotation, SessionInfo,

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::error::{Error, Result, db};
+use crate::error::db;
 use crate::history;
+use crate::operator::{Error, Result};
 use crate::owner::{self, Declared, Deployment, Roles, ident};
 use crate::schedule::{self, ScheduleChoice};
 use crate::schema::Schema;
@@ -150,14 +151,6 @@ fn record() -> Vec<Declared> {
     )
 }
 
-/// Default name of the role applications use (EXECUTE on the lifecycle
-/// functions only) in schema `auth`; `NAME_app` in schema `NAME`
-/// ([`Schema::default_role`]).
-pub const DEFAULT_APP_ROLE: &str = "token_janitor_app";
-/// Default name of the read-only role verify and status can use in schema
-/// `auth`; `NAME_monitor` in schema `NAME`.
-pub const DEFAULT_MONITOR_ROLE: &str = "token_janitor_monitor";
-
 /// The purge's indexes, one `CREATE INDEX CONCURRENTLY` statement each.
 const INDEXES: &str = include_str!("../sql/indexes.sql");
 
@@ -187,17 +180,17 @@ pub struct MigrateOptions {
     /// the other may be building an index on a large table.
     pub lock_wait: Duration,
     /// The application role, created NOLOGIN when missing. Default
-    /// (`None`): [`DEFAULT_APP_ROLE`] in schema `auth`, `NAME_app` in
+    /// (`None`): `token_janitor_app` in schema `auth`, `NAME_app` in
     /// schema `NAME`.
     pub app_role: Option<String>,
     /// The monitoring role, created NOLOGIN when missing. Default (`None`):
-    /// [`DEFAULT_MONITOR_ROLE`] in schema `auth`, `NAME_monitor` in schema
+    /// `token_janitor_monitor` in schema `auth`, `NAME_monitor` in schema
     /// `NAME`.
     pub monitor_role: Option<String>,
     /// The role that owns the schema's token-janitor objects, and runs the
     /// pg_cron job; never a superuser. Created when missing, LOGIN when the
     /// job runs as it (pg_cron connects as the job's role). Default (`None`):
-    /// when migrate runs as a superuser, [`owner::DEFAULT_OWNER_ROLE`] in
+    /// when migrate runs as a superuser, `token_janitor_owner` in
     /// schema `auth` and `NAME_owner` in schema `NAME`; else the connected
     /// role itself.
     pub owner_role: Option<String>,
@@ -457,7 +450,7 @@ async fn apply_definitions(
     .map_err(db(
         "granting access to the application and monitoring roles",
     ))?;
-    tx.commit().await.map_err(db("applying sql/ definitions"))
+    Ok(tx.commit().await.map_err(db("applying sql/ definitions"))?)
 }
 
 /// One index from `sql/indexes.sql`.

@@ -10,12 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::Client;
 
-use crate::error::{Error, Result, db};
+use crate::error::db;
+use crate::operator::{Error, Result};
 use crate::schema::Schema;
-
-/// Default owner role when migrate runs as a superuser, in schema `auth`
-/// (`NAME_owner` in schema `NAME`: [`Schema::default_role`]).
-pub const DEFAULT_OWNER_ROLE: &str = "token_janitor_owner";
 
 /// The kinds of object token-janitor's SQL creates in schema `auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +267,7 @@ async fn connected(
 }
 
 /// The owner role a migrate with `--owner-role` `owner_role` deploys for:
-/// that role, else the schema's default ([`DEFAULT_OWNER_ROLE`] in `auth`)
+/// that role, else the schema's default (`token_janitor_owner` in `auth`)
 /// for a superuser, else the connected role itself.
 ///
 /// # Errors
@@ -544,7 +541,7 @@ pub async fn ensure_roles(client: &Client, deployment: &Deployment) -> Result<()
         if let Err(err) = client.batch_execute(&statement).await {
             let code = err.code().map(|c| c.code());
             if !matches!(code, Some("42710") | Some("23505")) {
-                return Err(db(format!("creating role {role}"))(err));
+                return Err(db(format!("creating role {role}"))(err).into());
             }
             // Another migrate created it meanwhile, perhaps NOLOGIN.
             grant_login |= *login;

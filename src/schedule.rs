@@ -10,20 +10,12 @@
 use tokio_postgres::Client;
 
 use crate::db::DatabaseUrl;
-use crate::error::{Error, Result, db};
+use crate::error::db;
+use crate::operator::{Error, Result};
 use crate::schema::Schema;
 
-/// The job's command in schema `auth` (pinned; `CALL NAME.run_token_cleanup()`
-/// in schema `NAME`, [`Schema::job_command`]): anything before the CALL in
-/// the same command string would open a transaction and break the
-/// procedure's COMMITs.
-pub const JOB_COMMAND: &str = "CALL auth.run_token_cleanup()";
 /// The default schedule: every five minutes, UTC.
 pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
-/// The job name of releases before one job per database: migrate replaces
-/// the job of that name that runs this database's cleanup, and leaves one
-/// that serves another database alone.
-pub const LEGACY_JOB_NAME: &str = "refresh-token-cleanup";
 /// How job names start; the database and schema follow.
 const JOB_NAME_PREFIX: &str = "token-janitor cleanup: ";
 /// pg_cron's job names are of type `name`: 63 bytes.
@@ -198,9 +190,10 @@ pub async fn connect_cron_database(
         }
         Some(CronDatabase::At(url)) => url.clone(),
     };
-    let client = url.connect().await.map_err(|err| Error::CronDatabase {
-        source: Box::new(err),
-    })?;
+    let client = url
+        .connect()
+        .await
+        .map_err(|err| Error::CronDatabase { source: err })?;
     Ok(Some(CronConnection {
         client,
         app_database: current,
@@ -365,7 +358,7 @@ pub struct ScheduledJob {
 /// that it runs in the application's. Both upsert by job name and user, so
 /// this is safe on every deploy. `schedule`: the one to set, or `None` to
 /// keep the schedule of the job that runs this database's cleanup (an
-/// earlier release's [`LEGACY_JOB_NAME`] included), else
+/// earlier release's `refresh-token-cleanup` included), else
 /// [`DEFAULT_SCHEDULE`]; a paused job (`active = false`) stays paused. `username` is the role the job runs as (default:
 /// the connected role; another role needs a superuser, and pg_cron refuses
 /// one without LOGIN: the job connects as it); in the application's database
@@ -460,7 +453,7 @@ pub async fn install_schedule(
                     reason: db_err.message().to_string(),
                 }
             }
-            _ => db("scheduling the cleanup job with pg_cron")(err),
+            _ => db("scheduling the cleanup job with pg_cron")(err).into(),
         })?
         .get(0);
     let found = client

@@ -116,6 +116,8 @@ impl Schema {
     }
 
     /// The pg_cron job's command (pinned): `CALL NAME.run_token_cleanup()`.
+    /// Nothing may come before the CALL in the same command string: it would
+    /// open a transaction and break the procedure's COMMITs.
     pub fn job_command(&self) -> String {
         format!("CALL {}.run_token_cleanup()", self.0)
     }

@@ -4,7 +4,8 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::error::{Result, db};
+use crate::error::db;
+use crate::operator::Result;
 use crate::schedule::{self, CronConnection};
 use crate::schema::Schema;
 
@@ -139,14 +140,29 @@ async fn counts(
         .collect())
 }
 
-/// Collects the status, with pg_cron in this database. `exact` counts every
-/// row (a full scan of the token table); otherwise large tables are
+/// Collects the status of the install in `schema`, with pg_cron in this
+/// database (the job is `None` when pg_cron is elsewhere). `exact` counts
+/// every row (a full scan of the token table); otherwise large tables are
 /// estimated. `runs` is how many runs to show.
 ///
+/// ```no_run
+/// use token_janitor::operator::{self, Outcome};
+/// use token_janitor::{DatabaseUrl, Schema};
+///
+/// # async fn monitor() -> Result<(), operator::Error> {
+/// let client = DatabaseUrl::parse("postgres://monitor@localhost/app")?.connect().await?;
+/// let status = operator::status(&client, &Schema::default(), false, 3).await?;
+/// print!("{status}"); // what `token-janitor status` prints
+/// println!("{}", status.prometheus()); // or as Prometheus metrics
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
-/// [`crate::Error::Db`] naming what could not be read.
-pub async fn status(client: &Client, exact: bool, runs: i64) -> Result<Status> {
-    status_with_cron(client, None, &Schema::default(), exact, runs).await
+/// [`crate::Error::Db`] (in [`crate::operator::Error::Runtime`]) naming
+/// what could not be read.
+pub async fn status(client: &Client, schema: &Schema, exact: bool, runs: i64) -> Result<Status> {
+    status_with_cron(client, None, schema, exact, runs).await
 }
 
 /// [`status`] of the install in `schema`, reading the job from pg_cron's

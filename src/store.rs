@@ -4,10 +4,8 @@
 //! transaction (`*_with`), so callers can compose them with their own work;
 //! [`TokenStore`] runs the same functions on a pooled connection. All of them
 //! use the database server's clock: the application never chooses the time.
-//! The `*_with` functions and [`simulated`] call schema `auth`;
-//! [`TokenStore::with_schema`] calls another.
-//! [`simulated`] drives the clock instead, for tests, demos and simulations;
-//! it needs the owner role, which the application role is not.
+//! The `*_with` functions call schema `auth`; [`TokenStore::with_schema`]
+//! calls another.
 //!
 //! Answer every outcome but [`Rotation::Rotated`] to the client the same way
 //! (e.g. HTTP 401 "sign in again"): telling `Invalid` from `Unknown` or
@@ -28,7 +26,7 @@ use crate::token::{self, RefreshToken, Secret};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How many sessions [`TokenStore::list_sessions`] returns at most.
-pub const DEFAULT_LIST_LIMIT: i32 = 100;
+const DEFAULT_LIST_LIMIT: i32 = 100;
 
 /// A freshly issued token and where it sits. `Debug` shows neither the
 /// token, the session id nor the user id.
@@ -93,13 +91,31 @@ pub enum RevokeReason {
 }
 
 impl RevokeReason {
-    /// The SQL spelling.
+    const ALL: [RevokeReason; 3] = [Self::Logout, Self::Admin, Self::ReuseDetected];
+
+    /// The SQL spelling: what `auth.sessions.revoke_reason` holds.
+    ///
+    /// ```
+    /// use token_janitor::RevokeReason;
+    ///
+    /// assert_eq!(RevokeReason::ReuseDetected.as_str(), "reuse_detected");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Logout => "logout",
             Self::Admin => "admin",
             Self::ReuseDetected => "reuse_detected",
         }
+    }
+
+    /// The reason a session row holds, from its SQL spelling.
+    fn parse(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .ok_or_else(|| {
+                Error::UnexpectedResponse(format!("a session revoked for '{text}'"))
+            })
     }
 }
 
@@ -180,7 +196,7 @@ pub struct SessionInfo {
     /// When the session was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
     /// Why: logout, admin or reuse_detected.
-    pub revoke_reason: Option<String>,
+    pub revoke_reason: Option<RevokeReason>,
     /// When its newest token was issued: the last login or refresh.
     pub last_used_at: SystemTime,
     /// The label given at issue ([`IssueOptions::device_label`]).
@@ -207,12 +223,25 @@ impl std::fmt::Debug for SessionInfo {
 
 /// Whose clock a call uses.
 #[derive(Debug, Clone, Copy)]
-enum Clock {
+pub(crate) enum Clock {
     /// The database server's clock at the call (`clock_timestamp()`): the
     /// server-clock form of each function.
     Server,
-    /// A driven time: the clock-driven form (owner only).
+    /// A driven time: the clock-driven form (owner only), which only this
+    /// crate's tests and demo call (`testing::simulated`).
+    #[cfg(feature = "testing")]
     At(SystemTime),
+}
+
+impl Clock {
+    /// The time to pass as `p_now`, when the clock is driven.
+    fn driven(&self) -> Option<&SystemTime> {
+        match self {
+            Clock::Server => None,
+            #[cfg(feature = "testing")]
+            Clock::At(now) => Some(now),
+        }
+    }
 }
 
 /// A call of `function` with `args` (`name => $n`, numbered from 1), plus
@@ -234,7 +263,7 @@ fn call<'a>(
         .enumerate()
         .map(|(i, arg)| arg.replace("$n", &format!("${}", i + 1)))
         .collect();
-    if let Clock::At(now) = clock {
+    if let Some(now) = clock.driven() {
         params.push(now);
         named.push(format!("p_now => ${}", params.len()));
     }
@@ -250,7 +279,7 @@ fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
 
-async fn issue_on<C: GenericClient>(
+pub(crate) async fn issue_on<C: GenericClient>(
     client: &C,
     schema: &Schema,
     user_id: &str,
@@ -298,7 +327,7 @@ async fn issue_on<C: GenericClient>(
     })
 }
 
-async fn rotate_on<C: GenericClient>(
+pub(crate) async fn rotate_on<C: GenericClient>(
     client: &C,
     schema: &Schema,
     token: &str,
@@ -385,7 +414,7 @@ async fn rotate_on<C: GenericClient>(
     })
 }
 
-async fn revoke_session_on<C: GenericClient>(
+pub(crate) async fn revoke_session_on<C: GenericClient>(
     client: &C,
     schema: &Schema,
     session_id: Uuid,
@@ -460,7 +489,7 @@ pub async fn revoke_token_with<C: GenericClient>(
     revoke_token_on(client, &Schema::default(), token, reason).await
 }
 
-async fn revoke_user_sessions_on<C: GenericClient>(
+pub(crate) async fn revoke_user_sessions_on<C: GenericClient>(
     client: &C,
     schema: &Schema,
     user_id: &str,
@@ -658,132 +687,24 @@ async fn list_sessions_on<C: GenericClient>(
         )
         .await
         .map_err(db("listing sessions"))?;
-    Ok(rows
-        .iter()
-        .map(|row| SessionInfo {
-            session_id: row.get(0),
-            created_at: row.get(1),
-            generation: row.get(2),
-            refresh_expires_at: row.get(3),
-            revoked_at: row.get(4),
-            revoke_reason: row.get(5),
-            last_used_at: row.get(6),
-            device_label: row.get(7),
-            client_id: row.get(8),
+    rows.iter()
+        .map(|row| {
+            Ok(SessionInfo {
+                session_id: row.get(0),
+                created_at: row.get(1),
+                generation: row.get(2),
+                refresh_expires_at: row.get(3),
+                revoked_at: row.get(4),
+                revoke_reason: row
+                    .get::<_, Option<&str>>(5)
+                    .map(RevokeReason::parse)
+                    .transpose()?,
+                last_used_at: row.get(6),
+                device_label: row.get(7),
+                client_id: row.get(8),
+            })
         })
-        .collect())
-}
-
-/// The same calls with a driven clock, for tests, demos and simulations:
-/// each runs the clock-driven form of its SQL function (`p_now`), which only
-/// the owner role may execute. An application never uses these.
-pub mod simulated {
-    use super::*;
-
-    /// [`super::issue_with`] at `now`.
-    ///
-    /// # Errors
-    /// As [`super::issue_with`]; permission denied for a role that is not the owner.
-    pub async fn issue_at<C: GenericClient>(
-        client: &C,
-        user_id: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> Result<Issued> {
-        issue_on(
-            client,
-            &Schema::default(),
-            user_id,
-            ttl,
-            &IssueOptions::default(),
-            Clock::At(now),
-        )
-        .await
-    }
-
-    /// [`super::rotate_with`] at `now`.
-    ///
-    /// # Errors
-    /// As [`super::rotate_with`]; permission denied for a role that is not the owner.
-    pub async fn rotate_at<C: GenericClient>(
-        client: &C,
-        token: &str,
-        ttl: Duration,
-        now: SystemTime,
-    ) -> Result<Rotation> {
-        rotate_on(
-            client,
-            &Schema::default(),
-            token,
-            ttl,
-            &RotateOptions::default(),
-            Clock::At(now),
-        )
-        .await
-    }
-
-    /// [`super::revoke_session_with`] at `now`.
-    ///
-    /// # Errors
-    /// As [`super::revoke_session_with`]; permission denied for a role that is not the owner.
-    pub async fn revoke_session_at<C: GenericClient>(
-        client: &C,
-        session_id: Uuid,
-        reason: RevokeReason,
-        now: SystemTime,
-    ) -> Result<i32> {
-        revoke_session_on(
-            client,
-            &Schema::default(),
-            session_id,
-            reason,
-            Clock::At(now),
-        )
-        .await
-    }
-
-    /// [`super::revoke_user_sessions_with`] at `now`.
-    ///
-    /// # Errors
-    /// As [`super::revoke_user_sessions_with`]; permission denied for a role that is not the owner.
-    pub async fn revoke_user_sessions_at<C: GenericClient>(
-        client: &C,
-        user_id: &str,
-        reason: RevokeReason,
-        now: SystemTime,
-    ) -> Result<i32> {
-        revoke_user_sessions_on(
-            client,
-            &Schema::default(),
-            user_id,
-            reason,
-            None,
-            Clock::At(now),
-        )
-        .await
-    }
-
-    /// [`super::revoke_user_sessions_except_with`] at `now`.
-    ///
-    /// # Errors
-    /// As [`super::revoke_user_sessions_except_with`]; permission denied for a role that is not the owner.
-    pub async fn revoke_user_sessions_except_at<C: GenericClient>(
-        client: &C,
-        user_id: &str,
-        keep: Uuid,
-        reason: RevokeReason,
-        now: SystemTime,
-    ) -> Result<i32> {
-        revoke_user_sessions_on(
-            client,
-            &Schema::default(),
-            user_id,
-            reason,
-            Some(keep),
-            Clock::At(now),
-        )
-        .await
-    }
+        .collect()
 }
 
 /// Refresh tokens over a connection pool, with one token lifetime, on the
@@ -1114,7 +1035,7 @@ impl TokenStore {
 
 /// The channel every revocation is notified on, with the revoked session's
 /// id as its payload: `LISTEN token_janitor_revocations`.
-pub const REVOCATION_CHANNEL: &str = "token_janitor_revocations";
+const REVOCATION_CHANNEL: &str = "token_janitor_revocations";
 
 /// Revocation notices: the id of every session revoked from now on (logout,
 /// `revoke_user_sessions`, a detected reuse), each once its revoking

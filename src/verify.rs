@@ -486,7 +486,7 @@ async fn plans(client: &Client, schema: &Schema) -> Found {
 
 /// pg_cron as [`schedule::check_pg_cron`] diagnoses it for migrate, less what
 /// only scheduling needs.
-fn pg_cron(found: crate::Result<PgCron>) -> Verdict {
+fn pg_cron(found: crate::operator::Result<PgCron>) -> Verdict {
     match found {
         Ok(PgCron { version, database }) => Verdict::pass(format!(
             "extension {} installed in '{database}', scheduler running for it",

@@ -6,8 +6,9 @@
 mod common;
 
 use common::*;
-use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{Rotation, TokenStore, migrate};
+use token_janitor::operator::migrate;
+use token_janitor::operator::{Outcome, VerifyOptions, verify};
+use token_janitor::{Rotation, Schema, TokenStore};
 
 #[tokio::test]
 async fn the_application_role_goes_through_functions_only() {
@@ -117,7 +118,7 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
             .outcome,
         Outcome::Pass
     );
-    let status = token_janitor::status::status(&client, true, 5)
+    let status = token_janitor::operator::status(&client, &Schema::default(), true, 5)
         .await
         .unwrap();
     assert_eq!(
@@ -158,9 +159,12 @@ async fn the_monitoring_role_runs_verify_and_status_but_reads_no_id_user_or_hash
 #[tokio::test]
 async fn the_monitoring_role_verifies_the_schedule_without_migrates_pg_cron_privileges() {
     let mut cron = CronDb::fresh().await;
-    migrate(&mut cron.client, &token_janitor::MigrateOptions::default())
-        .await
-        .unwrap();
+    migrate(
+        &mut cron.client,
+        &token_janitor::operator::MigrateOptions::default(),
+    )
+    .await
+    .unwrap();
     let role = format!("tj_login_{}", uuid::Uuid::new_v4().simple());
     cron.client
         .batch_execute(&format!(
@@ -329,7 +333,9 @@ async fn a_hostile_search_path_set_on_the_database_changes_nothing() {
         c.query_one(sql, &[]).await.unwrap();
     }
     // status and verify, whose own queries run under the session's path.
-    token_janitor::status::status(c, true, 5).await.unwrap();
+    token_janitor::operator::status(c, &Schema::default(), true, 5)
+        .await
+        .unwrap();
     let path: Vec<String> = column(c, "SHOW search_path").await;
     assert_eq!(
         path,

@@ -6,9 +6,10 @@
 mod common;
 
 use common::*;
-use token_janitor::schedule::CronDatabase;
-use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, Error, MigrateOptions, migrate};
+use token_janitor::DatabaseUrl;
+use token_janitor::operator::{
+    CronDatabase, MigrateOptions, Outcome, VerifyOptions, migrate, verify,
+};
 
 /// A refused migrate changes nothing: not even schema auth exists.
 async fn assert_no_auth_schema(client: &tokio_postgres::Client) {
@@ -85,7 +86,7 @@ async fn a_role_that_cannot_create_pg_cron_in_its_database_is_told_so_before_any
     let url = DatabaseUrl::parse(&cli_url(&db.url, &role)).unwrap();
     let (client, err) = refused_migrate(&url).await;
     assert!(
-        matches!(&err, Error::PgCronNotSuperuser { role: r, database }
+        matches!(&err, token_janitor::operator::Error::PgCronNotSuperuser { role: r, database }
             if r == &role && database == &cron.url.dbname()),
         "{err}"
     );
@@ -114,7 +115,7 @@ async fn a_cron_database_url_that_is_not_cron_database_name_is_refused() {
     };
     let err = migrate(&mut db.client, &options).await.unwrap_err();
     assert!(
-        matches!(&err, Error::PgCronWrongDatabase { configured, current }
+        matches!(&err, token_janitor::operator::Error::PgCronWrongDatabase { configured, current }
             if configured == &server().dbname() && current == "postgres"),
         "{err}"
     );
@@ -141,7 +142,7 @@ async fn a_role_without_usage_on_cron_is_refused_in_the_cron_database_too() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::PgCronNoPermission { role: r, missing, .. }
+        matches!(&err, token_janitor::operator::Error::PgCronNoPermission { role: r, missing, .. }
             if r == &role && missing == "no USAGE on schema cron"),
         "{err}"
     );

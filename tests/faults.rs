@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use token_janitor::{DatabaseUrl, migrate};
+use token_janitor::DatabaseUrl;
+use token_janitor::operator::migrate;
 
 /// A PostgreSQL cluster of this test's own (scripts/pg.sh with its own
 /// folder), so crashing it disturbs no other test. Removed on drop.

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use token_janitor::store::simulated::{issue_at, rotate_at};
+use token_janitor::testing::simulated::{issue_at, rotate_at};
 use token_janitor::{Rotation, TokenStore};
 
 const TTL: Duration = Duration::from_secs(3600);

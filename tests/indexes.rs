@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use token_janitor::migrate;
+use token_janitor::operator::migrate;
+use token_janitor::testing::index_statements;
 
 async fn assert_index_driven(client: &tokio_postgres::Client) {
     let plans = client
@@ -52,7 +53,7 @@ async fn every_purge_index_serves_a_target_and_exists() {
         "SELECT DISTINCT i FROM auth.purge_targets() t, unnest(t.indexes) i ORDER BY i",
     )
     .await;
-    for index in migrate::index_statements(&token_janitor::Schema::default()) {
+    for index in index_statements(&token_janitor::Schema::default()) {
         assert!(
             named.contains(&index.name),
             "{} serves no purge target",

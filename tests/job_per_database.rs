@@ -10,8 +10,11 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use token_janitor::schedule::{LEGACY_JOB_NAME, job_name};
-use token_janitor::{Error, MigrateOptions, migrate};
+use token_janitor::testing::job_name;
+
+/// The job name of releases before one job per database.
+const LEGACY_JOB_NAME: &str = "refresh-token-cleanup";
+use token_janitor::operator::{MigrateOptions, migrate};
 use tokio_postgres::Client;
 
 /// Every cleanup job of pg_cron's database as `name database schedule`,
@@ -170,7 +173,7 @@ async fn a_job_of_this_databases_name_that_runs_elsewhere_is_refused_before_anyt
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::PgCronJobElsewhere { other, database, .. }
+        matches!(&err, token_janitor::operator::Error::PgCronJobElsewhere { other, database, .. }
             if other == b.name() && database == a.name()),
         "{err}"
     );
@@ -205,7 +208,7 @@ async fn a_job_that_does_not_read_back_as_scheduled_fails_migrate() {
         .await
         .unwrap();
     assert!(
-        matches!(&err, Error::JobNotAsScheduled { database, found, .. }
+        matches!(&err, token_janitor::operator::Error::JobNotAsScheduled { database, found, .. }
             if database == a.name() && found.contains("in database 'postgres'")),
         "{err}"
     );

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use rstest::rstest;
-use token_janitor::store::simulated::{issue_at, rotate_at};
+use token_janitor::testing::simulated::{issue_at, rotate_at};
 use token_janitor::{Error, RefreshToken, RevokeReason, Rotation, TokenStore};
 
 const TTL: i64 = 30 * DAY;

@@ -223,7 +223,7 @@ async fn a_missing_lock_row_is_named_and_migrate_restores_it() {
         message.contains("no lock named 'purge'") && message.contains("token-janitor migrate"),
         "{message}"
     );
-    token_janitor::migrate(&mut db.client, &no_schedule())
+    token_janitor::operator::migrate(&mut db.client, &no_schedule())
         .await
         .unwrap();
     db.client

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use token_janitor::{DatabaseUrl, Error};
+use token_janitor::{ConnectFailure, DatabaseUrl, Error};
 
 /// The deployer's URL: sslmode=verify-full with the server's CA.
 fn managed() -> String {
@@ -144,7 +144,16 @@ async fn the_deployer_migrates_over_verify_full_and_pg_cron_runs_the_job_in_the_
 async fn a_certificate_from_another_ca_is_refused_naming_it() {
     let other_ca = managed_with("/ca.crt", "/other-ca.crt");
     let err = refused_connection(&other_ca).await;
-    assert!(matches!(err, Error::UntrustedCertificate { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Connect {
+                failure: ConnectFailure::UntrustedCertificate { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("is not signed by a trusted CA (sslrootcert"),
@@ -154,7 +163,10 @@ async fn a_certificate_from_another_ca_is_refused_naming_it() {
     let require = other_ca.replace("sslmode=verify-full", "sslmode=require");
     assert!(matches!(
         refused_connection(&require).await,
-        Error::UntrustedCertificate { .. }
+        Error::Connect {
+            failure: ConnectFailure::UntrustedCertificate { .. },
+            ..
+        }
     ));
 
     let out = run_cli(&["migrate"], &other_ca).await;
@@ -187,7 +199,7 @@ async fn a_host_name_the_certificate_does_not_name_is_refused_by_verify_full_onl
     );
     let err = refused_connection(&elsewhere).await;
     assert!(
-        matches!(&err, Error::HostNameMismatch { host, .. } if host == "tj-not-in-cert.invalid"),
+        matches!(&err, Error::Connect { failure: ConnectFailure::HostNameMismatch { host }, .. } if host == "tj-not-in-cert.invalid"),
         "{err}"
     );
     assert!(err.to_string().starts_with("host name mismatch"), "{err}");
@@ -212,7 +224,16 @@ async fn a_host_name_the_certificate_does_not_name_is_refused_by_verify_full_onl
 #[tokio::test]
 async fn sslmode_disable_against_a_tls_only_server_says_tls_is_required() {
     let err = refused_connection(&managed_with("sslmode=verify-full", "sslmode=disable")).await;
-    assert!(matches!(err, Error::TlsRequired { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Connect {
+                failure: ConnectFailure::TlsRequired { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("accepts only TLS connections"),
         "{err}"
@@ -230,8 +251,8 @@ async fn require_against_a_server_without_tls_says_so() {
     assert!(
         matches!(
             err,
-            Error::ServerWithoutTls {
-                mode: "require",
+            Error::Connect {
+                failure: ConnectFailure::ServerWithoutTls { mode: "require" },
                 ..
             }
         ),
@@ -268,7 +289,7 @@ async fn a_role_without_the_cron_grants_is_refused_before_anything_changes() {
     .unwrap();
     let (client, err) = refused_migrate(&url).await;
     assert!(
-        matches!(&err, Error::PgCronNoPermission { role: r, database, missing }
+        matches!(&err, token_janitor::operator::Error::PgCronNoPermission { role: r, database, missing }
             if r == &role && database == "postgres" && missing == "no USAGE on schema cron"),
         "{err}"
     );

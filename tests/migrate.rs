@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use token_janitor::migrate::embedded_migrations;
-use token_janitor::{Error, MigrateOptions, migrate, schedule};
+use token_janitor::operator::{MigrateOptions, migrate};
+use token_janitor::testing::embedded_migrations;
 
 /// Every object in schema auth with its definition, for before/after comparisons.
 async fn schema_fingerprint(client: &tokio_postgres::Client) -> Vec<String> {
@@ -93,7 +93,7 @@ async fn without_pg_cron_here_migrate_fails_naming_it_and_changes_nothing() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::PgCronWrongDatabase { configured, current }
+        matches!(&err, token_janitor::operator::Error::PgCronWrongDatabase { configured, current }
             if configured == &server().dbname() && current == db.name()),
         "{err}"
     );
@@ -147,7 +147,7 @@ async fn a_role_that_cannot_create_pg_cron_is_told_so() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::PgCronNotSuperuser { role: r, .. } if r == &role),
+        matches!(&err, token_janitor::operator::Error::PgCronNotSuperuser { role: r, .. } if r == &role),
         "{err}"
     );
     assert!(err.to_string().contains("CREATE EXTENSION pg_cron"));
@@ -171,7 +171,11 @@ async fn the_schedule_is_upserted_with_the_pinned_command() {
     let rows = cron.client.query(job, &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(Some(rows[0].get::<_, i64>(0)), report.job_id);
-    assert_eq!(rows[0].get::<_, &str>(1), schedule::DEFAULT_SCHEDULE);
+    assert_eq!(
+        rows[0].get::<_, &str>(1),
+        "*/5 * * * *",
+        "the default schedule"
+    );
     assert_eq!(rows[0].get::<_, &str>(2), "CALL auth.run_token_cleanup()");
     assert!(rows[0].get::<_, bool>(3));
     assert_eq!(
@@ -229,7 +233,10 @@ async fn bad_schedules_are_refused_with_the_reason(#[case] cron_expr: &str, #[ca
         ..MigrateOptions::default()
     };
     let err = migrate(&mut cron.client, &options).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidSchedule { .. }), "{err}");
+    assert!(
+        matches!(err, token_janitor::operator::Error::InvalidSchedule { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(says), "{err}");
 }
 
@@ -391,7 +398,10 @@ async fn a_divergent_migration_is_refused() {
         .await
         .unwrap();
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
-    assert!(matches!(err, Error::Migration(_)), "{err}");
+    assert!(
+        matches!(err, token_janitor::operator::Error::Migration(_)),
+        "{err}"
+    );
     assert!(err.to_string().contains("V1"), "{err}");
 }
 
@@ -517,7 +527,10 @@ async fn a_table_in_the_way_is_refused_before_anything_changes() {
     let before = schema_fingerprint(&db.client).await;
     let err = migrate(&mut db.client, &no_schedule()).await.unwrap_err();
     let message = err.to_string();
-    assert!(matches!(err, Error::Conflict(_)), "{message}");
+    assert!(
+        matches!(err, token_janitor::operator::Error::Conflict(_)),
+        "{message}"
+    );
     for says in [
         "migrate changed nothing",
         "auth.sessions already exists but token-janitor did not create it",

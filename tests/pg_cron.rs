@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use token_janitor::{MigrateOptions, migrate};
+use token_janitor::operator::{MigrateOptions, migrate};
 
 #[tokio::test]
 async fn pg_cron_runs_the_cleanup_on_schedule() {

@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
-use token_janitor::migrate::embedded_migrations;
-use token_janitor::verify::{Outcome, VerifyOptions, verify};
-use token_janitor::{Error, migrate, status};
+use token_janitor::Schema;
+use token_janitor::operator::{Outcome, VerifyOptions, migrate, status, verify};
+use token_janitor::testing::embedded_migrations;
 
 /// Makes a new non-superuser role the owner of `db` (and so, on PostgreSQL
 /// 15, of its schema public), with a counter `public.planted_calls` that
@@ -200,7 +200,7 @@ async fn a_view_in_place_of_the_previous_releases_history_is_never_read() {
     let err = migrate(&mut db.connect().await, &no_schedule())
         .await
         .expect_err("migrate cannot adopt a history it may not read");
-    let Error::Conflict(conflicts) = &err else {
+    let token_janitor::operator::Error::Conflict(conflicts) = &err else {
         panic!("{err:?}")
     };
     assert!(
@@ -282,7 +282,9 @@ async fn exact_type_overloads_on_the_databases_path_never_run() {
     let mut unpinned = db.connect_unpinned().await;
     migrate(&mut unpinned, &no_schedule()).await.unwrap();
     for exact in [false, true] {
-        status::status(&unpinned, exact, 5).await.unwrap();
+        status(&unpinned, &Schema::default(), exact, 5)
+            .await
+            .unwrap();
     }
     let options = VerifyOptions {
         schedule: None,

@@ -6,10 +6,9 @@
 mod common;
 
 use common::*;
-use token_janitor::schedule::job_name;
-use token_janitor::schema::SCHEMA_NAME_RULE;
-use token_janitor::verify::{VerifyOptions, verify};
-use token_janitor::{MigrateOptions, Rotation, Schema, TokenStore, migrate, status};
+use token_janitor::operator::{MigrateOptions, VerifyOptions, migrate, status, verify};
+use token_janitor::testing::{SCHEMA_NAME_RULE, job_name};
+use token_janitor::{Rotation, Schema, TokenStore};
 use tokio_postgres::Client;
 
 fn tj() -> Schema {
@@ -205,9 +204,7 @@ async fn an_install_in_its_own_schema_leaves_a_foreign_auth_alone() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("auth.token_janitor_migrations"), "{text}");
 
-    let status = status::status_with_cron(&db.client, None, &tj(), true, 5)
-        .await
-        .unwrap();
+    let status = status(&db.client, &tj(), true, 5).await.unwrap();
     assert_eq!(status.schema, "tj");
     assert!(
         status
@@ -329,7 +326,7 @@ async fn migrating_a_schema_twice_changes_nothing_the_second_time() {
     let first = migrate(&mut db.client, &in_tj()).await.unwrap();
     assert_eq!(
         first.applied.len(),
-        token_janitor::migrate::embedded_migrations(&tj()).len()
+        token_janitor::testing::embedded_migrations(&tj()).len()
     );
     let before = snapshot(&db.client, "tj").await;
     let second = migrate(&mut db.client, &in_tj()).await.unwrap();
@@ -353,14 +350,14 @@ async fn migrating_a_schema_twice_changes_nothing_the_second_time() {
         "SELECT checksum::text FROM tj.token_janitor_migrations ORDER BY version",
     )
     .await;
-    let expected: Vec<String> = token_janitor::migrate::embedded_migrations(&tj())
+    let expected: Vec<String> = token_janitor::testing::embedded_migrations(&tj())
         .iter()
         .map(|m| m.checksum.to_string())
         .collect();
     assert_eq!(recorded, expected);
     assert_ne!(
         expected,
-        token_janitor::migrate::embedded_migrations(&Schema::default())
+        token_janitor::testing::embedded_migrations(&Schema::default())
             .iter()
             .map(|m| m.checksum.to_string())
             .collect::<Vec<_>>()

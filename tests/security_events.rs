@@ -251,7 +251,7 @@ async fn the_upgrade_keeps_the_events_and_the_counter() {
     .await
     .unwrap();
     tx.rollback().await.unwrap();
-    token_janitor::migrate(&mut db.client, &no_schedule())
+    token_janitor::operator::migrate(&mut db.client, &no_schedule())
         .await
         .unwrap();
     let seen: Vec<bool> = column(

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use token_janitor::store::simulated;
+use token_janitor::testing::simulated;
 use token_janitor::{
     Error, IssueOptions, RevocationNotices, RevokeReason, RotateOptions, Rotation, TokenStore,
 };
@@ -457,7 +457,7 @@ async fn sign_out_everywhere_else_keeps_one_session() {
     }
     rotated(store.rotate(mine.token.expose()).await.unwrap());
     rotated(store.rotate(elsewhere.token.expose()).await.unwrap());
-    let reasons: Vec<Option<String>> = store
+    let reasons: Vec<Option<RevokeReason>> = store
         .list_sessions("hal")
         .await
         .unwrap()
@@ -467,7 +467,7 @@ async fn sign_out_everywhere_else_keeps_one_session() {
     assert_eq!(
         reasons
             .iter()
-            .filter(|r| r.as_deref() == Some("logout"))
+            .filter(|r| **r == Some(RevokeReason::Logout))
             .count(),
         2
     );

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use token_janitor::{DatabaseUrl, Error, TokenStore};
+use token_janitor::{ConnectFailure, DatabaseUrl, Error, TokenStore};
 use tokio::net::TcpListener;
 use tokio_postgres::Client;
 
@@ -40,7 +40,7 @@ async fn connecting_to_a_server_that_never_answers_gives_up_at_connect_timeout()
         started.elapsed()
     );
     assert!(
-        matches!(err, Error::ConnectTimeout { timeout, .. } if timeout == Duration::from_secs(1)),
+        matches!(err, Error::Connect { failure: ConnectFailure::Timeout { timeout }, .. } if timeout == Duration::from_secs(1)),
         "{err}"
     );
     assert!(err.to_string().contains("connect_timeout"), "{err}");

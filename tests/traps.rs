@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use token_janitor::status;
-use token_janitor::{MigrateOptions, RevokeReason, Rotation, TokenStore, migrate};
+use token_janitor::operator::{MigrateOptions, migrate, status};
+use token_janitor::{RevokeReason, Rotation, Schema, TokenStore};
 use tokio_postgres::Client;
 
 /// The types polymorphic signatures are instantiated with (and the only
@@ -849,7 +849,10 @@ async fn nothing_the_database_owner_plants_for_the_names_the_code_uses_runs() {
     let mut unpinned = db.connect_unpinned().await;
     failures.check("library migrate", migrate(&mut unpinned, &options).await);
     for exact in [false, true] {
-        failures.check("library status", status::status(&unpinned, exact, 5).await);
+        failures.check(
+            "library status",
+            status(&unpinned, &Schema::default(), exact, 5).await,
+        );
     }
     for user in [superuser.as_str(), owner.as_str()] {
         sql_api(&db, user, &mut failures).await;

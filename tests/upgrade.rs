@@ -9,7 +9,8 @@ mod common;
 
 use common::*;
 use sha2::Digest;
-use token_janitor::{Rotation, TokenStore, migrate};
+use token_janitor::operator::migrate;
+use token_janitor::{Rotation, TokenStore};
 
 /// A session and its generation-0 token as the previous release wrote them
 /// (no MAC key, no seal); returns the rt1_ token string.

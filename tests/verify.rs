@@ -4,8 +4,9 @@
 mod common;
 
 use common::*;
-use token_janitor::verify::{Outcome, Report, VerifyOptions, verify};
-use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
+use token_janitor::DatabaseUrl;
+use token_janitor::operator::{MigrateOptions, migrate};
+use token_janitor::operator::{Outcome, Report, VerifyOptions, verify};
 
 fn no_cron() -> VerifyOptions {
     VerifyOptions {

@@ -19,13 +19,12 @@ use tokio_postgres::Client;
 pub use report::{LayoutResult, Machine, Report, Scaling, StrategyResult};
 pub use seed::IdleRows;
 pub use soak::{SoakOptions, run_soak};
-pub use soak_report::{
-    Relation, SoakCleanup, SoakPolicy, SoakReport, SoakResult, SoakSample, SoakTraffic,
-};
 use strategy::{Role, Strategy};
 
 use crate::db::DatabaseUrl;
-use crate::error::{Error, Result, db};
+use anyhow::Result;
+
+use crate::error::db;
 use crate::migrate::migrate;
 
 /// What to measure.
@@ -203,7 +202,7 @@ impl Scratch {
 /// scratch databases of its own.
 ///
 /// # Errors
-/// [`Error::Connect`] or [`Error::Db`] naming the step; scratch databases are
+/// The connection's or statement's error naming the step; scratch databases are
 /// dropped either way.
 pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report> {
     let mut scratch = Scratch::open(server, "tj_bench").await?;
@@ -218,7 +217,7 @@ pub async fn run(server: &DatabaseUrl, options: &BenchOptions) -> Result<Report>
 /// Waits for Ctrl-C or SIGTERM, so that a bench or soak stopped by hand or
 /// by a supervisor still drops its scratch databases (gigabytes each) on
 /// the server; returns the error the run ends with.
-async fn interrupted() -> Error {
+async fn interrupted() -> anyhow::Error {
     let name = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
             _ = tokio::signal::ctrl_c() => "Ctrl-C",
@@ -229,9 +228,15 @@ async fn interrupted() -> Error {
             "Ctrl-C"
         }
     };
-    Error::Bench(format!(
+    fail(format!(
         "interrupted by {name}; its scratch databases were dropped"
     ))
+}
+
+/// A bench run that cannot go on, or found its scratch data not as it made
+/// it.
+fn fail(message: String) -> anyhow::Error {
+    anyhow::anyhow!("bench: {message}")
 }
 
 async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report> {
@@ -328,7 +333,7 @@ async fn run_in(scratch: &mut Scratch, options: &BenchOptions) -> Result<Report>
         scratch.drop(&template_suffix).await;
         layouts.push(LayoutResult::new(layout, due, strategies));
     }
-    let idle = idle.ok_or_else(|| Error::Bench("no layout to measure".into()))?;
+    let idle = idle.ok_or_else(|| fail("no layout to measure".into()))?;
 
     let mut scaling = Vec::new();
     if let Some((due, live)) = options.scaling {
@@ -363,8 +368,8 @@ async fn prepare(
     let mut client = url.connect().await?;
     migrate(
         &mut client,
-        &crate::MigrateOptions {
-            schedule: crate::ScheduleChoice::Off,
+        &crate::operator::MigrateOptions {
+            schedule: crate::operator::ScheduleChoice::Off,
             ..Default::default()
         },
     )
@@ -401,9 +406,7 @@ async fn live_tokens(url: &DatabaseUrl) -> Result<Arc<load::Targets>> {
         .await
         .map_err(db("listing live tokens"))?;
     if rows.is_empty() {
-        return Err(Error::Bench(
-            "the seeded table has no live token to rotate".into(),
-        ));
+        return Err(fail("the seeded table has no live token to rotate".into()));
     }
     Ok(Arc::new(load::Targets::new(
         rows.iter().map(|r| (r.get(0), r.get(1))).collect(),

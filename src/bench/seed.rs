@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::error::{Error, Result, db};
+use anyhow::Result;
+
+use super::fail;
+use crate::error::db;
 
 /// Tokens per family.
 pub const GENERATIONS: i64 = 10;
@@ -138,7 +141,7 @@ pub fn authenticator(session: Uuid, generation: i64, hash: &[u8]) -> Vec<u8> {
 /// the due row count.
 ///
 /// # Errors
-/// [`Error::Db`] naming the step.
+/// The statement's error, naming the step.
 pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
     let now = SystemTime::now();
     let families = (shape.family_rows / GENERATIONS) as usize;
@@ -303,7 +306,7 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
         .map_err(db("counting due rows"))?
         .get(0);
     if counted != due {
-        return Err(Error::Bench(format!(
+        return Err(fail(format!(
             "checking the seed: expected {due} due rows, found {counted}"
         )));
     }

@@ -18,7 +18,7 @@
 //!
 //! pg_cron cannot run the job at that pace (minute granularity in 1.4), and
 //! the scratch database is not pg_cron's, so the soak issues the job's
-//! command itself, [`JOB_COMMAND`] exactly, on its own connection as the
+//! command itself, [`Schema::job_command`] exactly, on its own connection as the
 //! owner role the job runs as, every R/3, a run at a time: the same
 //! procedure, batches and commits as the scheduled job.
 
@@ -42,10 +42,13 @@ use super::soak_report::{
 };
 use super::{Machine, Scratch};
 use crate::db::DatabaseUrl;
-use crate::error::{Error, Result, db};
+use anyhow::Result;
+
+use super::fail;
+use crate::error::db;
 use crate::migrate::{MigrateOptions, migrate};
 use crate::owner::ident;
-use crate::schedule::JOB_COMMAND;
+use crate::schema::Schema;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -107,7 +110,7 @@ impl SoakPolicy {
     /// The compressed policy of a run with `options`.
     ///
     /// # Errors
-    /// [`Error::Bench`] when the warm-up would end before an abandoned
+    /// A `bench:` error when the warm-up would end before an abandoned
     /// login's rows (the longest-lived) have gone through the cleanup once.
     fn for_run(options: &SoakOptions) -> Result<Self> {
         let refresh_s = options.sessions as f64 / options.rotate_rate;
@@ -124,7 +127,7 @@ impl SoakPolicy {
         let warmup_s = warmup(options.duration).as_secs_f64();
         let longest_s = policy.abandoned_ttl_s + policy.expired_retention_s;
         if warmup_s < longest_s {
-            return Err(Error::Bench(format!(
+            return Err(fail(format!(
                 "a {:.1}-minute soak warms up for {warmup_s:.0} s, shorter than the {longest_s:.0} s \
                  an abandoned login stays in the table ({} refresh intervals of {refresh_s:.2} s = \
                  --sessions / --rotate-rate): run longer (--minutes), or refresh more often \
@@ -145,8 +148,8 @@ fn warmup(duration: Duration) -> Duration {
 /// Runs the soak on a scratch database of `server`, dropped afterwards.
 ///
 /// # Errors
-/// [`Error::Bench`] for options that cannot make a soak; [`Error::Connect`]
-/// or [`Error::Db`] naming the step (a failed cleanup run, login or logout
+/// A `bench:` error for options that cannot make a soak; the connection's or
+/// statement's error naming the step (a failed cleanup run, login or logout
 /// ends the soak); the scratch database is dropped either way.
 pub async fn run_soak(server: &DatabaseUrl, options: &SoakOptions) -> Result<SoakReport> {
     let policy = SoakPolicy::for_run(options)?;
@@ -169,7 +172,7 @@ async fn run_in(
     let installed = migrate(
         &mut client,
         &MigrateOptions {
-            schedule: crate::ScheduleChoice::Off,
+            schedule: crate::operator::ScheduleChoice::Off,
             ..Default::default()
         },
     )
@@ -297,7 +300,7 @@ fn ratio(numerator: i64, denominator: i64) -> f64 {
 /// A task's result, a panic as an error.
 async fn joined<T>(task: JoinHandle<Result<T>>) -> Result<T> {
     task.await
-        .unwrap_or_else(|err| Err(Error::Bench(format!("a soak task failed: {err}"))))
+        .unwrap_or_else(|err| Err(fail(format!("a soak task failed: {err}"))))
 }
 
 /// Sets the compressed retentions, and the options' batch size and pace, in
@@ -363,7 +366,7 @@ async fn issue(pool: &Pool, user: &str, ttl_s: f64) -> Result<Held> {
     let client = pool
         .get()
         .await
-        .map_err(|err| Error::Bench(format!("no connection for a login: {err}")))?;
+        .map_err(|err| fail(format!("no connection for a login: {err}")))?;
     let row = client
         .query_one(
             "SELECT session_id, authenticator FROM auth.issue_token(p_user_id => $1, p_token_hash => $2,
@@ -419,7 +422,7 @@ async fn churn(
             let client = pool_a
                 .get()
                 .await
-                .map_err(|err| Error::Bench(format!("no connection for a logout: {err}")))?;
+                .map_err(|err| fail(format!("no connection for a logout: {err}")))?;
             client
                 .execute("SELECT auth.revoke_session(p_session_id => $1)", &[&old])
                 .await
@@ -452,6 +455,7 @@ async fn cleanup(
         .batch_execute(&format!("SET ROLE {}", ident(&owner)))
         .await
         .map_err(db(format!("becoming the owner role {owner}")))?;
+    let command = Schema::default().job_command();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -460,9 +464,9 @@ async fn cleanup(
             _ = stop.changed() => return Ok(()),
         }
         client
-            .batch_execute(JOB_COMMAND)
+            .batch_execute(&command)
             .await
-            .map_err(db(format!("running {JOB_COMMAND}")))?;
+            .map_err(db(format!("running {command}")))?;
     }
 }
 

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use token_janitor::{DatabaseUrl, migrate};
+use token_janitor::DatabaseUrl;
+use token_janitor::operator::migrate;
 use tokio_postgres::Client;
 
 use super::no_schedule;

@@ -1,8 +1,9 @@
 //! Installing the schema: migrate options for the usual cases, a refused
 //! migrate, and an older release's schema to upgrade from.
 
-pub use token_janitor::ScheduleChoice;
-use token_janitor::{DatabaseUrl, MigrateOptions, migrate};
+use token_janitor::DatabaseUrl;
+pub use token_janitor::operator::ScheduleChoice;
+use token_janitor::operator::{MigrateOptions, migrate};
 use tokio_postgres::Client;
 
 /// Migrate options for a database without pg_cron.
@@ -17,7 +18,7 @@ pub fn no_schedule() -> MigrateOptions {
 /// line does, when it is another one.
 pub fn reaching_cron(url: &DatabaseUrl) -> MigrateOptions {
     MigrateOptions {
-        cron_database: Some(token_janitor::schedule::CronDatabase::Like(url.clone())),
+        cron_database: Some(token_janitor::operator::CronDatabase::Like(url.clone())),
         ..MigrateOptions::default()
     }
 }
@@ -25,7 +26,7 @@ pub fn reaching_cron(url: &DatabaseUrl) -> MigrateOptions {
 /// Migrates as `url`'s role, reaching pg_cron's database; the migrate must
 /// be refused. Returns the connection (to check that nothing changed) and the
 /// error.
-pub async fn refused_migrate(url: &DatabaseUrl) -> (Client, token_janitor::Error) {
+pub async fn refused_migrate(url: &DatabaseUrl) -> (Client, token_janitor::operator::Error) {
     let mut client = url.connect().await.unwrap();
     let err = migrate(&mut client, &reaching_cron(url))
         .await
@@ -53,7 +54,7 @@ pub async fn migrate_to(client: &mut Client, version: i32) {
         .collect();
     refinery::Runner::new(&migrations)
         .set_target(refinery::Target::Version(version))
-        .set_migration_table_name(token_janitor::history::LEGACY_TABLE)
+        .set_migration_table_name(token_janitor::testing::LEGACY_TABLE)
         .run_async(client)
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
 use super::{Role, Strategy, in_batches};
-use crate::error::Result;
+use anyhow::Result;
 
 /// Batches of the 100 oldest due rows by revoke time.
 pub struct HydraShape;

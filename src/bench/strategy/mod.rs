@@ -18,7 +18,9 @@ pub use single_delete::SingleDelete;
 pub use supabase_shape::SupabaseShape;
 pub use token_janitor::TokenJanitor;
 
-use crate::error::{Error, Result, db};
+use anyhow::Result;
+
+use crate::error::db;
 
 /// Every strategy, in the order each layout runs them.
 pub const ALL: &[&dyn Strategy] = &[&SingleDelete, &TokenJanitor, &SupabaseShape, &HydraShape];
@@ -33,7 +35,7 @@ pub const ALL: &[&dyn Strategy] = &[&SingleDelete, &TokenJanitor, &SupabaseShape
 /// slower bitmap plan: the baseline was slower than the DELETE a DBA writes.
 ///
 /// # Errors
-/// [`Error::Db`] when the definition cannot be read.
+/// The statement's error when the definition cannot be read.
 pub async fn due_predicate(client: &Client) -> Result<String> {
     Ok(client
         .query_one(
@@ -82,7 +84,7 @@ pub trait Strategy: Sync {
 }
 
 /// The error of `strategy` failing at `client`'s request.
-fn failed(strategy: &dyn Strategy) -> impl FnOnce(tokio_postgres::Error) -> Error {
+fn failed(strategy: &dyn Strategy) -> impl FnOnce(tokio_postgres::Error) -> crate::Error {
     db(format!("running strategy {}", strategy.name()))
 }
 

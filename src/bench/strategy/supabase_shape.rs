@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
 use super::{Role, Strategy, in_batches};
-use crate::error::Result;
+use anyhow::Result;
 
 /// Batches of 100 locked-or-skipped due rows, in no particular order.
 pub struct SupabaseShape;

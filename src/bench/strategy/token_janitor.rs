@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::Client;
 
 use super::{Role, Strategy, failed};
-use crate::error::Result;
+use anyhow::Result;
 
 /// The cleanup run, in committed batches.
 pub struct TokenJanitor;
