@@ -118,6 +118,14 @@ pub const PINNED_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed database URL. Its `Display` never shows the password.
+///
+/// ```
+/// use token_janitor::DatabaseUrl;
+///
+/// let url = DatabaseUrl::parse("postgres://app:s3cret@db.internal:6432/app?sslmode=verify-full&sslrootcert=system")?;
+/// assert_eq!(url.to_string(), "db.internal:6432/app"); // never the password
+/// # Ok::<(), token_janitor::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: Config,
@@ -136,6 +144,14 @@ impl DatabaseUrl {
     /// [`Error::InvalidUrl`] when the URL cannot be parsed or combines
     /// settings libpq refuses; [`Error::SslRootCert`] when the CA file is
     /// missing, unreadable or holds no certificate.
+    ///
+    /// ```
+    /// use token_janitor::DatabaseUrl;
+    ///
+    /// let url = DatabaseUrl::parse("host=/run/postgresql dbname=app user=app")?;
+    /// assert_eq!(url.dbname(), "app");
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn parse(url: &str) -> Result<Self> {
         let (driver_url, mode, root_cert) = split_tls_params(url)?;
         let mut config = Config::from_str(&driver_url).map_err(|err| Error::InvalidUrl {
@@ -160,16 +176,26 @@ impl DatabaseUrl {
     }
 
     /// The driver configuration.
+    ///
+    /// ```
+    /// use token_janitor::DatabaseUrl;
+    ///
+    /// let url = DatabaseUrl::parse("postgres://app@localhost/app")?;
+    /// assert_eq!(url.config().get_user(), Some("app"));
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The `sslmode` in force (libpq's default, prefer, when the URL sets none).
-    pub fn ssl_mode(&self) -> SslMode {
-        self.tls.mode
-    }
-
     /// The database name (the user name when the URL names none, as libpq does).
+    ///
+    /// ```
+    /// use token_janitor::DatabaseUrl;
+    ///
+    /// assert_eq!(DatabaseUrl::parse("postgres://app@localhost")?.dbname(), "app");
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn dbname(&self) -> String {
         self.config
             .get_dbname()
@@ -179,6 +205,13 @@ impl DatabaseUrl {
     }
 
     /// Host and port the URL points at, as `host:port`.
+    ///
+    /// ```
+    /// use token_janitor::DatabaseUrl;
+    ///
+    /// assert_eq!(DatabaseUrl::parse("postgres://app@localhost/app")?.target(), "localhost:5432");
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn target(&self) -> String {
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         format!("{}:{port}", self.host())
@@ -194,6 +227,17 @@ impl DatabaseUrl {
 
     /// This URL with another database name: the same server, role and TLS
     /// settings.
+    ///
+    /// ```
+    /// use token_janitor::DatabaseUrl;
+    /// use token_janitor::operator::CronDatabase;
+    ///
+    /// let app = DatabaseUrl::parse("postgres://deployer@db.internal/app?sslmode=require")?;
+    /// // pg_cron's database on the same server, as the same role, over TLS too.
+    /// let cron = CronDatabase::At(app.with_dbname("postgres"));
+    /// # drop(cron);
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn with_dbname(&self, dbname: &str) -> Self {
         let mut config = self.config.clone();
         config.dbname(dbname);
@@ -207,14 +251,15 @@ impl DatabaseUrl {
     /// together, as libpq's `connect_timeout`: the URL's, else
     /// [`DEFAULT_CONNECT_TIMEOUT`]. (The driver applies the URL's to the TCP
     /// connect alone, so a server that accepts and never answers would hang.)
-    pub fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         self.config
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
-    /// Opens one connection within [`DatabaseUrl::connect_timeout`]; its I/O
+    /// Opens one connection within the URL's `connect_timeout` (10 s when it
+    /// sets none; TCP, TLS and authentication together); its I/O
     /// runs on a spawned task.
     ///
     /// # Errors
@@ -225,6 +270,17 @@ impl DatabaseUrl {
     /// [`ConnectFailure::HostNameMismatch`],
     /// [`ConnectFailure::ServerWithoutTls`] or [`ConnectFailure::TlsRequired`]
     /// when TLS is the cause; [`ConnectFailure::Failed`] otherwise.
+    ///
+    /// ```no_run
+    /// use token_janitor::DatabaseUrl;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+    /// let row = client.query_one("SELECT current_user", &[]).await?;
+    /// println!("connected as {}", row.get::<_, String>(0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(&self) -> Result<Client> {
         let (client, connection) = self.open().await?;
         tokio::spawn(async move {
@@ -294,11 +350,24 @@ impl DatabaseUrl {
     /// A pool of up to `max_size` connections with this URL's TLS settings.
     /// Creating it touches no network: the first `get()` connects and
     /// reports a wrong URL. A `get()` gives up after
-    /// [`DatabaseUrl::connect_timeout`] (10 s when the URL sets none) at each
+    /// the URL's `connect_timeout` (10 s when the URL sets none) at each
     /// step: waiting for a free connection (deadpool's `wait` timeout),
     /// opening one (`create`) and checking an idle one (`recycle`); the
     /// error says which. Build the pool inside a Tokio runtime's context
     /// (deadpool's timeouts run on it).
+    ///
+    /// ```
+    /// use token_janitor::{DatabaseUrl, TokenStore};
+    ///
+    /// # async fn example() -> token_janitor::Result<()> {
+    /// // One pool for the application's queries and the store's calls.
+    /// let pool = DatabaseUrl::parse("postgres://app@localhost/app?connect_timeout=3")?.pool(16);
+    /// let store = TokenStore::new(pool.clone());
+    /// let client = pool.get().await?; // the application's own queries
+    /// # drop((store, client));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pool(&self, max_size: usize) -> Pool {
         let timeout = Some(self.connect_timeout());
         let manager = Manager::from_config(
@@ -725,9 +794,9 @@ mod tests {
     #[test]
     fn the_default_is_prefer_and_database_urls_keep_their_tls_settings() {
         let url = DatabaseUrl::parse("postgres://u@db/app").unwrap();
-        assert_eq!(url.ssl_mode(), SslMode::Prefer);
+        assert_eq!(url.tls.mode, SslMode::Prefer);
         let url = DatabaseUrl::parse("postgres://u@db/app?sslmode=require").unwrap();
-        assert_eq!(url.with_dbname("postgres").ssl_mode(), SslMode::Require);
+        assert_eq!(url.with_dbname("postgres").tls.mode, SslMode::Require);
         assert_eq!(url.with_dbname("postgres").to_string(), "db:5432/postgres");
     }
 }

@@ -9,10 +9,9 @@
 /// ```
 /// use token_janitor::{DatabaseUrl, Error};
 ///
-/// match DatabaseUrl::parse("mysql://app@localhost/app") {
-///     Err(Error::InvalidUrl { reason }) => assert!(reason.contains("postgres")),
-///     other => panic!("expected InvalidUrl, got {other:?}"),
-/// }
+/// let err = DatabaseUrl::parse("postgres://app@localhost:not-a-port/app").unwrap_err();
+/// assert!(matches!(err, Error::InvalidUrl { .. }), "{err}");
+/// assert!(err.to_string().contains("expected postgres://"), "{err}");
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -230,6 +229,19 @@ impl From<deadpool_postgres::PoolError> for Error {
 impl Error {
     /// The SQLSTATE of the server error behind this one, if a server error
     /// is behind it (e.g. `22023` for an argument `auth` refused).
+    ///
+    /// ```
+    /// use token_janitor::tokio_postgres::error::SqlState;
+    ///
+    /// # async fn sign_in(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// match store.issue("").await {
+    ///     // auth.issue_token refuses an empty user id as invalid_parameter_value.
+    ///     Err(err) if err.sqlstate() == Some(&SqlState::INVALID_PARAMETER_VALUE) => println!("{err}"),
+    ///     other => drop(other?),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
             Error::Db { source, .. } => source.code(),
@@ -243,6 +255,15 @@ impl Error {
 }
 
 /// Result with [`Error`].
+///
+/// ```
+/// use token_janitor::{RefreshToken, Result};
+///
+/// fn session_of(presented: &str) -> Result<uuid::Uuid> {
+///     Ok(RefreshToken::parse(presented)?.session_id())
+/// }
+/// assert!(session_of("rt9_nope").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The certificate error rustls raised during the handshake, if that is why

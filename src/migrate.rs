@@ -164,6 +164,25 @@ const RETIRED_INDEXES: &[&str] = &[
 ];
 
 /// What `migrate` should do beyond the schema.
+///
+/// ```
+/// use std::time::Duration;
+/// use token_janitor::Schema;
+/// use token_janitor::operator::{MigrateOptions, ScheduleChoice};
+///
+/// # fn options() -> token_janitor::Result<MigrateOptions> {
+/// // Beside Supabase's auth schema, run hourly, owned by a role of the team's.
+/// let options = MigrateOptions {
+///     schema: Schema::new("tokens")?,
+///     schedule: ScheduleChoice::Set("0 * * * *".into()),
+///     owner_role: Some("tokens_owner".into()),
+///     lock_wait: Duration::from_secs(60),
+///     ..MigrateOptions::default()
+/// };
+/// assert_eq!(options.app_role(), "tokens_app");
+/// # Ok(options)
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     /// The schema everything goes into (`--schema`). Default: `auth`.
@@ -171,7 +190,7 @@ pub struct MigrateOptions {
     /// The pg_cron schedule of this database's cleanup job. Default:
     /// [`ScheduleChoice::KeepOrDefault`]: a migrate from an application's
     /// start-up keeps the schedule an operator set, and a fresh install gets
-    /// [`schedule::DEFAULT_SCHEDULE`]. [`ScheduleChoice::Set`] replaces it
+    /// `*/5 * * * *` (every five minutes, UTC). [`ScheduleChoice::Set`] replaces it
     /// (`--schedule`); [`ScheduleChoice::Off`] skips everything
     /// pg_cron-related (`--no-schedule`). Migrate never changes the policy
     /// (`auth.cleanup_policy`) of an existing install.
@@ -203,6 +222,14 @@ pub struct MigrateOptions {
 
 impl MigrateOptions {
     /// The application role: [`MigrateOptions::app_role`] or the schema's default.
+    ///
+    /// ```
+    /// use token_janitor::operator::MigrateOptions;
+    ///
+    /// // The role to grant to the application's login role after a migrate.
+    /// let grant = format!("GRANT {} TO api_login", MigrateOptions::default().app_role());
+    /// assert_eq!(grant, "GRANT token_janitor_app TO api_login");
+    /// ```
     pub fn app_role(&self) -> String {
         self.app_role
             .clone()
@@ -210,6 +237,12 @@ impl MigrateOptions {
     }
 
     /// The monitoring role: [`MigrateOptions::monitor_role`] or the schema's default.
+    ///
+    /// ```
+    /// use token_janitor::operator::MigrateOptions;
+    ///
+    /// assert_eq!(MigrateOptions::default().monitor_role(), "token_janitor_monitor");
+    /// ```
     pub fn monitor_role(&self) -> String {
         self.monitor_role
             .clone()
@@ -232,6 +265,22 @@ impl Default for MigrateOptions {
 }
 
 /// What a migrate run did.
+///
+/// ```
+/// use token_janitor::operator::{self, MigrateOptions};
+///
+/// # async fn deploy(client: &mut token_janitor::tokio_postgres::Client) -> operator::Result<()> {
+/// let report = operator::migrate(client, &MigrateOptions::default()).await?;
+/// for version in &report.applied {
+///     println!("applied {version}");
+/// }
+/// match (&report.job_name, &report.schedule) {
+///     (Some(job), Some(cron)) => println!("{job} runs on '{cron}' as {}", report.owner),
+///     _ => println!("no schedule: call the cleanup from your own scheduler"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MigrateReport {
     /// Versioned migrations applied by this run, as `V{n}__{name}`.
@@ -244,7 +293,8 @@ pub struct MigrateReport {
     pub indexes_retired: Vec<String>,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
-    /// The job's name ([`schedule::job_name`]), when the schedule was installed.
+    /// The job's name (`token-janitor cleanup: DATABASE.SCHEMA`, one per
+    /// database and schema on a server), when the schedule was installed.
     pub job_name: Option<String>,
     /// The job's schedule (UTC): the one set, kept or defaulted.
     pub schedule: Option<String>,
@@ -253,7 +303,8 @@ pub struct MigrateReport {
     pub owner: String,
 }
 
-/// Applies everything, holding the deploy lock ([`DEPLOY_LOCK`]) for the duration. Safe to
+/// Applies everything, holding the deploy lock (an advisory lock, key
+/// `0x746a6d67`) for the duration. Safe to
 /// run on every deploy and from several instances at once. pg_cron, the
 /// roles and every object in migrate's way are checked before anything is
 /// changed, so a database that cannot take the install is left as it was.
@@ -262,11 +313,29 @@ pub struct MigrateReport {
 /// session's back when it ends.
 ///
 /// # Errors
-/// pg_cron errors from [`schedule::connect_cron_database`] and
-/// [`schedule::check_pg_cron`], [`Error::InvalidSchedule`],
+/// The pg_cron errors (`Error::PgCron…`, [`Error::CronDatabase`],
+/// [`Error::JobNotAsScheduled`]), [`Error::InvalidSchedule`],
 /// [`Error::Conflict`] (nothing changed), [`Error::LockTimeout`],
 /// [`Error::Migration`] (naming the migration; the ones before it stay
-/// applied), or [`Error::Db`] naming the file, object or index.
+/// applied), or [`crate::Error::Db`] in [`Error::Runtime`] naming the
+/// file, object or index.
+///
+/// ```no_run
+/// use token_janitor::DatabaseUrl;
+/// use token_janitor::operator::{self, MigrateOptions};
+///
+/// # async fn start() -> operator::Result<()> {
+/// // At start-up, before serving: safe from every instance at once.
+/// let mut client = DatabaseUrl::parse("postgres://deployer@localhost/app")?.connect().await?;
+/// match operator::migrate(&mut client, &MigrateOptions::default()).await {
+///     Ok(report) => println!("{} migration(s) applied", report.applied.len()),
+///     // Someone else's object in the way: nothing was changed.
+///     Err(operator::Error::Conflict(objects)) => eprintln!("fix first: {}", objects.join("; ")),
+///     Err(other) => return Err(other),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub async fn migrate(client: &mut Client, options: &MigrateOptions) -> Result<MigrateReport> {
     if let ScheduleChoice::Set(cron) = &options.schedule {
         schedule::check_schedule(cron)?;

@@ -221,4 +221,13 @@ pub enum Error {
 }
 
 /// Result with the operator's [`Error`].
+///
+/// ```
+/// use token_janitor::operator::{self, MigrateOptions};
+///
+/// async fn deploy(url: &str) -> operator::Result<Vec<String>> {
+///     let mut client = token_janitor::DatabaseUrl::parse(url)?.connect().await?;
+///     Ok(operator::migrate(&mut client, &MigrateOptions::default()).await?.applied)
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -45,10 +45,18 @@ pub fn job_name(database: &str, schema: &str) -> String {
 }
 
 /// Which schedule migrate gives the cleanup job.
+///
+/// ```
+/// use token_janitor::operator::{MigrateOptions, ScheduleChoice};
+///
+/// // A server without pg_cron: the team's own scheduler runs the cleanup.
+/// let options = MigrateOptions { schedule: ScheduleChoice::Off, ..MigrateOptions::default() };
+/// # drop(options);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ScheduleChoice {
     /// Keep the schedule this database's job has (an operator may have set
-    /// it); a database without a job gets [`DEFAULT_SCHEDULE`]. What an
+    /// it); a database without a job gets `*/5 * * * *`. What an
     /// application's start-up migrate should use: it changes nothing an
     /// operator chose.
     #[default]
@@ -98,6 +106,20 @@ pub fn check_schedule(schedule: &str) -> Result<()> {
 }
 
 /// How to reach pg_cron's database when it is not the application's.
+///
+/// ```
+/// use token_janitor::DatabaseUrl;
+/// use token_janitor::operator::{CronDatabase, MigrateOptions};
+///
+/// # fn options(app: &DatabaseUrl) -> token_janitor::Result<MigrateOptions> {
+/// // pg_cron lives in database postgres (cron.database_name), the app in app.
+/// let cron = DatabaseUrl::parse("postgres://admin@localhost/postgres")?;
+/// Ok(MigrateOptions {
+///     cron_database: Some(CronDatabase::At(cron)),
+///     ..MigrateOptions::default()
+/// })
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub enum CronDatabase {
     /// The application's URL (server, role, TLS settings) with

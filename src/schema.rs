@@ -23,6 +23,15 @@ pub const SCHEMA_NAME_RULE: &str = "a lowercase identifier ([a-z_][a-z0-9_]*, at
 /// A validated schema name: a lowercase identifier, so that it never needs
 /// quoting, and none of PostgreSQL's own schemas or `public` (which the
 /// database owner controls).
+///
+/// ```
+/// use token_janitor::{Error, Schema};
+///
+/// assert_eq!(Schema::default().name(), "auth");
+/// assert_eq!("tokens".parse::<Schema>()?.name(), "tokens");
+/// assert!(matches!(Schema::new("public"), Err(Error::InvalidSchema { .. })));
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Schema(String);
 
@@ -55,7 +64,16 @@ impl Schema {
     /// The schema `name`.
     ///
     /// # Errors
-    /// [`Error::InvalidSchema`] unless `name` is [`SCHEMA_NAME_RULE`].
+    /// [`Error::InvalidSchema`] unless `name` is a lowercase identifier
+    /// (`[a-z_][a-z0-9_]*`, at most 63 characters) that does not start with
+    /// `pg_` and is not `public` or `information_schema`.
+    ///
+    /// ```
+    /// use token_janitor::Schema;
+    ///
+    /// let err = Schema::new("Auth").unwrap_err();
+    /// assert!(err.to_string().contains("lowercase"), "{err}");
+    /// ```
     pub fn new(name: &str) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidSchema {
             name: name.to_string(),
@@ -82,12 +100,19 @@ impl Schema {
     }
 
     /// The schema's name (never needs quoting).
+    ///
+    /// ```
+    /// use token_janitor::Schema;
+    ///
+    /// assert_eq!(Schema::new("tokens")?.name(), "tokens");
+    /// # Ok::<(), token_janitor::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.0
     }
 
     /// Whether this is [`DEFAULT_SCHEMA`].
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.0 == DEFAULT_SCHEMA
     }
 
@@ -95,7 +120,7 @@ impl Schema {
     /// stands as a word of its own (`auth.name`, `'auth'::regnamespace`,
     /// `nspname = 'auth'`, `SCHEMA auth`) becomes this schema's name; words
     /// that merely contain it (`authenticator`, `p_auth`) stay.
-    pub fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+    pub(crate) fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
         if self.is_default() {
             return Cow::Borrowed(sql);
         }
@@ -118,6 +143,13 @@ impl Schema {
     /// The pg_cron job's command (pinned): `CALL NAME.run_token_cleanup()`.
     /// Nothing may come before the CALL in the same command string: it would
     /// open a transaction and break the procedure's COMMITs.
+    ///
+    /// ```
+    /// use token_janitor::Schema;
+    ///
+    /// // Without pg_cron, run this from your own scheduler, outside a transaction.
+    /// assert_eq!(Schema::default().job_command(), "CALL auth.run_token_cleanup()");
+    /// ```
     pub fn job_command(&self) -> String {
         format!("CALL {}.run_token_cleanup()", self.0)
     }
@@ -126,7 +158,7 @@ impl Schema {
     /// `monitor`): `token_janitor_KIND` in schema `auth`, `NAME_KIND` in
     /// another, so that two installs in one database, or on one server,
     /// never share a role unless told to.
-    pub fn default_role(&self, kind: &str) -> String {
+    pub(crate) fn default_role(&self, kind: &str) -> String {
         if self.is_default() {
             format!("token_janitor_{kind}")
         } else {

@@ -14,6 +14,14 @@ use crate::schema::Schema;
 const EXACT_BELOW: f32 = 100_000.0;
 
 /// One table or index and its size.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// for relation in &status.relations {
+///     println!("{}: {} bytes", relation.name, relation.bytes);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Relation {
     /// `auth.<name>`.
@@ -25,6 +33,15 @@ pub struct Relation {
 }
 
 /// Count of something, and whether it is exact or the planner's estimate.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// for count in &status.backlog {
+///     let how = if count.exact { "" } else { "about " };
+///     println!("{} due: {how}{}", count.name, count.rows);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Count {
     /// What is counted (a state or a kind).
@@ -45,6 +62,14 @@ fn kinds_as_fields<S: serde::Serializer>(
 }
 
 /// One row of `auth.cleanup_runs`.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// if let Some(last) = status.runs.first() {
+///     println!("last run {}: {}", last.started_at, last.status);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     /// Run id.
@@ -68,6 +93,15 @@ pub struct Run {
 }
 
 /// The pg_cron job, when there is one.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// match &status.job {
+///     Some(job) => println!("`{}` on '{}', active: {}", job.command, job.schedule, job.active),
+///     None => println!("no pg_cron job in this database"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     /// Cron expression (UTC).
@@ -80,6 +114,14 @@ pub struct Job {
 
 /// Security events of one kind (`auth.security_event_summary`): counts and
 /// times only, never whom they were about.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// for kind in &status.security_events {
+///     println!("{}: {} in the last 24 h", kind.kind, kind.last_24h);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct SecurityEvents {
     /// The kind, e.g. reuse_detected.
@@ -92,6 +134,12 @@ pub struct SecurityEvents {
 }
 
 /// Everything `status` shows.
+///
+/// ```
+/// # fn show(status: &token_janitor::operator::Status) {
+/// println!("{} session(s), {} run(s) shown", status.sessions.rows, status.runs.len());
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The schema token-janitor is installed in.
@@ -457,6 +505,16 @@ impl std::fmt::Display for Status {
 
 impl Status {
     /// Prometheus text exposition, for node_exporter's textfile collector.
+    ///
+    /// ```
+    /// use token_janitor::Schema;
+    /// use token_janitor::operator;
+    ///
+    /// # async fn metrics(client: &token_janitor::tokio_postgres::Client) -> operator::Result<String> {
+    /// // The body of a /metrics endpoint.
+    /// Ok(operator::status(client, &Schema::default(), false, 1).await?.prometheus())
+    /// # }
+    /// ```
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         let mut typed = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {

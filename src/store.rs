@@ -10,6 +10,26 @@
 //! Answer every outcome but [`Rotation::Rotated`] to the client the same way
 //! (e.g. HTTP 401 "sign in again"): telling `Invalid` from `Unknown` or
 //! `ReuseDetected` would tell a forger what it guessed right.
+//!
+//! ```no_run
+//! use token_janitor::store::{DEFAULT_TTL, issue_with};
+//! use token_janitor::{DatabaseUrl, TokenStore};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = DatabaseUrl::parse("postgres://app@localhost/app")?.pool(8);
+//! // Through the store, on a pooled connection of its own:
+//! let store = TokenStore::new(pool.clone());
+//! let first = store.issue("user-42").await?;
+//! // Or on the application's transaction, with its own writes (a pooled
+//! // transaction derefs to the driver's, which these functions take):
+//! let mut client = pool.get().await?;
+//! let tx = client.transaction().await?;
+//! let second = issue_with(&*tx, "user-42", DEFAULT_TTL).await?;
+//! tx.commit().await?;
+//! # drop((first, second));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +43,13 @@ use crate::schema::Schema;
 use crate::token::{self, RefreshToken, Secret};
 
 /// Default refresh token lifetime: 30 days.
+///
+/// ```
+/// use std::time::Duration;
+/// use token_janitor::store::DEFAULT_TTL;
+///
+/// assert_eq!(DEFAULT_TTL, Duration::from_secs(30 * 24 * 3600));
+/// ```
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How many sessions [`TokenStore::list_sessions`] returns at most.
@@ -30,6 +57,18 @@ const DEFAULT_LIST_LIMIT: i32 = 100;
 
 /// A freshly issued token and where it sits. `Debug` shows neither the
 /// token, the session id nor the user id.
+///
+/// ```
+/// # async fn handler(store: &token_janitor::TokenStore) -> token_janitor::Result<()> {
+/// let issued = store.issue("user-42").await?;
+/// // The client gets the token, and nothing else of it; the session id
+/// // names this sign-in (a device in a session list, a sign-out).
+/// let response = format!(r#"{{"refresh_token":"{}"}}"#, issued.token.expose());
+/// println!("{} signed in on session {}", issued.user_id, issued.session_id);
+/// # drop(response);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Issued {
     /// Hand this to the client; it is never stored.
@@ -60,6 +99,23 @@ impl std::fmt::Debug for Issued {
 
 /// The result of presenting a token for rotation (`auth.rotate_token` outcomes).
 /// Tell the client nothing but "rotated" or "sign in again".
+///
+/// ```
+/// use token_janitor::Rotation;
+///
+/// # async fn refresh(store: &token_janitor::TokenStore) -> token_janitor::Result<u16> {
+/// # let presented = "rt2_...";
+/// Ok(match store.rotate(presented).await? {
+///     Rotation::Rotated(next) => {
+///         println!("new token for {}: {}", next.user_id, next.token.expose());
+///         200
+///     }
+///     // Replayed, expired, revoked, forged or unknown: one answer for all,
+///     // so that a forger learns nothing of what it guessed right.
+///     _ => 401,
+/// })
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub enum Rotation {
     /// The token was live: here is its successor. Presented again within the
@@ -80,6 +136,18 @@ pub enum Rotation {
 }
 
 /// Why a session is revoked.
+///
+/// ```
+/// use token_janitor::RevokeReason;
+/// # use uuid::Uuid;
+///
+/// # async fn admin(store: &token_janitor::TokenStore, session_id: Uuid) -> token_janitor::Result<()> {
+/// // A support agent signs out a stolen laptop.
+/// let tokens = store.revoke_session(session_id, RevokeReason::Admin).await?;
+/// println!("revoked {tokens} token(s)");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
     /// The user logged out.
@@ -113,9 +181,7 @@ impl RevokeReason {
         Self::ALL
             .into_iter()
             .find(|reason| reason.as_str() == text)
-            .ok_or_else(|| {
-                Error::UnexpectedResponse(format!("a session revoked for '{text}'"))
-            })
+            .ok_or_else(|| Error::UnexpectedResponse(format!("a session revoked for '{text}'")))
     }
 }
 
@@ -126,6 +192,19 @@ impl RevokeReason {
 /// that presents the same ([`RotateOptions`]); anything else reads
 /// [`Rotation::Invalid`] and changes nothing. A session issued without a
 /// binding stays unbound.
+///
+/// ```
+/// use token_janitor::IssueOptions;
+///
+/// # async fn sign_in(store: &token_janitor::TokenStore) -> token_janitor::Result<()> {
+/// let options = IssueOptions::default()
+///     .client_id("mobile-app")
+///     .device_label("Pixel 9, Android 16");
+/// let issued = store.issue_with_options("user-42", &options).await?;
+/// # drop(issued);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IssueOptions {
     client_id: Option<String>,
@@ -136,6 +215,12 @@ pub struct IssueOptions {
 impl IssueOptions {
     /// Binds the session to an OAuth client id (1 to 256 characters; RFC
     /// 6819 §5.2.2.2). Default: none.
+    ///
+    /// ```
+    /// use token_janitor::IssueOptions;
+    ///
+    /// assert_ne!(IssueOptions::default().client_id("web"), IssueOptions::default());
+    /// ```
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
@@ -143,6 +228,13 @@ impl IssueOptions {
 
     /// Binds the session to a DPoP key by its JWK SHA-256 thumbprint (RFC
     /// 7638: 43 base64url characters; RFC 9449 §5). Default: none.
+    ///
+    /// ```
+    /// use token_janitor::IssueOptions;
+    ///
+    /// let options = IssueOptions::default().dpop_jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+    /// # drop(options);
+    /// ```
     pub fn dpop_jkt(mut self, jkt: impl Into<String>) -> Self {
         self.dpop_jkt = Some(jkt.into());
         self
@@ -150,6 +242,13 @@ impl IssueOptions {
 
     /// A label for the device list, e.g. "Firefox on Linux" (1 to 100
     /// characters). Default: none.
+    ///
+    /// ```
+    /// use token_janitor::IssueOptions;
+    ///
+    /// let options = IssueOptions::default().device_label("Safari on iPhone");
+    /// # drop(options);
+    /// ```
     pub fn device_label(mut self, label: impl Into<String>) -> Self {
         self.device_label = Some(label.into());
         self
@@ -160,6 +259,19 @@ impl IssueOptions {
 /// `p_client_id` and `p_dpop_jkt`): the client id the caller authenticated
 /// and the thumbprint of the key its DPoP proof was verified with. Default:
 /// neither, which only an unbound session accepts.
+///
+/// ```
+/// use token_janitor::{RotateOptions, Rotation};
+///
+/// # async fn refresh(store: &token_janitor::TokenStore, presented: &str) -> token_janitor::Result<()> {
+/// // The OAuth client authenticated as mobile-app, the client the session is bound to.
+/// let options = RotateOptions::default().client_id("mobile-app");
+/// if let Rotation::Rotated(next) = store.rotate_with_options(presented, &options).await? {
+///     println!("refreshed {}", next.session_id);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RotateOptions {
     client_id: Option<String>,
@@ -168,6 +280,13 @@ pub struct RotateOptions {
 
 impl RotateOptions {
     /// The client id the caller authenticated as. Default: none.
+    ///
+    /// ```
+    /// use token_janitor::RotateOptions;
+    ///
+    /// let options = RotateOptions::default().client_id("web");
+    /// # drop(options);
+    /// ```
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.client_id = Some(client_id.into());
         self
@@ -175,6 +294,13 @@ impl RotateOptions {
 
     /// The JWK SHA-256 thumbprint of the key the request's DPoP proof was
     /// verified with. Default: none.
+    ///
+    /// ```
+    /// use token_janitor::RotateOptions;
+    ///
+    /// let options = RotateOptions::default().dpop_jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+    /// # drop(options);
+    /// ```
     pub fn dpop_jkt(mut self, jkt: impl Into<String>) -> Self {
         self.dpop_jkt = Some(jkt.into());
         self
@@ -183,6 +309,22 @@ impl RotateOptions {
 
 /// One session as `auth.list_sessions` returns it: a row of a device list.
 /// `Debug` leaves the session id out.
+///
+/// ```
+/// use std::time::SystemTime;
+///
+/// # async fn devices(store: &token_janitor::TokenStore) -> token_janitor::Result<()> {
+/// for session in store.list_sessions("user-42").await? {
+///     let label = session.device_label.as_deref().unwrap_or("unknown device");
+///     match session.revoke_reason {
+///         Some(reason) => println!("{label}: signed out ({})", reason.as_str()),
+///         None if session.refresh_expires_at > SystemTime::now() => println!("{label}: active"),
+///         None => println!("{label}: expired"),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionInfo {
     /// Session (family) id.
@@ -481,6 +623,21 @@ async fn revoke_token_on<C: GenericClient>(
 ///
 /// # Errors
 /// [`crate::Error::MalformedToken`], [`crate::Error::Db`].
+///
+/// ```no_run
+/// use token_janitor::RevokeReason;
+/// use token_janitor::store::revoke_token_with;
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// # let presented = "rt2_...";
+/// // RFC 7009: answer 200 whether or not the token revoked anything.
+/// let revoked = revoke_token_with(&client, presented, RevokeReason::Logout).await?;
+/// # drop(revoked);
+/// # let _ = &mut client;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn revoke_token_with<C: GenericClient>(
     client: &C,
     token: &str,
@@ -523,6 +680,21 @@ pub(crate) async fn revoke_user_sessions_on<C: GenericClient>(
 /// # Errors
 /// [`crate::Error::Db`] with the server's message (e.g. an empty user id, a
 /// TTL over the policy's max_ttl).
+///
+/// ```no_run
+/// use token_janitor::store::{DEFAULT_TTL, issue_with};
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// // The account and its first session commit together, or neither does.
+/// let tx = client.transaction().await?;
+/// tx.execute("INSERT INTO app.users (id) VALUES ($1)", &[&"user-42"]).await?;
+/// let issued = issue_with(&tx, "user-42", DEFAULT_TTL).await?;
+/// tx.commit().await?;
+/// println!("session {}", issued.session_id);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn issue_with<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -537,6 +709,20 @@ pub async fn issue_with<C: GenericClient>(
 /// # Errors
 /// As [`issue_with`]; [`crate::Error::Db`] naming the parameter for a
 /// client id, thumbprint or label out of shape (nothing is written).
+///
+/// ```no_run
+/// use token_janitor::IssueOptions;
+/// use token_janitor::store::{DEFAULT_TTL, issue_with_options};
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// let options = IssueOptions::default().device_label("CLI on build-01");
+/// let issued = issue_with_options(&client, "user-42", DEFAULT_TTL, &options).await?;
+/// # drop(issued);
+/// # let _ = &mut client;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn issue_with_options<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -563,6 +749,23 @@ pub async fn issue_with_options<C: GenericClient>(
 /// database is not asked); [`crate::Error::Db`];
 /// [`crate::Error::UnexpectedResponse`] for an outcome this library does not
 /// know.
+///
+/// ```no_run
+/// use token_janitor::Rotation;
+/// use token_janitor::store::{DEFAULT_TTL, rotate_with};
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// # let presented = "rt2_...";
+/// let tx = client.transaction().await?;
+/// if let Rotation::Rotated(next) = rotate_with(&tx, presented, DEFAULT_TTL).await? {
+///     // Recorded in the same transaction as the rotation.
+///     tx.execute("UPDATE app.users SET seen_at = now() WHERE id = $1", &[&next.user_id]).await?;
+/// }
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn rotate_with<C: GenericClient>(
     client: &C,
     token: &str,
@@ -578,6 +781,21 @@ pub async fn rotate_with<C: GenericClient>(
 /// # Errors
 /// As [`rotate_with`]; [`crate::Error::Db`] naming the parameter for a
 /// client id or thumbprint out of shape (nothing changes).
+///
+/// ```no_run
+/// use token_janitor::RotateOptions;
+/// use token_janitor::store::{DEFAULT_TTL, rotate_with_options};
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// # let presented = "rt2_...";
+/// let options = RotateOptions::default().dpop_jkt("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+/// let outcome = rotate_with_options(&client, presented, DEFAULT_TTL, &options).await?;
+/// # drop(outcome);
+/// # let _ = &mut client;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn rotate_with_options<C: GenericClient>(
     client: &C,
     token: &str,
@@ -599,6 +817,21 @@ pub async fn rotate_with_options<C: GenericClient>(
 ///
 /// # Errors
 /// [`crate::Error::Db`].
+///
+/// ```no_run
+/// use token_janitor::RevokeReason;
+/// use token_janitor::store::revoke_session_with;
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// # let session_id = uuid::Uuid::nil();
+/// let tx = client.transaction().await?;
+/// revoke_session_with(&tx, session_id, RevokeReason::Logout).await?;
+/// tx.execute("DELETE FROM app.push_subscriptions WHERE session_id = $1", &[&session_id]).await?;
+/// tx.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn revoke_session_with<C: GenericClient>(
     client: &C,
     session_id: Uuid,
@@ -618,6 +851,22 @@ pub async fn revoke_session_with<C: GenericClient>(
 ///
 /// # Errors
 /// [`crate::Error::Db`].
+///
+/// ```no_run
+/// use token_janitor::RevokeReason;
+/// use token_janitor::store::revoke_user_sessions_with;
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// // A password change signs the user out everywhere, in the same transaction.
+/// let tx = client.transaction().await?;
+/// tx.execute("UPDATE app.users SET password_hash = $2 WHERE id = $1", &[&"user-42", &"..."]).await?;
+/// let sessions = revoke_user_sessions_with(&tx, "user-42", RevokeReason::Admin).await?;
+/// tx.commit().await?;
+/// println!("signed out {sessions} session(s)");
+/// # Ok(())
+/// # }
+/// ```
 pub async fn revoke_user_sessions_with<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -640,6 +889,21 @@ pub async fn revoke_user_sessions_with<C: GenericClient>(
 ///
 /// # Errors
 /// [`crate::Error::Db`].
+///
+/// ```no_run
+/// use token_janitor::RevokeReason;
+/// use token_janitor::store::revoke_user_sessions_except_with;
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// # let mine = uuid::Uuid::nil();
+/// // "Sign out other devices": every session of the user but the caller's.
+/// let others = revoke_user_sessions_except_with(&client, "user-42", mine, RevokeReason::Logout).await?;
+/// # drop(others);
+/// # let _ = &mut client;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn revoke_user_sessions_except_with<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -662,6 +926,19 @@ pub async fn revoke_user_sessions_except_with<C: GenericClient>(
 ///
 /// # Errors
 /// [`crate::Error::Db`] (e.g. a limit out of range).
+///
+/// ```no_run
+/// use token_janitor::store::list_sessions_with;
+/// use token_janitor::DatabaseUrl;
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = DatabaseUrl::parse("postgres://app@localhost/app")?.connect().await?;
+/// for session in list_sessions_with(&client, "user-42", 20).await? {
+///     println!("{} generation {}", session.session_id, session.generation);
+/// }
+/// # let _ = &mut client;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn list_sessions_with<C: GenericClient>(
     client: &C,
     user_id: &str,
@@ -723,6 +1000,19 @@ async fn list_sessions_on<C: GenericClient>(
 /// the same successor, when the token is presented again within the
 /// policy's `reuse_grace`. The `*_with` functions, on the caller's own client,
 /// cancel nothing.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use token_janitor::{DatabaseUrl, TokenStore};
+///
+/// # fn build() -> token_janitor::Result<TokenStore> {
+/// let pool = DatabaseUrl::parse("postgres://app@db.internal/app?sslmode=verify-full")?.pool(16);
+/// let store = TokenStore::new(pool)
+///     .with_ttl(Duration::from_secs(14 * 24 * 3600))
+///     .with_statement_timeout(Duration::from_secs(2));
+/// # Ok(store)
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TokenStore {
     pool: Pool,
@@ -799,6 +1089,15 @@ impl Drop for Call {
 impl TokenStore {
     /// A store on `pool` issuing tokens that live [`DEFAULT_TTL`] (30 days),
     /// with no statement timeout, in schema `auth`.
+    ///
+    /// ```
+    /// use token_janitor::{DatabaseUrl, TokenStore};
+    /// # fn build() -> token_janitor::Result<()> {
+    /// let store = TokenStore::new(DatabaseUrl::parse("postgres://app@localhost/app")?.pool(8));
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
@@ -810,12 +1109,32 @@ impl TokenStore {
 
     /// Calls the token functions of the install in `schema` (migrate
     /// `--schema`). Default: `auth`.
+    ///
+    /// ```
+    /// use token_janitor::Schema;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// // Installed with `token-janitor migrate --schema tokens`, beside another auth.
+    /// let store = store.with_schema(Schema::new("tokens")?);
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_schema(mut self, schema: Schema) -> Self {
         self.schema = schema;
         self
     }
 
     /// Sets the lifetime of issued tokens. Default: [`DEFAULT_TTL`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// // Must be at most the policy's max_ttl (auth.cleanup_policy).
+    /// let store = store.with_ttl(Duration::from_secs(7 * 24 * 3600));
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -826,6 +1145,19 @@ impl TokenStore {
     /// cancelled on the server and the call returns
     /// [`crate::Error::StatementTimeout`]. Default: none, a call waits as
     /// long as the server takes (e.g. behind a lock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use token_janitor::Error;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let store = store.with_statement_timeout(Duration::from_millis(1500));
+    /// match store.rotate("rt2_...").await {
+    ///     Err(Error::StatementTimeout { call, .. }) => println!("{call} was cancelled: answer 503"),
+    ///     other => drop(other),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = Some(timeout);
         self
@@ -850,6 +1182,14 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::Pool`] when no connection can be had,
     /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let issued = store.issue("user-42").await?;
+    /// assert_eq!(issued.generation, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn issue(&self, user_id: &str) -> Result<Issued> {
         self.issue_with_options(user_id, &IssueOptions::default())
             .await
@@ -860,6 +1200,17 @@ impl TokenStore {
     /// # Errors
     /// As [`TokenStore::issue`]; [`crate::Error::Db`] naming the parameter
     /// for a client id, thumbprint or label out of shape (nothing is written).
+    ///
+    /// ```
+    /// use token_janitor::IssueOptions;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let issued = store
+    ///     .issue_with_options("user-42", &IssueOptions::default().device_label("Firefox on Linux"))
+    ///     .await?;
+    /// # drop(issued);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn issue_with_options(
         &self,
         user_id: &str,
@@ -889,6 +1240,18 @@ impl TokenStore {
     /// # Errors
     /// As [`TokenStore::rotate`]; [`crate::Error::Db`] naming the parameter
     /// for a client id or thumbprint out of shape (nothing changes).
+    ///
+    /// ```
+    /// use token_janitor::RotateOptions;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// # let (presented, thumbprint) = ("rt2_...", "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+    /// // The DPoP proof of this request was signed by the key of this thumbprint.
+    /// let options = RotateOptions::default().dpop_jkt(thumbprint);
+    /// let outcome = store.rotate_with_options(presented, &options).await?;
+    /// # drop(outcome);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn rotate_with_options(
         &self,
         token: &str,
@@ -916,6 +1279,19 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
     /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// use token_janitor::Rotation;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// # let presented = "rt2_...";
+    /// match store.rotate(presented).await? {
+    ///     Rotation::Rotated(next) => println!("hand {} back", next.token.expose()),
+    ///     Rotation::ReuseDetected => println!("alert: a stolen token was replayed; sign in again"),
+    ///     _ => println!("sign in again"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn rotate(&self, token: &str) -> Result<Rotation> {
         self.rotate_with_options(token, &RotateOptions::default())
             .await
@@ -925,6 +1301,16 @@ impl TokenStore {
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// use token_janitor::RevokeReason;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// # let session_id = uuid::Uuid::nil();
+    /// let tokens = store.revoke_session(session_id, RevokeReason::Logout).await?;
+    /// # drop(tokens);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn revoke_session(&self, session_id: Uuid, reason: RevokeReason) -> Result<i32> {
         let call = Call::start(&self.pool).await?;
         let answer = self
@@ -956,6 +1342,17 @@ impl TokenStore {
     /// # Errors
     /// [`crate::Error::MalformedToken`], [`crate::Error::Pool`],
     /// [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// use token_janitor::RevokeReason;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// # let presented = "rt2_...";
+    /// // POST /oauth/revoke (RFC 7009): 200 either way, so that a caller cannot
+    /// // probe which tokens are genuine.
+    /// let _revoked = store.revoke_token(presented, RevokeReason::Logout).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn revoke_token(&self, token: &str, reason: RevokeReason) -> Result<bool> {
         let call = Call::start(&self.pool).await?;
         let answer = self
@@ -971,6 +1368,15 @@ impl TokenStore {
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// use token_janitor::RevokeReason;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let sessions = store.revoke_user_sessions("user-42", RevokeReason::Admin).await?;
+    /// println!("signed user-42 out of {sessions} session(s)");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn revoke_user_sessions(&self, user_id: &str, reason: RevokeReason) -> Result<i32> {
         let call = Call::start(&self.pool).await?;
         let answer = self
@@ -994,6 +1400,18 @@ impl TokenStore {
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// use token_janitor::RevokeReason;
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// # let current = uuid::Uuid::nil();
+    /// let others = store
+    ///     .revoke_user_sessions_except("user-42", current, RevokeReason::Logout)
+    ///     .await?;
+    /// # drop(others);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn revoke_user_sessions_except(
         &self,
         user_id: &str,
@@ -1017,10 +1435,23 @@ impl TokenStore {
         call.end(answer)
     }
 
-    /// A user's sessions (a device list), newest first, at most [`DEFAULT_LIST_LIMIT`].
+    /// A user's sessions (a device list), newest first, at most 100.
     ///
     /// # Errors
     /// [`crate::Error::Pool`], [`crate::Error::StatementTimeout`], [`crate::Error::Db`].
+    ///
+    /// ```
+    /// # async fn handler(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let active = store
+    ///     .list_sessions("user-42")
+    ///     .await?
+    ///     .into_iter()
+    ///     .filter(|session| session.revoked_at.is_none())
+    ///     .count();
+    /// println!("{active} signed-in device(s)");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
         let call = Call::start(&self.pool).await?;
         let answer = self
@@ -1040,7 +1471,7 @@ const REVOCATION_CHANNEL: &str = "token_janitor_revocations";
 /// Revocation notices: the id of every session revoked from now on (logout,
 /// `revoke_user_sessions`, a detected reuse), each once its revoking
 /// transaction commits, on a dedicated connection that `LISTEN`s on
-/// [`REVOCATION_CHANNEL`]. A service that holds access tokens or websockets
+/// `token_janitor_revocations`. A service that holds access tokens or websockets
 /// of a session drops them on its notice. Expiry sends nothing: it is known
 /// in advance.
 ///
@@ -1050,6 +1481,22 @@ const REVOCATION_CHANNEL: &str = "token_janitor_revocations";
 /// what you hold as possibly revoked until then. Keep reading: PostgreSQL
 /// queues notices for a listener that does not read them, and once its
 /// queue (8 GB by default) is full, revocations fail.
+///
+/// ```no_run
+/// use std::collections::HashSet;
+/// use token_janitor::{DatabaseUrl, RevocationNotices};
+/// # use uuid::Uuid;
+///
+/// # async fn watch(signed_in: &mut HashSet<Uuid>) -> token_janitor::Result<()> {
+/// let url = DatabaseUrl::parse("postgres://app@localhost/app")?;
+/// let mut notices = RevocationNotices::listen(&url).await?;
+/// while let Some(session_id) = notices.next().await {
+///     // Close the websockets (or drop the cached access) of that session.
+///     signed_in.remove(&session_id?);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct RevocationNotices {
     /// Kept for the connection: dropping it would close it.
     _client: tokio_postgres::Client,
@@ -1074,6 +1521,16 @@ impl RevocationNotices {
     /// # Errors
     /// As [`crate::DatabaseUrl::connect`]; [`crate::Error::Db`] when `LISTEN`
     /// fails (e.g. on a standby, which cannot listen).
+    ///
+    /// ```
+    /// use token_janitor::{DatabaseUrl, RevocationNotices};
+    /// # async fn start() -> token_janitor::Result<()> {
+    /// let url = DatabaseUrl::parse("postgres://app@localhost/app")?;
+    /// let notices = RevocationNotices::listen(&url).await?;
+    /// # drop(notices);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn listen(url: &crate::DatabaseUrl) -> Result<Self> {
         use tokio_postgres::AsyncMessage;
         let (client, mut connection) = url.open().await?;
@@ -1115,6 +1572,15 @@ impl RevocationNotices {
     /// [`crate::Error::Db`] when the connection fails (the stream then
     /// ends); [`crate::Error::UnexpectedResponse`] for a payload that is not
     /// a session id.
+    ///
+    /// ```
+    /// # async fn drain(mut notices: token_janitor::RevocationNotices) -> token_janitor::Result<()> {
+    /// while let Some(revoked) = notices.next().await {
+    ///     println!("session {} was revoked", revoked?);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn next(&mut self) -> Option<Result<Uuid>> {
         std::future::poll_fn(|cx| {
             futures_core::Stream::poll_next(std::pin::Pin::new(&mut *self), cx)

@@ -127,4 +127,3 @@ pub mod simulated {
         .await
     }
 }
-

@@ -27,6 +27,14 @@ const SEAL_LABEL: &[u8] = b"token-janitor successor seal v1";
 /// presented ([`RefreshToken::parse`]). It is a credential: `Debug` redacts
 /// it, there is no `Display`, and [`RefreshToken::expose`] is the one way to
 /// read it.
+///
+/// ```
+/// # async fn example(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+/// let issued = store.issue("user-42").await?;
+/// assert!(!format!("{:?}", issued.token).contains(issued.token.expose())); // Debug redacts
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
     text: String,
@@ -65,6 +73,14 @@ impl RefreshToken {
     }
 
     /// The token string, to hand to the client. Never log it.
+    ///
+    /// ```
+    /// # async fn example(store: token_janitor::TokenStore) -> token_janitor::Result<()> {
+    /// let issued = store.issue("user-42").await?;
+    /// assert!(issued.token.expose().starts_with("rt2_"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn expose(&self) -> &str {
         &self.text
     }
@@ -72,6 +88,21 @@ impl RefreshToken {
     /// The session (token family) the token belongs to, as
     /// [`crate::Issued::session_id`] and [`crate::TokenStore::revoke_session`]
     /// name it.
+    ///
+    /// ```
+    /// use token_janitor::{RefreshToken, RevokeReason, TokenStore};
+    ///
+    /// /// Sign-out of a user already authenticated by their access token: the
+    /// /// presented refresh token names the session, which must be theirs.
+    /// async fn sign_out(store: &TokenStore, user_id: &str, presented: &str) -> token_janitor::Result<bool> {
+    ///     let session_id = RefreshToken::parse(presented)?.session_id();
+    ///     let theirs = store.list_sessions(user_id).await?.iter().any(|s| s.session_id == session_id);
+    ///     if theirs {
+    ///         store.revoke_session(session_id, RevokeReason::Logout).await?;
+    ///     }
+    ///     Ok(theirs)
+    /// }
+    /// ```
     pub fn session_id(&self) -> Uuid {
         self.session_id
     }

@@ -16,6 +16,15 @@ use crate::schedule::{self, CronDatabase, CronUse, JobInfo, PgCron};
 use crate::schema::Schema;
 
 /// How a check came out.
+///
+/// ```
+/// use token_janitor::operator::{Outcome, Report};
+///
+/// fn failed(report: &Report) -> Vec<&str> {
+///     report.checks.iter().filter(|c| c.outcome == Outcome::Fail).map(|c| c.name).collect()
+/// }
+/// # assert!(failed(&Report { ok: true, checks: vec![] }).is_empty());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Outcome {
@@ -28,6 +37,20 @@ pub enum Outcome {
 }
 
 /// One verified property.
+///
+/// ```
+/// use token_janitor::operator::{Outcome, Report};
+///
+/// fn alerts(report: &Report) -> Vec<String> {
+///     report
+///         .checks
+///         .iter()
+///         .filter(|check| check.outcome != Outcome::Pass)
+///         .map(|check| format!("{}: {} ({})", check.name, check.evidence, check.remedy.as_deref().unwrap_or("-")))
+///         .collect()
+/// }
+/// # assert!(alerts(&Report { ok: true, checks: vec![] }).is_empty());
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     /// Stable name, e.g. `indexes` or `self-test`.
@@ -114,6 +137,21 @@ impl Check {
 }
 
 /// All checks of one verify run.
+///
+/// ```
+/// use token_janitor::DatabaseUrl;
+/// use token_janitor::operator::{self, VerifyOptions};
+///
+/// # async fn monitor() -> operator::Result<()> {
+/// let url = DatabaseUrl::parse("postgres://monitor@localhost/app")?;
+/// let report = operator::verify(&url, &VerifyOptions::default()).await;
+/// println!("{report}"); // PASS/WARN/FAIL lines, as `token-janitor verify` prints
+/// if !report.ok {
+///     std::process::exit(1);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// True when no check failed.
@@ -156,6 +194,20 @@ impl std::fmt::Display for Report {
 }
 
 /// What verify expects of the installation.
+///
+/// ```
+/// use token_janitor::Schema;
+/// use token_janitor::operator::VerifyOptions;
+///
+/// # fn options() -> token_janitor::Result<VerifyOptions> {
+/// Ok(VerifyOptions {
+///     schema: Schema::new("tokens")?,
+///     schedule: Some("0 * * * *".into()), // as migrate was given it
+///     backlog_warn: 5_000_000,
+///     ..VerifyOptions::default()
+/// })
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// The schema token-janitor was installed in (`--schema`). Default: `auth`.
@@ -184,6 +236,18 @@ impl Default for VerifyOptions {
 
 /// Runs every check against `url`. Never changes data: the one check that
 /// writes (the self-test) does so in a subtransaction that is rolled back.
+///
+/// ```
+/// use token_janitor::DatabaseUrl;
+/// use token_janitor::operator::{self, VerifyOptions};
+///
+/// # async fn ci() -> token_janitor::Result<()> {
+/// let url = DatabaseUrl::parse("postgres://deployer@localhost/app")?;
+/// let report = operator::verify(&url, &VerifyOptions::default()).await;
+/// assert!(report.ok, "{report}");
+/// # Ok(())
+/// # }
+/// ```
 pub async fn verify(url: &DatabaseUrl, options: &VerifyOptions) -> Report {
     let mut checks = Vec::new();
     match url.connect().await {
