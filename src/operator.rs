@@ -23,7 +23,7 @@
 
 pub use crate::migrate::{MigrateOptions, MigrateReport, migrate};
 pub use crate::schedule::{CronDatabase, ScheduleChoice};
-pub use crate::status::{Count, Job, Relation, Run, SecurityEvents, Status, status};
+pub use crate::status::{Count, Job, Relation, Run, RunStatus, SecurityEvents, Status, status};
 pub use crate::verify::{Check, Outcome, Report, VerifyOptions, verify};
 
 /// What can go wrong in [`migrate()`], [`verify()`]'s and [`status()`]'s

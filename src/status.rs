@@ -66,7 +66,7 @@ fn kinds_as_fields<S: serde::Serializer>(
 /// ```
 /// # fn show(status: &token_janitor::operator::Status) {
 /// if let Some(last) = status.runs.first() {
-///     println!("last run {}: {}", last.started_at, last.status);
+///     println!("last run {}: {}", last.started_at, last.status.as_str());
 /// }
 /// # }
 /// ```
@@ -80,8 +80,8 @@ pub struct Run {
     pub started_unix: f64,
     /// Duration in seconds, when finished.
     pub seconds: Option<f64>,
-    /// running, ok, partial, skipped or failed.
-    pub status: String,
+    /// How it ended, or that it is running.
+    pub status: RunStatus,
     /// Rows deleted per kind of `auth.purge_targets` (expired, revoked,
     /// rotated, security_events, sessions), in its order.
     #[serde(flatten, serialize_with = "kinds_as_fields")]
@@ -90,6 +90,71 @@ pub struct Run {
     pub batches: i32,
     /// Error text of a failed run.
     pub error: Option<String>,
+}
+
+/// How a cleanup run ended (`auth.cleanup_runs.status`), or that it is
+/// still running.
+///
+/// ```
+/// use token_janitor::operator::{RunStatus, Status};
+///
+/// /// Whether the last finished run deleted everything that was due.
+/// fn caught_up(status: &Status) -> bool {
+///     status.runs.iter().find(|run| run.status != RunStatus::Skipped && run.status != RunStatus::Running)
+///         .is_some_and(|run| run.status == RunStatus::Ok)
+/// }
+/// # let _ = caught_up;
+/// assert_eq!(RunStatus::Partial.as_str(), "partial");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum RunStatus {
+    /// Still running (or killed without a chance to record its end).
+    Running,
+    /// Deleted everything that was due.
+    Ok,
+    /// Stopped at its time budget, or left rows other transactions held:
+    /// the next run goes on.
+    Partial,
+    /// Another run held the cleanup's lock.
+    Skipped,
+    /// Failed: `error` says why.
+    Failed,
+}
+
+impl RunStatus {
+    const ALL: [RunStatus; 5] = [
+        Self::Running,
+        Self::Ok,
+        Self::Partial,
+        Self::Skipped,
+        Self::Failed,
+    ];
+
+    /// The SQL spelling, as `auth.cleanup_runs.status` holds it.
+    ///
+    /// ```
+    /// assert_eq!(token_janitor::operator::RunStatus::Ok.as_str(), "ok");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Ok => "ok",
+            Self::Partial => "partial",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| {
+                crate::Error::UnexpectedResponse(format!("a cleanup run status '{text}'"))
+            })
+    }
 }
 
 /// The pg_cron job, when there is one.
@@ -368,21 +433,23 @@ async fn read_status(
         .await
         .map_err(db(format!("reading {schema}.cleanup_runs")))?
         .iter()
-        .map(|r| Run {
-            id: r.get(0),
-            started_at: r.get(1),
-            started_unix: r.get(2),
-            seconds: r.get(3),
-            status: r.get(4),
-            batches: r.get(5),
-            error: r.get(6),
-            deleted: r
-                .get::<_, Vec<String>>(7)
-                .into_iter()
-                .zip(r.get::<_, Vec<i64>>(8))
-                .collect(),
+        .map(|r| {
+            Ok(Run {
+                id: r.get(0),
+                started_at: r.get(1),
+                started_unix: r.get(2),
+                seconds: r.get(3),
+                status: RunStatus::parse(r.get(4))?,
+                batches: r.get(5),
+                error: r.get(6),
+                deleted: r
+                    .get::<_, Vec<String>>(7)
+                    .into_iter()
+                    .zip(r.get::<_, Vec<i64>>(8))
+                    .collect(),
+            })
         })
-        .collect();
+        .collect::<crate::Result<_>>()?;
 
     let event_rows = client
         .query(
@@ -489,7 +556,7 @@ impl std::fmt::Display for Status {
                 "  #{:<5} {} {:<8} {} {:>4} batches {}{}",
                 r.id,
                 r.started_at,
-                r.status,
+                r.status.as_str(),
                 deleted.join(" "),
                 r.batches,
                 r.seconds
@@ -588,7 +655,7 @@ impl Status {
                 },
             )],
         );
-        if let Some(last) = self.runs.iter().find(|r| r.status != "skipped") {
+        if let Some(last) = self.runs.iter().find(|r| r.status != RunStatus::Skipped) {
             metric(
                 "last_run_start_seconds",
                 "Start of the last run, Unix time.",
@@ -602,15 +669,20 @@ impl Status {
             metric(
                 "last_run_status",
                 "1 for the status of the last run.",
-                ["running", "ok", "partial", "failed"]
-                    .iter()
-                    .map(|s| {
-                        (
-                            format!("{{status=\"{s}\"}}"),
-                            if last.status == *s { 1.0 } else { 0.0 },
-                        )
-                    })
-                    .collect(),
+                [
+                    RunStatus::Running,
+                    RunStatus::Ok,
+                    RunStatus::Partial,
+                    RunStatus::Failed,
+                ]
+                .into_iter()
+                .map(|s| {
+                    (
+                        format!("{{status=\"{}\"}}", s.as_str()),
+                        if last.status == s { 1.0 } else { 0.0 },
+                    )
+                })
+                .collect(),
             );
             metric(
                 "last_run_deleted_rows",
