@@ -14,7 +14,9 @@
 --                     'range'  due rows in key order, a batch being the range
 --                              between two auth.purge_position values (key,
 --                              then the primary key, `row_key`), one index
---                              range scan however many rows share a key;
+--                              range scan however many rows share a key; or,
+--                              on a heap that does not follow the key, in
+--                              page order (auth._purge_order);
 --                     'oldest' the oldest due rows by key, LIMIT n, by
 --                              primary key (`row_key`); for tables whose rows
 --                              do not fit auth.purge_position;
@@ -30,9 +32,8 @@
 --                     sessions, $6 = now - retentions[2])
 --   retentions        the auth.cleanup_policy settings of those cutoffs
 --   indexes           the indexes the kind's statements use (sql/indexes.sql;
---                     for a 'range' kind also the table's primary key, which
---                     its batches follow on a heap in primary-key order:
---                     auth._purge_order)
+--                     a 'range' kind's page-order steps use none: they read
+--                     a TID range of the heap, auth._purge_order)
 --   empties_sessions  whether deleting a row can leave its session without
 --                     token rows: its deletes return session ids, which
 --                     'emptied' looks at
@@ -52,12 +53,12 @@ BEGIN
         ('expired', 'range', 'auth.refresh_tokens'::regclass, 'expires_at',
          ARRAY['session_id', 'generation'],
          'expires_at < $1',
-         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx', 'refresh_tokens_pkey'], true,
+         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx'], true,
          'expired_deleted'),
         ('revoked', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
          ARRAY['session_id', 'generation'],
          'revoke_reason <> ''rotated'' AND revoked_at < $1',
-         ARRAY['revoked_retention'], ARRAY['refresh_tokens_revoked_purge_idx', 'refresh_tokens_pkey'], true,
+         ARRAY['revoked_retention'], ARRAY['refresh_tokens_revoked_purge_idx'], true,
          'revoked_deleted'),
         -- The bulk of the purge. A rotated row never empties its session (the
         -- session holds a newer token), so its deletes return nothing: a plain
@@ -65,7 +66,7 @@ BEGIN
         ('rotated', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
          ARRAY['session_id', 'generation'],
          'revoke_reason = ''rotated'' AND revoked_at < $1',
-         ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx', 'refresh_tokens_pkey'], false,
+         ARRAY['rotated_retention'], ARRAY['refresh_tokens_rotated_purge_idx'], false,
          'rotated_deleted'),
         ('security_events', 'oldest', 'auth.security_events'::regclass, 'occurred_at',
          ARRAY['id'],

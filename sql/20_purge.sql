@@ -2,10 +2,11 @@
 -- in bounded batches, in the caller's transaction. Re-applied on every
 -- migrate. The scheduled run around it is sql/30_cleanup_run.sql.
 --
--- Every query here is index-driven (sql/indexes.sql). The purge functions turn
+-- Every query here is bounded (sql/indexes.sql): an index range, or a range
+-- of heap pages (a TID range scan) in page order. The purge functions turn
 -- sequential scans, hash joins and merge joins off for themselves: a batch
--- must stay a bounded index range (and per-session index probes) whatever the
--- statistics say, since right after a large delete they are stale and would
+-- must stay a bounded index range or page range (and per-session index
+-- probes) whatever the statistics say, since right after a large delete they are stale and would
 -- otherwise turn the next batch into a pass over the whole table. They turn
 -- JIT off as well: a disabled plan type adds 10^10 to the cost of any node
 -- that has no alternative (the seq scan of the one-row policy table), which
@@ -35,11 +36,13 @@
 --            order and a range never needs a lookup per row, however many
 --            rows share a timestamp. Starting at $5 lets a run skip the index
 --            entries of rows its earlier batches deleted, which stay in the
---            index until vacuum. In primary-key order (auth._purge_order):
---            'pk_bound' (the primary key of the ($3 + 1)-th row from $5 in
---            primary-key order, due or not, with a NULL key), 'pk_range'
---            (delete the due rows from $5 to before $2 in that order) and
---            'pk_all' (delete every due row from $5 on in that order).
+--            index until vacuum. In page order (auth._purge_order), where a
+--            position with neither key nor session id is a page of the heap
+--            (its generation field): 'pages' (delete the first $3 due rows,
+--            in page order, on the pages from $5 to before $2: one TID range
+--            scan of those pages, then the rows it found by their TIDs); its
+--            '_skip' twin takes every due row of those pages but the held
+--            ones, so that the next step can go past them.
 --            Deletes of a kind that empties sessions
 --            return the distinct session ids; the others are plain DELETEs,
 --            which cost half as much as one that returns its rows. Each
@@ -93,18 +96,19 @@ BEGIN
             WHEN 'bound' THEN
                 RETURN format('SELECT %1$s FROM %2$s WHERE %3$s AND %4$s ORDER BY %1$s OFFSET $3 LIMIT 1',
                               v_cols, t.relation, t.due, v_from);
-            WHEN 'pk_bound' THEN
-                RETURN format('SELECT NULL::timestamptz, %1$s FROM %2$s WHERE (%1$s) >= (%3$s) ORDER BY %1$s OFFSET $3 LIMIT 1',
-                              v_pk, t.relation, v_pk5);
             ELSE
                 -- A delete step: which rows (v_where), then how.
-                v_where := CASE regexp_replace(p_step, '_skip$', '')
+                v_where := CASE CASE p_step WHEN 'pages_skip' THEN 'page_range' ELSE regexp_replace(p_step, '_skip$', '') END
                     WHEN 'range' THEN format('%s AND %s AND %s', t.due, v_from, v_until)
                     WHEN 'within' THEN format('%s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)',
                                               t.due, t.key_column, v_pk, v_pk5, v_pk, v_pk2)
                     WHEN 'all' THEN format('%s AND %s', t.due, v_from)
-                    WHEN 'pk_range' THEN format('%s AND (%s) >= (%s) AND (%s) < (%s)', t.due, v_pk, v_pk5, v_pk, v_pk2)
-                    WHEN 'pk_all' THEN format('%s AND (%s) >= (%s)', t.due, v_pk, v_pk5)
+                    WHEN 'pages' THEN format('%1$s AND ctid = ANY (ARRAY(SELECT ctid FROM %2$s WHERE %1$s'
+                                             ' AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
+                                             ' AND ctid < (''('' || ($2).generation || '',0)'')::tid LIMIT $3))',
+                                             t.due, t.relation)
+                    WHEN 'page_range' THEN format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
+                                                  ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due)
                 END;
         END CASE;
         IF v_where IS NULL THEN
@@ -113,9 +117,11 @@ BEGIN
             -- The step's rows less those another transaction holds, and
             -- how many those were: the range's due rows as the statement
             -- began, less the deleted ones.
+            -- (A page step's rows, by their TIDs: a join on the primary
+            -- key would need an index scan, which page steps do not use.)
             RETURN format('WITH d AS (DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s FOR UPDATE SKIP LOCKED)'
                           ' RETURNING %4$I) SELECT count(*), %5$s, (SELECT count(*) FROM %1$s WHERE %3$s) - count(*) FROM d',
-                          t.relation, v_pk, v_where, t.row_key[1],
+                          t.relation, CASE p_step WHEN 'pages_skip' THEN 'ctid' ELSE v_pk END, v_where, t.row_key[1],
                           CASE WHEN t.empties_sessions THEN format('coalesce(array_agg(DISTINCT %I), ''{}'')', t.row_key[1])
                                ELSE '''{}''::uuid[]' END);
         ELSIF t.empties_sessions THEN
@@ -145,8 +151,8 @@ RETURNS text[]
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pk_bound', 'pk_range', 'pk_all',
-                                                'range_skip', 'within_skip', 'all_skip', 'pk_range_skip', 'pk_all_skip']
+    SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pages',
+                                                'range_skip', 'within_skip', 'all_skip', 'pages_skip']
                         WHEN 'oldest' THEN ARRAY['oldest']
                         ELSE ARRAY['touched', 'sweep'] END
 $$;
@@ -211,6 +217,8 @@ $$;
 -- index scans are off for the delete steps: a bitmap scan visits the
 -- batch's heap pages in physical order, which measured twice as fast as
 -- visiting them in key order; the bound steps need them (index-only scans).
+-- The 'pages' steps turn bitmap scans off: their TID range must be the
+-- scan, not a filter on a bitmap of every due row.
 CREATE OR REPLACE FUNCTION auth._purge_step(
     p_cutoff   timestamptz,
     p_bound    auth.purge_position,
@@ -229,7 +237,7 @@ CREATE OR REPLACE FUNCTION auth._purge_step(
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
-SET enable_indexscan = off SET plan_cache_mode = force_custom_plan
+SET enable_indexscan = off SET enable_bitmapscan = on SET plan_cache_mode = force_custom_plan
 AS $$
 BEGIN
     RAISE EXCEPTION 'auth._purge_step(%, %) is not compiled yet: run token-janitor migrate', p_kind, p_step;
@@ -263,7 +271,10 @@ BEGIN
             v_text := auth._purge_statement(v_kind.kind, v_step);
             v_body := v_body || format(E'        %s p_step = %L THEN\n            ',
                                        CASE v_step WHEN v_kind.steps[1] THEN 'IF' ELSE 'ELSIF' END, v_step)
-                || CASE WHEN v_step IN ('bound', 'pk_bound')
+                || CASE WHEN v_step LIKE 'pages%'
+                        THEN E'PERFORM set_config(''enable_bitmapscan'', ''off'', true);\n            '
+                        ELSE '' END
+                || CASE WHEN v_step = 'bound'
                         THEN E'PERFORM set_config(''enable_indexscan'', ''on'', true),\n'
                              || E'                    set_config(''plan_cache_mode'', ''force_generic_plan'', true);\n'
                              || E'            ' || v_text || E' INTO bound;\n            found_bound := FOUND;\n'
@@ -321,36 +332,37 @@ BEGIN
 END
 $$;
 
--- auth._purge_order: whether a run deletes 'range' kind p_kind in
--- primary-key order instead of its key's: when the heap follows the primary
--- key (a session's rows together, as after a CLUSTER, pg_repack or a load in
--- key order: planner correlation of the primary key's first column >= 0.9)
--- but not the key (< 0.9), and at least half the table is due (the
--- planner's estimates).
+-- auth._purge_order: whether a run deletes 'range' kind p_kind in page
+-- order (a sweep of the heap in TID ranges) instead of its key's: when the
+-- heap does not follow the key (planner correlation of the key column
+-- < 0.9: a session's rows together, as after a CLUSTER, pg_repack, a restore
+-- or an import grouped by session; a mass revocation, whose rows share one
+-- instant and so go in primary-key order, which is random) and at least
+-- half the table is due (the planner's estimates).
 -- There a batch in key order takes a few rows from each of many pages and
 -- every page comes back once per generation (measured on 1M rows, 900k due:
 -- 127k heap page visits by the deletes against 15.7k on a heap in time
 -- order, and 800k heap fetches by the bound queries, since the earlier
--- batches cleared the pages' visibility bits), while a batch in primary-key
--- order is a run of consecutive rows: each page is visited once per run.
--- With few rows due, a primary-key range would mostly read rows that stay,
--- hence the share. A table filling in time order (production) keeps the
--- key's order. So does a run after one that ended 'partial': a run in
--- primary-key order starts from the first key, and would walk again over
--- the live rows the last run left there (and with stale statistics, read
--- much to delete little) before it reached what is due; the key order goes
--- straight to the due rows. Reads pg_stats, pg_class (the owner's own
--- table) and auth.cleanup_runs.
+-- batches cleared the pages' visibility bits); after a checkpoint each first
+-- touch of a page writes a full-page image, so one batch wrote as much WAL
+-- as it touched pages. A batch in page order reads a bounded run of
+-- consecutive pages and deletes their due rows: each page is visited once
+-- per run, as a sequential DELETE visits it. With few rows due, a sweep
+-- would mostly read rows that stay, hence the share. A table filling in time
+-- order (production) keeps the key's order. So does a run after one that
+-- ended 'partial': a run in page order starts from the first page, and would
+-- read again the pages the last run left behind it before it reached what
+-- is due; the key order goes straight to the due rows. Reads pg_stats,
+-- pg_class (the owner's own table) and auth.cleanup_runs.
 CREATE OR REPLACE FUNCTION auth._purge_order(p_kind text, p_cutoffs timestamptz[])
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t       record;
-    v_first real;
-    v_key   real;
-    v_rows  real;
+    t        record;
+    v_key    real;
+    v_rows   real;
     v_schema name;
     v_table  name;
 BEGIN
@@ -365,12 +377,10 @@ BEGIN
     IF NOT coalesce(v_rows > 0, false) THEN
         RETURN false;
     END IF;
-    SELECT max(s.correlation) FILTER (WHERE s.attname = t.row_key[1]),
-           max(s.correlation) FILTER (WHERE s.attname = t.key_column)
-    INTO v_first, v_key
+    SELECT s.correlation INTO v_key
     FROM pg_stats s
-    WHERE s.schemaname = v_schema AND s.tablename = v_table AND s.attname IN (t.row_key[1], t.key_column);
-    IF NOT coalesce(v_first >= 0.9 AND v_key < 0.9, false) THEN
+    WHERE s.schemaname = v_schema AND s.tablename = v_table AND s.attname = t.key_column;
+    IF NOT coalesce(v_key < 0.9, false) THEN
         RETURN false;
     END IF;
     RETURN auth._purge_estimate(p_kind, p_cutoffs) >= 0.5 * v_rows;
@@ -378,7 +388,7 @@ END
 $$;
 
 -- auth._purge_range: runs delete step p_step of 'range' kind p_kind
--- (auth._purge_step, same parameters and results) so that one row another
+-- (auth._purge_step, same parameters and results; p_count only for 'pages') so that one row another
 -- transaction holds delays only itself: the step waits at most a tenth of a
 -- second for a row lock, and when that runs out it is undone (its own
 -- subtransaction) and its '_skip' twin deletes the step's other rows,
@@ -389,6 +399,7 @@ $$;
 CREATE OR REPLACE FUNCTION auth._purge_range(
     p_cutoff   timestamptz,
     p_bound    auth.purge_position,
+    p_count    bigint,
     p_from     auth.purge_position,
     p_cutoff2  timestamptz,
     p_kind     text,
@@ -407,10 +418,10 @@ DECLARE
 BEGIN
     BEGIN
         PERFORM set_config('lock_timeout', c_wait, true);
-        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step);
+        v_step := auth._purge_step(p_cutoff, p_bound, p_count, NULL, p_from, p_cutoff2, p_kind, p_step);
         PERFORM set_config('lock_timeout', v_timeout, true);
     EXCEPTION WHEN lock_not_available THEN
-        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step || '_skip');
+        v_step := auth._purge_step(p_cutoff, p_bound, p_count, NULL, p_from, p_cutoff2, p_kind, p_step || '_skip');
     END;
     deleted := v_step.deleted;
     touched := v_step.touched;
@@ -429,19 +440,24 @@ $$;
 -- per-row lookups, whether or not those rows share a timestamp. A step
 -- deletes fewer than n rows only when some of them went meanwhile; the loop
 -- then takes the next range.
--- In primary-key order (auth._purge_order, decided by a kind's first batch
--- of a run and kept by the NULL key of every position it returns) a step
--- takes the range up to the (n + 1)-th row in primary-key order, due or
--- not (an index-only scan of pages no batch has touched yet), and deletes
--- its due rows; the batch stops once what is left of n is under 1/16 of the
--- rows it read (at 90% due: two steps, 9,900 rows of 10,000, where filling
--- it exactly took five statements more) or after reading 2 x n rows (work
+-- In page order (auth._purge_order, decided by a kind's first batch of a
+-- run and kept by the positions it returns, which carry a page and neither
+-- key nor session id) a step reads the pages that hold n rows at the
+-- table's average density (pg_class: reltuples / relpages), and deletes the
+-- first n due rows there; a step that deleted fewer than n read all its
+-- pages, and the next starts after them, while one that deleted n starts
+-- the next step (or batch) on its first page again, whose rows it deleted
+-- are dead. The batch stops after reading the pages of 2 x n rows (work
 -- bounded however few are due: such a batch may delete nothing and not be
--- drained, and the run's next batch goes on from its resume). Only a run
--- chooses this order (p_reorder): a one-off call starts from the first key
--- every time, so a loop of purge_refresh_tokens calls would walk again over
--- what the earlier calls left, and a call must return 0 only when nothing
--- is due. A batch never deletes more than p_limit.
+-- drained, and the run's next batch goes on from its resume), and is
+-- drained once a step has read up to the end of the table as the batch
+-- found it (rows appended since are not due: nothing appended is past a
+-- retention). Only a run chooses this order (p_reorder): a one-off call
+-- starts from the first key every time, so a loop of purge_refresh_tokens
+-- calls would walk again over what the earlier calls left, and a call must
+-- return 0 only when nothing is due. A batch never deletes more than
+-- p_limit, but for a page-order step that met rows another transaction
+-- holds.
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
     p_shape   text,
@@ -468,7 +484,10 @@ DECLARE
     v_bound   auth.purge_position;
     v_step    record;
     v_read    bigint := 0::bigint;
-    v_pk_order boolean;
+    v_pages   boolean;
+    v_density float8;
+    v_end     bigint;
+    v_span    bigint;
 BEGIN
     deleted := 0;
     touched := '{}';
@@ -493,27 +512,36 @@ BEGIN
         RETURN;
     END IF;
     IF p_from IS NULL THEN
-        v_pk_order := p_reorder AND auth._purge_order(p_kind, p_cutoffs);
-        IF v_pk_order THEN
-            resume.key := NULL;
+        v_pages := p_reorder AND auth._purge_order(p_kind, p_cutoffs);
+        IF v_pages THEN
+            resume := ROW(NULL::timestamptz, NULL::uuid, 0)::auth.purge_position;
         END IF;
     ELSE
-        v_pk_order := (p_from).key IS NULL;
+        v_pages := (p_from).key IS NULL;
     END IF;
-    IF v_pk_order THEN
-        WHILE p_limit - deleted > v_read / 16 AND v_read < 2 * p_limit LOOP
-            v_step := auth._purge_step(p_cutoffs[1], NULL, p_limit - deleted, NULL, resume, p_cutoffs[2],
-                                       p_kind, 'pk_bound');
-            drained := NOT v_step.found_bound;
-            v_bound := v_step.bound;
-            v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2],
-                                        p_kind, CASE WHEN drained THEN 'pk_all' ELSE 'pk_range' END);
-            v_read := v_read + (p_limit - deleted);
+    IF v_pages THEN
+        SELECT greatest(c.reltuples / greatest(c.relpages, 1), 1),
+               pg_relation_size(c.oid) / current_setting('block_size')::bigint
+        INTO v_density, v_end
+        FROM pg_class c WHERE c.oid = (SELECT t.relation FROM auth.purge_targets(p_kind) t);
+        WHILE deleted < p_limit AND v_read < 2 * p_limit LOOP
+            v_span := ceil((p_limit - deleted) / v_density)::bigint;
+            v_bound := ROW(NULL::timestamptz, NULL::uuid,
+                           least((resume).generation + v_span, 2147483647)::integer)::auth.purge_position;
+            v_step := auth._purge_range(p_cutoffs[1], v_bound, p_limit - deleted, resume, p_cutoffs[2],
+                                        p_kind, 'pages');
+            v_read := v_read + ceil(v_span * v_density)::bigint;
             deleted := deleted + v_step.deleted;
             touched := touched || v_step.touched;
             locked := locked + v_step.locked;
-            EXIT WHEN drained;
-            resume := v_bound;
+            IF v_step.deleted < p_limit - (deleted - v_step.deleted) OR v_step.locked > 0 THEN
+                -- Every due row of these pages is gone, or held by another
+                -- transaction (the '_skip' twin took all the others, which
+                -- may pass p_limit by what the pages hold): on to the next.
+                resume := v_bound;
+                drained := (v_bound).generation >= v_end;
+                EXIT WHEN drained;
+            END IF;
         END LOOP;
         RETURN;
     END IF;
@@ -522,7 +550,7 @@ BEGIN
                                    p_kind, 'bound');
         drained := NOT v_step.found_bound;
         v_bound := v_step.bound;
-        v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2], p_kind,
+        v_step := auth._purge_range(p_cutoffs[1], v_bound, NULL, resume, p_cutoffs[2], p_kind,
                                     CASE WHEN drained THEN 'all'
                                          WHEN (v_bound).key = (resume).key THEN 'within'
                                          ELSE 'range' END);

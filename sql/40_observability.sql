@@ -10,14 +10,17 @@
 -- a run plans its deletes; its bound queries reuse one generic plan of the
 -- same texts, which tests/purge_targets.rs holds to the same index-only
 -- scan). Runs EXPLAIN only
--- (nothing executes); seq_scan tells whether any node is a sequential scan,
--- which a healthy install never has. SECURITY DEFINER since EXPLAIN of a
+-- (nothing executes); seq_scan tells whether a statement is unbounded: a
+-- sequential scan anywhere, or a page step that is not a TID range scan
+-- (or scans an index besides).
+-- A healthy install never has one. SECURITY DEFINER since EXPLAIN of a
 -- DELETE needs DELETE privilege, which monitoring must not have.
 CREATE OR REPLACE FUNCTION auth.explain_purge(p_now timestamptz DEFAULT now())
 RETURNS TABLE (kind text, step text, seq_scan boolean, plan text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+SET enable_indexscan = on SET enable_bitmapscan = on
 AS $$
 -- @plpgsql_check_options: security_warnings = false
 -- (plpgsql_check: every EXECUTEd text is built by auth._purge_statement from
@@ -41,10 +44,13 @@ BEGIN
                                           p_now);
         -- A batch's range lies within the due rows, below the cutoff.
         v_from := ROW(v_cutoffs[1] - interval '1 hour', gen_random_uuid(), 0);
-        v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 0);
+        -- (A page step reads pages 0 to 99: the generation fields.)
+        v_bound := ROW(v_cutoffs[1] - interval '1 minute', gen_random_uuid(), 100);
         -- As auth._purge_step plans its steps (bitmap scans only for the
-        -- deletes).
-        PERFORM set_config('enable_indexscan', (step NOT IN ('range', 'within', 'all', 'pk_range', 'pk_all'))::text, true);
+        -- key-order deletes, TID range scans for the page-order ones).
+        PERFORM set_config('enable_indexscan',
+                           (regexp_replace(step, '_skip$', '') NOT IN ('range', 'within', 'all', 'pages'))::text, true),
+                set_config('enable_bitmapscan', (step NOT LIKE 'pages%')::text, true);
         plan := '';
         FOR v_line IN EXECUTE 'EXPLAIN ' || auth._purge_statement(kind, step)
             USING v_cutoffs[1], v_bound, v_policy.batch_size::bigint, ARRAY[gen_random_uuid()],
@@ -52,7 +58,11 @@ BEGIN
         LOOP
             plan := plan || v_line || E'\n';
         END LOOP;
-        seq_scan := plan LIKE '%Seq Scan%';
+        -- Unbounded: a sequential scan, or a page step not planned as the
+        -- TID range scan that bounds it (an index scan there has no range:
+        -- it would be a whole index).
+        seq_scan := plan LIKE '%Seq Scan%'
+                    OR (step LIKE 'pages%' AND (plan NOT LIKE '%Tid Range Scan%' OR plan LIKE '%Index%'));
         RETURN NEXT;
     END LOOP;
 END

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use rstest::rstest;
 use token_janitor::DatabaseUrl;
 use token_janitor::operator::migrate;
 
@@ -118,11 +119,33 @@ async fn a_crash_mid_run_loses_nothing_and_the_next_run_finishes() {
 /// revocation left open in a pool) delays only itself. The run deletes every
 /// other due row, ends 'ok' and records the held row as passed over; the
 /// next run deletes it once it is free. Before, the lock timeout rolled the
-/// whole batch back and every run ended 'partial' with nothing deleted.
+/// whole batch back and every run ended 'partial' with nothing deleted. In
+/// key order and in page order (most rows due on a heap that follows no
+/// timestamp, analyzed).
+#[rstest]
+#[case::key_order(3, false)]
+#[case::page_order(10, true)]
 #[tokio::test]
-async fn a_locked_due_row_delays_only_itself() {
+async fn a_locked_due_row_delays_only_itself(#[case] per_session: i32, #[case] pages: bool) {
     let db = TestDb::migrated().await;
-    seed_families(&db.client, 200, 3).await;
+    seed_families(&db.client, 200, per_session).await;
+    if pages {
+        db.client
+            .batch_execute("ANALYZE auth.refresh_tokens")
+            .await
+            .unwrap();
+    }
+    let page_order: bool = db
+        .client
+        .query_one(
+            "SELECT auth._purge_order('rotated', auth._purge_cutoffs(p, t.retentions, now()))
+             FROM auth.cleanup_policy p, auth.purge_targets('rotated') t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(page_order, pages);
     let due = count(&db.client, ROTATED).await;
     let blocker = db.connect().await;
     blocker

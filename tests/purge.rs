@@ -456,13 +456,6 @@ async fn seed_in_primary_key_order(
         })
         .collect();
     let ids = seed(c, &families).await;
-    let now = seconds_since_t0(server_now(c).await);
-    for kind in ["expired", "rotated"] {
-        assert!(
-            !primary_key_order(c, kind, now).await,
-            "{kind}: the seeder's heap follows the login order, not the random session ids"
-        );
-    }
     c.batch_execute(
         "CLUSTER auth.refresh_tokens USING refresh_tokens_pkey;
          ANALYZE auth.refresh_tokens",
@@ -477,8 +470,8 @@ fn seconds_since_t0(t: SystemTime) -> i64 {
     t.duration_since(at(0)).unwrap().as_secs() as i64
 }
 
-/// Whether a run would delete `kind` in primary-key order at `now`.
-async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> bool {
+/// Whether a run would delete `kind` in page order at `now`.
+async fn page_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> bool {
     c.query_one(
         "SELECT auth._purge_order($1, auth._purge_cutoffs(p, t.retentions, $2))
          FROM auth.cleanup_policy p, auth.purge_targets($1) t",
@@ -489,9 +482,10 @@ async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> 
     .get(0)
 }
 
-/// On a heap in primary-key order with most rows of a kind due, a run's
-/// batches of that kind follow the primary key (auth._purge_order): every
-/// position they hand on has a NULL key. They still delete exactly the
+/// On a heap in primary-key order (random session ids: the heap follows no
+/// timestamp) with most rows of a kind due, a run's batches of that kind
+/// sweep the heap in page order (auth._purge_order): every position they
+/// hand on is a page (no key, no session id). They still delete exactly the
 /// model's due rows, never more than batch_size a batch, and no live token;
 /// rotated rows (no RETURNING) and expired rows (whose deletes return the
 /// sessions they empty) both. One-off purge_refresh_tokens calls keep the
@@ -501,7 +495,7 @@ async fn primary_key_order(c: &tokio_postgres::Client, kind: &str, now: i64) -> 
 #[case::rotated(0, "rotated")]
 #[case::expired(1600, "expired")]
 #[tokio::test]
-async fn a_heap_in_primary_key_order_is_purged_in_that_order(
+async fn a_heap_that_follows_no_timestamp_is_purged_in_page_order(
     #[case] expired_families: usize,
     #[case] kind: &str,
 ) {
@@ -511,7 +505,7 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     // the seed revokes or expires is months past its retention by then.
     let now = seconds_since_t0(server_now(c).await);
     let (families, ids) = seed_in_primary_key_order(c, expired_families).await;
-    assert!(primary_key_order(c, kind, now).await, "{kind}");
+    assert!(page_order(c, kind, now).await, "{kind}");
     let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
 
     // A run's batches, one transaction each, handing on their positions.
@@ -523,7 +517,7 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
         .unwrap();
     let mut total = [0i64; 3];
     let mut batches = 0;
-    let mut in_primary_key_order = 0;
+    let mut in_page_order = 0;
     loop {
         let row = c
             .query_one(
@@ -532,8 +526,8 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
                  SELECT ARRAY[(b.deleted ->> 'expired')::bigint, (b.deleted ->> 'revoked')::bigint,
                               (b.deleted ->> 'rotated')::bigint],
                         b.drained,
-                        (SELECT CASE WHEN (b.resume[t.n]).key IS NULL AND (b.resume[t.n]).session_id IS NOT NULL
-                                     THEN 'primary key'
+                        (SELECT CASE WHEN (b.resume[t.n]).key IS NULL AND (b.resume[t.n]).session_id IS NULL
+                                     THEN 'pages'
                                      WHEN (b.resume[t.n]).key = 'infinity' THEN 'drained'
                                      ELSE 'key' END
                          FROM auth.purge_targets() WITH ORDINALITY t (kind, shape, relation, key_column,
@@ -555,14 +549,14 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
         }
         batches += 1;
         assert_ne!(order, "key", "batch {batches} went in key order");
-        in_primary_key_order += usize::from(order == "primary key");
+        in_page_order += usize::from(order == "pages");
         if drained {
             break;
         }
     }
     assert!(
-        in_primary_key_order > 10,
-        "{in_primary_key_order} of {batches} batches in primary-key order"
+        in_page_order > 10,
+        "{in_page_order} of {batches} batches in page order"
     );
     assert_eq!(total, expected);
     c.batch_execute("CALL auth.run_token_cleanup()")
@@ -603,17 +597,14 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     )
     .await
     .unwrap();
-    assert!(
-        !primary_key_order(c, kind, now).await,
-        "after a partial run"
-    );
+    assert!(!page_order(c, kind, now).await, "after a partial run");
     c.batch_execute(
         "INSERT INTO auth.cleanup_runs (started_at, finished_at, status)
          VALUES (now() - interval '5 minutes', now() - interval '4 minutes', 'ok')",
     )
     .await
     .unwrap();
-    assert!(primary_key_order(c, kind, now).await, "after an ok run");
+    assert!(page_order(c, kind, now).await, "after an ok run");
     let (expected, tokens_left, sessions_left) = model(&families, &ids, Policy::DEFAULT, now);
     c.batch_execute("UPDATE auth.cleanup_policy SET batch_size = 300")
         .await
@@ -633,6 +624,49 @@ async fn a_heap_in_primary_key_order_is_purged_in_that_order(
     let deleted: Vec<i64> = run.get(1);
     assert_eq!(deleted, expected);
     assert_eq!(surviving(c).await, (tokens_left, sessions_left));
+}
+
+/// A heap that follows the kind's timestamp (a table filling in time order,
+/// as in production) keeps the key's order, however much is due: its due
+/// rows are already together at the start of the heap.
+#[tokio::test]
+async fn a_heap_in_time_order_keeps_the_key_order() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let now = seconds_since_t0(server_now(c).await);
+    let far = at(3650 * DAY);
+    let families: Vec<Family> = (0..2000i64)
+        .map(|i| {
+            Family::new(
+                format!("time-{i}"),
+                at(0),
+                (0..9)
+                    .map(|g| TokenRow {
+                        expires_at: far,
+                        revoked: Some(Reason::Rotated.at(at(HOUR + 9 * i + g))),
+                    })
+                    .chain([TokenRow::expiring(far)])
+                    .collect(),
+            )
+        })
+        .collect();
+    seed(c, &families).await;
+    c.batch_execute("ANALYZE auth.refresh_tokens")
+        .await
+        .unwrap();
+    let due_share: f64 = c
+        .query_one(
+            "SELECT auth._purge_estimate('rotated', auth._purge_cutoffs(p, t.retentions, $1))
+                    / c.reltuples::float8
+             FROM auth.cleanup_policy p, auth.purge_targets('rotated') t, pg_class c
+             WHERE c.oid = 'auth.refresh_tokens'::regclass",
+            &[&at(now)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(due_share > 0.6, "most rows are due: {due_share}");
+    assert!(!page_order(c, "rotated", now).await);
 }
 
 #[tokio::test]
