@@ -7,9 +7,10 @@
 #
 #   DATABASE_URL=postgres://…/any scripts/pgbench-rotate.sh [options]
 #     --rows N          token rows to seed, ten per session, 90% due (3000000)
-#     --layout L        time (rows in issue order) or ties (a session's rows
+#     --layout L        time (rows in issue order), ties (a session's rows
 #                       together, each generation's due rows revoked at one
-#                       instant: a mass revocation)                     (time)
+#                       instant: a mass revocation) or spread (as ties, the
+#                       sessions in login order: scripts/seed-layout.sql)  (time)
 #     --rate R          rotations per second, all clients together      (300)
 #     --clients C       pgbench connections                             (2)
 #     --idle-seconds S  length of the baseline                          (20)
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
-case "$LAYOUT" in time|ties) ;; *) echo "pgbench-rotate.sh: --layout is time or ties" >&2; exit 2 ;; esac
+case "$LAYOUT" in time|ties|spread) ;; *) echo "pgbench-rotate.sh: --layout is time, ties or spread" >&2; exit 2 ;; esac
 for size in "${BATCH_SIZES[@]}"; do
     case "$size" in
         '' | *[!0-9]*) echo "pgbench-rotate.sh: --batch-size takes a whole number of rows (1 to 100000), got '$size'" >&2; exit 2 ;;

@@ -4,12 +4,16 @@
 -- rotated_retention), generation 9 live. Token hashes are
 -- sha256('<session>/<generation>'), which a rotation can recompute.
 --
---   psql -v ON_ERROR_STOP=1 -v sessions=N -v layout=time|ties -f scripts/seed-layout.sql
+--   psql -v ON_ERROR_STOP=1 -v sessions=N -v layout=time|ties|spread -f scripts/seed-layout.sql
 --
--- Layouts (as `token-janitor bench` names them):
---   time  rows in the order they were revoked, each at its own instant;
---   ties  a session's rows together, each generation's due rows revoked at
---         one instant (a mass revocation).
+-- Layouts (time and ties as `token-janitor bench` names them):
+--   time    rows in the order they were revoked, each at its own instant;
+--   ties    a session's rows together, sessions in primary-key order, each
+--           generation's due rows revoked at one instant (a mass
+--           revocation);
+--   spread  as ties, with sessions in login order: their random ids do not
+--           follow the heap (an import grouped by session), so neither the
+--           timestamp nor the primary key does.
 INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at)
 SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days'
 FROM generate_series(0, :sessions - 1) s;
@@ -22,6 +26,6 @@ SELECT md5(s::text)::uuid, g, sha256(convert_to(md5(s::text)::uuid::text || '/' 
        END,
        CASE WHEN g < 9 THEN 'rotated' END
 FROM generate_series(0, :sessions - 1) s, generate_series(0, 9) g
-ORDER BY CASE :'layout' WHEN 'time' THEN g END, CASE :'layout' WHEN 'time' THEN s END, md5(s::text)::uuid, g;
+ORDER BY CASE :'layout' WHEN 'time' THEN g END, CASE :'layout' WHEN 'ties' THEN NULL ELSE s END, md5(s::text)::uuid, g;
 VACUUM ANALYZE auth.sessions, auth.refresh_tokens;
 CHECKPOINT;

@@ -38,11 +38,9 @@
 --            entries of rows its earlier batches deleted, which stay in the
 --            index until vacuum. In page order (auth._purge_order), where a
 --            position with neither key nor session id is a page of the heap
---            (its generation field): 'pages' (delete the first $3 due rows,
---            in page order, on the pages from $5 to before $2: one TID range
---            scan of those pages, then the rows it found by their TIDs); its
---            '_skip' twin takes every due row of those pages but the held
---            ones, so that the next step can go past them.
+--            (its generation field): 'pages' (delete the due rows on the
+--            pages from $5 to before $2: one TID range scan); its '_skip'
+--            twin finds the rows to lock by their TIDs too.
 --            Deletes of a kind that empties sessions
 --            return the distinct session ids; the others are plain DELETEs,
 --            which cost half as much as one that returns its rows. Each
@@ -98,17 +96,13 @@ BEGIN
                               v_cols, t.relation, t.due, v_from);
             ELSE
                 -- A delete step: which rows (v_where), then how.
-                v_where := CASE CASE p_step WHEN 'pages_skip' THEN 'page_range' ELSE regexp_replace(p_step, '_skip$', '') END
+                v_where := CASE regexp_replace(p_step, '_skip$', '')
                     WHEN 'range' THEN format('%s AND %s AND %s', t.due, v_from, v_until)
                     WHEN 'within' THEN format('%s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)',
                                               t.due, t.key_column, v_pk, v_pk5, v_pk, v_pk2)
                     WHEN 'all' THEN format('%s AND %s', t.due, v_from)
-                    WHEN 'pages' THEN format('%1$s AND ctid = ANY (ARRAY(SELECT ctid FROM %2$s WHERE %1$s'
-                                             ' AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
-                                             ' AND ctid < (''('' || ($2).generation || '',0)'')::tid LIMIT $3))',
-                                             t.due, t.relation)
-                    WHEN 'page_range' THEN format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
-                                                  ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due)
+                    WHEN 'pages' THEN format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
+                                             ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due)
                 END;
         END CASE;
         IF v_where IS NULL THEN
@@ -388,7 +382,7 @@ END
 $$;
 
 -- auth._purge_range: runs delete step p_step of 'range' kind p_kind
--- (auth._purge_step, same parameters and results; p_count only for 'pages') so that one row another
+-- (auth._purge_step, same parameters and results) so that one row another
 -- transaction holds delays only itself: the step waits at most a tenth of a
 -- second for a row lock, and when that runs out it is undone (its own
 -- subtransaction) and its '_skip' twin deletes the step's other rows,
@@ -399,7 +393,6 @@ $$;
 CREATE OR REPLACE FUNCTION auth._purge_range(
     p_cutoff   timestamptz,
     p_bound    auth.purge_position,
-    p_count    bigint,
     p_from     auth.purge_position,
     p_cutoff2  timestamptz,
     p_kind     text,
@@ -418,10 +411,10 @@ DECLARE
 BEGIN
     BEGIN
         PERFORM set_config('lock_timeout', c_wait, true);
-        v_step := auth._purge_step(p_cutoff, p_bound, p_count, NULL, p_from, p_cutoff2, p_kind, p_step);
+        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step);
         PERFORM set_config('lock_timeout', v_timeout, true);
     EXCEPTION WHEN lock_not_available THEN
-        v_step := auth._purge_step(p_cutoff, p_bound, p_count, NULL, p_from, p_cutoff2, p_kind, p_step || '_skip');
+        v_step := auth._purge_step(p_cutoff, p_bound, NULL, NULL, p_from, p_cutoff2, p_kind, p_step || '_skip');
     END;
     deleted := v_step.deleted;
     touched := v_step.touched;
@@ -442,22 +435,21 @@ $$;
 -- then takes the next range.
 -- In page order (auth._purge_order, decided by a kind's first batch of a
 -- run and kept by the positions it returns, which carry a page and neither
--- key nor session id) a step reads the pages that hold n rows at the
--- table's average density (pg_class: reltuples / relpages), and deletes the
--- first n due rows there; a step that deleted fewer than n read all its
--- pages, and the next starts after them, while one that deleted n starts
--- the next step (or batch) on its first page again, whose rows it deleted
--- are dead. The batch stops after reading the pages of 2 x n rows (work
+-- key nor session id) a step reads the pages that hold what is left of n at
+-- the table's average density (pg_class: reltuples / relpages) and deletes
+-- their due rows, one TID range scan; the batch stops once what is left of
+-- n is under 1/16 of the rows its pages held (at 90% due: two steps, about
+-- 9,900 rows of 10,000) or after reading the pages of 2 x n rows (work
 -- bounded however few are due: such a batch may delete nothing and not be
--- drained, and the run's next batch goes on from its resume), and is
+-- drained, and the run's next batch goes on from its resume); the kind is
 -- drained once a step has read up to the end of the table as the batch
 -- found it (rows appended since are not due: nothing appended is past a
--- retention). Only a run chooses this order (p_reorder): a one-off call
--- starts from the first key every time, so a loop of purge_refresh_tokens
--- calls would walk again over what the earlier calls left, and a call must
--- return 0 only when nothing is due. A batch never deletes more than
--- p_limit, but for a page-order step that met rows another transaction
--- holds.
+-- retention). Such a batch is bounded by pages: it deletes about n rows,
+-- more only as far as its pages are denser than the table's average. Only a
+-- run chooses this order (p_reorder): a one-off call starts from the first
+-- key every time, so a loop of purge_refresh_tokens calls would walk again
+-- over what the earlier calls left, and a call must return 0 only when
+-- nothing is due. A batch in key order never deletes more than p_limit.
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
     p_shape   text,
@@ -524,24 +516,18 @@ BEGIN
                pg_relation_size(c.oid) / current_setting('block_size')::bigint
         INTO v_density, v_end
         FROM pg_class c WHERE c.oid = (SELECT t.relation FROM auth.purge_targets(p_kind) t);
-        WHILE deleted < p_limit AND v_read < 2 * p_limit LOOP
+        WHILE p_limit - deleted > v_read / 16 AND v_read < 2 * p_limit LOOP
             v_span := ceil((p_limit - deleted) / v_density)::bigint;
             v_bound := ROW(NULL::timestamptz, NULL::uuid,
                            least((resume).generation + v_span, 2147483647)::integer)::auth.purge_position;
-            v_step := auth._purge_range(p_cutoffs[1], v_bound, p_limit - deleted, resume, p_cutoffs[2],
-                                        p_kind, 'pages');
+            v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2], p_kind, 'pages');
             v_read := v_read + ceil(v_span * v_density)::bigint;
             deleted := deleted + v_step.deleted;
             touched := touched || v_step.touched;
             locked := locked + v_step.locked;
-            IF v_step.deleted < p_limit - (deleted - v_step.deleted) OR v_step.locked > 0 THEN
-                -- Every due row of these pages is gone, or held by another
-                -- transaction (the '_skip' twin took all the others, which
-                -- may pass p_limit by what the pages hold): on to the next.
-                resume := v_bound;
-                drained := (v_bound).generation >= v_end;
-                EXIT WHEN drained;
-            END IF;
+            resume := v_bound;
+            drained := (v_bound).generation >= v_end;
+            EXIT WHEN drained;
         END LOOP;
         RETURN;
     END IF;
@@ -550,7 +536,7 @@ BEGIN
                                    p_kind, 'bound');
         drained := NOT v_step.found_bound;
         v_bound := v_step.bound;
-        v_step := auth._purge_range(p_cutoffs[1], v_bound, NULL, resume, p_cutoffs[2], p_kind,
+        v_step := auth._purge_range(p_cutoffs[1], v_bound, resume, p_cutoffs[2], p_kind,
                                     CASE WHEN drained THEN 'all'
                                          WHEN (v_bound).key = (resume).key THEN 'within'
                                          ELSE 'range' END);
