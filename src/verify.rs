@@ -536,10 +536,16 @@ async fn plans(client: &Client, schema: &Schema) -> Found {
         .map(|r| format!("{}/{}", r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
     Ok(if scanning.is_empty() {
-        Verdict::pass(format!("all {} purge queries are index scans", rows.len()))
+        Verdict::pass(format!(
+            "all {} purge queries are bounded (index ranges, or TID ranges of pages)",
+            rows.len()
+        ))
     } else {
         Verdict::fail(
-            format!("sequential scan in {}", scanning.join(", ")),
+            format!(
+                "unbounded scan (sequential, or a page step that is no TID range) in {}",
+                scanning.join(", ")
+            ),
             format!(
                 "an index is missing or unusable: run token-janitor migrate, then \
                  SELECT plan FROM {schema}.explain_purge() to see the plan"
