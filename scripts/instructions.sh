@@ -11,7 +11,7 @@
 #   scripts/instructions.sh [options]
 #     --rows N          token rows to seed, a multiple of ten (ten per session),
 #                       90% due                                        (1000000)
-#     --layout L        time or ties (scripts/seed-layout.sql)           (time)
+#     --layout L        time, ties or spread (scripts/seed-layout.sql)  (time)
 #     --pace on|off     auth.cleanup_policy.pace of the purge   (the default, on)
 #     --batch-size N    auth.cleanup_policy.batch_size of the purge
 #                                                         (the policy's default)
@@ -63,7 +63,7 @@ while [ $# -gt 0 ]; do
 done
 die() { echo "instructions.sh: $*" >&2; exit 2; }
 fail() { echo "instructions.sh: $*" >&2; exit 1; }
-case "$LAYOUT" in time|ties) ;; *) die "--layout is time or ties, got '$LAYOUT'" ;; esac
+case "$LAYOUT" in time|ties|spread) ;; *) die "--layout is time, ties or spread, got '$LAYOUT'" ;; esac
 case "$PACE" in ''|on|off) ;; *) die "--pace is on or off, got '$PACE'" ;; esac
 [[ "$ROWS" =~ ^[1-9][0-9]*0$ ]] || die "--rows takes a multiple of ten (ten tokens per session), got '$ROWS'"
 [[ "$BATCH_SIZE" =~ ^([1-9][0-9]*)?$ ]] || die "--batch-size takes a whole number of rows (1 to 100000), got '$BATCH_SIZE'"
