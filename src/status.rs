@@ -669,20 +669,16 @@ impl Status {
             metric(
                 "last_run_status",
                 "1 for the status of the last run.",
-                [
-                    RunStatus::Running,
-                    RunStatus::Ok,
-                    RunStatus::Partial,
-                    RunStatus::Failed,
-                ]
-                .into_iter()
-                .map(|s| {
-                    (
-                        format!("{{status=\"{}\"}}", s.as_str()),
-                        if last.status == s { 1.0 } else { 0.0 },
-                    )
-                })
-                .collect(),
+                RunStatus::ALL
+                    .into_iter()
+                    .filter(|s| *s != RunStatus::Skipped)
+                    .map(|s| {
+                        (
+                            format!("{{status=\"{}\"}}", s.as_str()),
+                            if last.status == s { 1.0 } else { 0.0 },
+                        )
+                    })
+                    .collect(),
             );
             metric(
                 "last_run_deleted_rows",
