@@ -24,7 +24,14 @@
 #     --batch-size N    auth.cleanup_policy.batch_size of the purges;
 #                       repeatable: one purge (on its own copy) per size, in
 #                       the order given                     (the policy's default)
+#     --token-history   auth.cleanup_policy.token_history on for the baseline
+#                       and the purges: every rotation revokes its row and
+#                       inserts its successor's, as before rotation in place
+#                       (off, the default: a rotation replaces the row)
 #
+# Each rotation presents the token's authenticator, as TokenStore does, so
+# with token_history off it replaces the session's row in place (the seed
+# writes the live rows as this release does).
 # Latency is counted from each call's scheduled start (pgbench's latency plus
 # its schedule lag). The purge window's p99 covers the calls scheduled while
 # the purge ran. A rotation that does not return 'rotated' aborts its client
@@ -38,6 +45,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
 ROWS=3000000 LAYOUT=time RATE=300 CLIENTS=2 IDLE_S=20 PURGE_S=45 LIMIT_MS=100 UNPACED=false BATCH_SIZES=()
+HISTORY=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) ROWS="$2"; shift 2 ;;
@@ -49,6 +57,7 @@ while [ $# -gt 0 ]; do
         --limit-ms) LIMIT_MS="$2"; shift 2 ;;
         --unpaced) UNPACED=true; shift ;;
         --batch-size) BATCH_SIZES+=("$2"); shift 2 ;;
+        --token-history) HISTORY=true; shift ;;
         *) echo "pgbench-rotate.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -70,10 +79,13 @@ psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_templa
 DATABASE_URL="$SERVER/${PREFIX}_template" "$TJ" migrate --no-schedule >/dev/null
 psql -qX -v ON_ERROR_STOP=1 -v sessions="$SESSIONS" -v layout="$LAYOUT" "$SERVER/${PREFIX}_template" \
     -f "$ROOT/scripts/seed-layout.sql"
+sql "${PREFIX}_template" "UPDATE auth.cleanup_policy SET token_history = $HISTORY" >/dev/null
 DUE=$(sql "${PREFIX}_template" "SELECT count(*) FROM auth.refresh_tokens WHERE revoke_reason = 'rotated' AND revoked_at < now() - interval '1 hour'")
 
 # One rotation: each client takes sessions of its own (k ≡ client_id modulo
-# the client count), so two clients never present the same token.
+# the client count), so two clients never present the same token. The
+# authenticator is computed from the session's key, which this superuser
+# reads; an application has it in the token string.
 cat >"$WORK/rotate.sql" <<SQL
 \set k random(0, $SESSIONS / $CLIENTS - 1) * $CLIENTS + :client_id
 SELECT 1 / (r.outcome = 'rotated')::int
@@ -82,6 +94,8 @@ FROM auth.sessions s,
                        p_token_hash => sha256(convert_to(s.id::text || '/' || s.generation, 'UTF8')),
                        p_new_token_hash => sha256(convert_to(s.id::text || '/' || (s.generation + 1), 'UTF8')),
                        p_ttl => interval '30 days',
+                       p_authenticator => auth._authenticator(s.mac_key, s.id, s.generation,
+                           sha256(convert_to(s.id::text || '/' || s.generation, 'UTF8'))),
                        p_successor_seal => sha256(convert_to(s.id::text || ':' || s.generation, 'UTF8'))) r
 WHERE s.id = md5(:k::text)::uuid;
 SQL
@@ -120,9 +134,12 @@ now_us() { date +%s%6N; }
 
 echo "idle baseline: $RATE rotations/s for ${IDLE_S}s" >&2
 prepare_copy idle
+rows_before=$(sql "${PREFIX}_idle" "SELECT count(*) FROM auth.refresh_tokens")
 from=$(now_us)
 load idle "$IDLE_S"
 read -r idle_p50 idle_p99 idle_n idle_skipped <<<"$(p99 idle "$((from + 1000000))" "$(now_us)")"
+# In place, a rotation adds no row; with token_history, one each.
+rows_added=$(($(sql "${PREFIX}_idle" "SELECT count(*) FROM auth.refresh_tokens") - rows_before))
 
 # A purge on copy $1 with auth.cleanup_policy.pace = $2 and batch_size $3
 # (empty: the default) under the same load; prints its report line and
@@ -162,8 +179,8 @@ aborted=$(cat "$WORK"/*.out | grep -c "aborted" || true)
 skipped=$(awk '{ s += $2 } END { print s + 0 }' "$WORK"/*.skipped)
 
 cat <<REPORT
-rows $ROWS, due $DUE, layout $LAYOUT, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
-idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped
+rows $ROWS, due $DUE, layout $LAYOUT, token_history $HISTORY, $RATE rotations/s from $CLIENTS pgbench clients (latency from the scheduled start, --latency-limit ${LIMIT_MS} ms)
+idle:  p50 $idle_p50 ms, p99 $idle_p99 ms over $idle_n calls, $idle_skipped skipped; token rows added: $rows_added
 ${lines}pgbench clients aborted (a rotation that did not return 'rotated'): $aborted
 load average: $(cut -d' ' -f1-3 /proc/loadavg)
 REPORT
