@@ -19,6 +19,9 @@
 #                     writes them), divided by their number;
 #   rotations_per_s   each saturation run: pgbench, C clients, no rate
 #                     limit, random sessions, after the rotations above.
+# and, alternating with those runs, the same pgbench load of transactions
+# that each update one integer of a 1,000-row table: what committing a
+# transaction costs here, the ceiling of any rotation's rate.
 # Every rotation goes through the application's form of auth.rotate_token
 # (the server's clock) with the token's authenticator, as TokenStore calls
 # it, and must return 'rotated' (a division by zero stops the script).
@@ -68,6 +71,7 @@ WHERE s.user_id = $1
 SQL
 }
 { echo "\\set k random(1, $SESSIONS)"; rotation "'u' || :k"; echo ';'; } >"$WORK/rotate.sql"
+printf '%s\n' '\set k random(1, 1000)' 'UPDATE ceiling SET n = n + 1 WHERE id = :k;' >"$WORK/ceiling.sql"
 
 prepare() {
     local db="${PREFIX}_$1"
@@ -91,8 +95,9 @@ prepare() {
                FROM auth.refresh_tokens"
 }
 
+# saturate DB SCRIPT: transactions per second of SCRIPT on scratch database DB.
 saturate() {
-    "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_" -f "$WORK/rotate.sql" "$SERVER/${PREFIX}_$1" 2>&1 |
+    "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_" -f "$WORK/$2.sql" "$SERVER/${PREFIX}_$1" 2>&1 |
         awk '/^tps = / { printf "%.0f", $3 }'
 }
 
@@ -101,11 +106,16 @@ for mode in false true; do
     echo "token_history $mode: $SESSIONS sessions x $ROTATIONS rotations" >&2
     read -r ROWS[$mode] WAL[$mode] < <(prepare "$mode" | tr '|' ' ')
 done
+psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_ceiling"
+sql "${PREFIX}_ceiling" "CREATE TABLE ceiling (id integer PRIMARY KEY, n bigint NOT NULL);
+                       INSERT INTO ceiling SELECT k, 0 FROM generate_series(1, 1000) k" >/dev/null
 for i in $(seq "$REPEAT"); do
     for mode in false true; do
         echo "saturation run $i, token_history $mode: $CLIENTS clients, ${SECONDS_}s" >&2
-        RATES[$mode]="${RATES[$mode]:-}$(saturate "$mode") "
+        RATES[$mode]="${RATES[$mode]:-}$(saturate "$mode" rotate) "
     done
+    echo "saturation run $i, one-row updates: $CLIENTS clients, ${SECONDS_}s" >&2
+    CEILING="${CEILING:-}$(saturate ceiling ceiling) "
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 printf '%-14s %16s %16s %s\n' token_history rows_per_session wal_per_rotation "rotations_per_s (runs; median)"
@@ -113,3 +123,4 @@ for mode in false true; do
     printf '%-14s %16s %16s %s; %s\n' "$mode" "${ROWS[$mode]}" "${WAL[$mode]}" "${RATES[$mode]% }" \
         "$(echo "${RATES[$mode]}" | median)"
 done
+printf 'one-row updates/s at saturation (the commit ceiling): %s; %s\n' "${CEILING% }" "$(echo "$CEILING" | median)"

@@ -3,11 +3,11 @@
 -- between two days and two hours ago (all due under the default one-hour
 -- rotated_retention), generation 9 live. Token hashes are
 -- sha256('<session>/<generation>'), which a rotation can recompute. The
--- sessions have MAC keys and the live rows are written as this release's
--- rotate_token writes them (rotates_in_place): the state of a database
--- upgraded to rotation in place after each session's first rotation since,
--- so a rotation that presents the live token's authenticator replaces its
--- row, unless token_history is on.
+-- sessions have MAC keys and expiry floors, and the live rows are written
+-- as this release's rotate_token writes them (rotates_in_place): the state
+-- of a database upgraded to rotation in place after each session's first
+-- rotation since, so a rotation that presents the live token's
+-- authenticator replaces its row, unless token_history is on.
 --
 --   psql -v ON_ERROR_STOP=1 -v sessions=N -v layout=time|ties|spread -f scripts/seed-layout.sql
 --
@@ -19,8 +19,9 @@
 --   spread  as ties, with sessions in login order: their random ids do not
 --           follow the heap (an import grouped by session), so neither the
 --           timestamp nor the primary key does.
-INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at, mac_key)
-SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days', auth._new_mac_key()
+INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at, expiry_floor, mac_key)
+SELECT md5(s::text)::uuid, 'user-' || s, now() - interval '3 days', 9, now() + interval '30 days',
+       now() + interval '30 days', auth._new_mac_key()
 FROM generate_series(0, :sessions - 1) s;
 INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at, revoke_reason,
                                  rotates_in_place)

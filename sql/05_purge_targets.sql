@@ -74,13 +74,15 @@ BEGIN
          ARRAY['audit_retention'], ARRAY['security_events_occurred_at_idx'], false,
          'security_events_deleted'),
         -- A dead session never gets a token again, so "no token rows" cannot
-        -- change under a delete.
+        -- change under a delete. Dead by expiry is found by expiry_floor, a
+        -- time at or before refresh_expires_at that rotations seldom move
+        -- (V12), so that they update the session row HOT.
         ('sessions', 'emptied', 'auth.sessions'::regclass, NULL,
          ARRAY['id'],
-         '(refresh_expires_at < $1 OR revoked_at < $6)'
+         '(expiry_floor < $1 AND refresh_expires_at < $1 OR revoked_at < $6)'
          ' AND NOT EXISTS (SELECT 1 FROM auth.refresh_tokens t WHERE t.session_id = sessions.id)',
          ARRAY['expired_retention', 'revoked_retention'],
-         ARRAY['sessions_refresh_expires_at_idx', 'sessions_revoked_at_idx'], false,
+         ARRAY['sessions_expiry_floor_idx', 'sessions_revoked_at_idx'], false,
          'sessions_deleted')
     ) AS t (kind, shape, relation, key_column, row_key, due, retentions, indexes, empties_sessions, run_column)
     WHERE p_kind IS NULL OR t.kind = p_kind;

@@ -364,9 +364,9 @@ BEGIN
     PERFORM auth._lock_user(p_user_id, false);
     v_expires := least(p_now + p_ttl, p_now + v_lifetime);
 
-    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, mac_key,
+    INSERT INTO auth.sessions AS s (user_id, created_at, generation, refresh_expires_at, expiry_floor, mac_key,
                                     client_id, dpop_jkt, device_label)
-    VALUES (p_user_id, p_now, 0, v_expires, v_key, p_client_id, p_dpop_jkt, p_device_label)
+    VALUES (p_user_id, p_now, 0, v_expires, v_expires, v_key, p_client_id, p_dpop_jkt, p_device_label)
     RETURNING s.id INTO v_session;
 
     INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, rotates_in_place)
@@ -457,12 +457,13 @@ DECLARE
     v_max_ttl  interval;
     v_lifetime interval;
     v_history  boolean;
+    v_retention interval;
     v_key      bytea;
     v_seal     bytea;
     v_expires  timestamptz;
 BEGIN
-    SELECT p.reuse_grace, p.max_ttl, p.max_session_lifetime, p.token_history
-    INTO v_grace, v_max_ttl, v_lifetime, v_history
+    SELECT p.reuse_grace, p.max_ttl, p.max_session_lifetime, p.token_history, p.expired_retention
+    INTO v_grace, v_max_ttl, v_lifetime, v_history, v_retention
     FROM auth.cleanup_policy p;
     PERFORM auth._check_token_hash('p_token_hash', p_token_hash);
     PERFORM auth._check_token_hash('p_new_token_hash', p_new_token_hash);
@@ -589,7 +590,13 @@ BEGIN
             VALUES (p_session_id, p_generation + 1, p_new_token_hash, p_now, v_expires, v_seal, true);
         END IF;
     END IF;
-    UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key
+    -- The floor (V12) moves only when the expiry has run half of
+    -- expired_retention past it or fallen below it: otherwise no indexed
+    -- column changes, and the row is updated on its page (HOT).
+    UPDATE auth.sessions s
+    SET generation = p_generation + 1, refresh_expires_at = v_expires, mac_key = v_key,
+        expiry_floor = CASE WHEN s.expiry_floor > v_expires OR s.expiry_floor < v_expires - v_retention / 2
+                            THEN v_expires ELSE s.expiry_floor END
     WHERE s.id = p_session_id;
 
     RETURN QUERY SELECT 'rotated'::text, p_generation + 1, v_expires, v_session.user_id,

@@ -23,9 +23,12 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_rotated_purge_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_revoked_purge_idx
     ON auth.refresh_tokens (revoked_at, session_id, generation) WHERE revoke_reason <> 'rotated';
 
--- session sweep: dead by expiry.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_refresh_expires_at_idx
-    ON auth.sessions (refresh_expires_at);
+-- session sweep: dead by expiry, through expiry_floor (at or before
+-- refresh_expires_at; V12): an index on refresh_expires_at, which every
+-- rotation moves, would take a new entry per rotation in each of the
+-- session's indexes.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_expiry_floor_idx
+    ON auth.sessions (expiry_floor);
 
 -- session sweep: dead by revocation.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_revoked_at_idx

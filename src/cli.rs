@@ -363,11 +363,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = migrate::migrate(&mut client, &options).await?;
             println!(
                 "migrated {url}: {} migration(s) applied, {} index(es) built, {} rebuilt, \
-                 {} replaced index(es) dropped; owned by role {}",
+                 {} replaced index(es) dropped, {} session expiry floor(s) set; owned by role {}",
                 report.applied.len(),
                 report.indexes_built.len(),
                 report.indexes_rebuilt.len(),
                 report.indexes_retired.len(),
+                report.expiry_floors_set,
                 report.owner
             );
             match (report.job_id, &report.job_name, &report.schedule) {

@@ -156,12 +156,19 @@ const INDEXES: &str = include_str!("../sql/indexes.sql");
 
 /// Indexes of earlier releases that `sql/indexes.sql` replaced, dropped
 /// CONCURRENTLY once their replacements are built: the token kinds' indexes
-/// on the timestamp alone, before the primary key joined their keys.
+/// on the timestamp alone, before the primary key joined their keys; the
+/// session sweep's index on refresh_expires_at, before expiry_floor (V12).
 const RETIRED_INDEXES: &[&str] = &[
     "refresh_tokens_expires_at_idx",
     "refresh_tokens_rotated_idx",
     "refresh_tokens_revoked_idx",
+    "sessions_refresh_expires_at_idx",
 ];
+
+/// Sessions whose expiry floor one statement of [`settle_expiry_floors`]
+/// sets: one short transaction, so a rotation waits for it a few
+/// milliseconds at most.
+const FLOOR_BATCH: i64 = 5_000;
 
 /// What `migrate` should do beyond the schema.
 ///
@@ -291,6 +298,9 @@ pub struct MigrateReport {
     pub indexes_rebuilt: Vec<String>,
     /// Indexes of an earlier release that this run dropped (replaced).
     pub indexes_retired: Vec<String>,
+    /// Sessions written before V12 whose expiry floor this run set to
+    /// their expiry, so that the session sweep finds them by its index.
+    pub expiry_floors_set: u64,
     /// The pg_cron job id, when the schedule was installed.
     pub job_id: Option<i64>,
     /// The job's name (`token-janitor cleanup: DATABASE.SCHEMA`, one per
@@ -439,6 +449,7 @@ async fn migrate_locked(client: &mut Client, options: &MigrateOptions) -> Result
     for index in index_statements(schema) {
         build_index(client, schema, &index, &mut report).await?;
     }
+    report.expiry_floors_set = settle_expiry_floors(client, schema).await?;
     for name in RETIRED_INDEXES {
         retire_index(client, schema, name, &mut report).await?;
     }
@@ -597,6 +608,42 @@ async fn build_index(
         .await
         .map_err(db(context()))?;
     Ok(())
+}
+
+/// Sets the expiry floor of the sessions written before V12 (or without
+/// the column: '-infinity', which every sweep reads) to their expiry, in
+/// statements of [`FLOOR_BATCH`] rows, each its own transaction, until none
+/// is left but those other transactions hold (their rotation sets the
+/// floor itself). A run cut short leaves the rest to the next migrate; the
+/// sweep is right either way, only slower.
+async fn settle_expiry_floors(client: &Client, schema: &Schema) -> Result<u64> {
+    let statement = schema.sql(
+        "UPDATE auth.sessions s SET expiry_floor = s.refresh_expires_at
+         WHERE s.id IN (SELECT u.id FROM auth.sessions u
+                        WHERE u.expiry_floor = '-infinity' AND u.refresh_expires_at > '-infinity'
+                        LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    );
+    let mut set = 0;
+    loop {
+        let rows = client
+            .execute(&*statement, &[&FLOOR_BATCH])
+            .await
+            .map_err(db(format!(
+                "setting the expiry floor of {schema}.sessions written before V12 \
+                 ({set} set so far; run migrate again to go on)"
+            )))?;
+        set += rows;
+        if rows == 0 {
+            break;
+        }
+    }
+    if set > 0 {
+        tracing::info!(
+            sessions = set,
+            "set the expiry floor of sessions written before V12"
+        );
+    }
+    Ok(set)
 }
 
 /// Drops index `name` of an earlier release CONCURRENTLY (its own statement,

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::SystemTime;
+
 use common::*;
 use rstest::rstest;
 use token_janitor::testing::simulated::{issue_at, rotate_at};
@@ -882,4 +884,85 @@ async fn a_bound_session_is_not_revoked_by_a_rotated_away_token() {
             .await
             .unwrap()
     );
+}
+
+/// The session's expiry floor (V12), read after each step: its value, and
+/// whether the step's update of the session row was HOT (no index entry).
+async fn floor_after(c: &tokio_postgres::Client, session: uuid::Uuid) -> (SystemTime, i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT s.expiry_floor,
+                    pg_stat_get_xact_tuples_updated('auth.sessions'::regclass),
+                    pg_stat_get_xact_tuples_hot_updated('auth.sessions'::regclass)
+             FROM auth.sessions s WHERE s.id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A rotation moves the session's expiry, which no index holds, and leaves
+/// its floor (which one does) until the expiry has run half of
+/// expired_retention (1 day: 12 hours) past the floor or fallen below it:
+/// so most rotations update the session row HOT. The counts are this
+/// transaction's, exact.
+#[tokio::test]
+async fn rotations_update_the_session_hot_until_its_expiry_leaves_the_floor() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let s = issue(c, "hot", "g0", TTL, at(0)).await;
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(floor_after(c, s).await, (at(TTL), 0, 0));
+    // 11 hours on: the expiry is 11 hours past the floor, which stays.
+    assert_eq!(
+        rotate(c, s, 0, "g0", "g1", TTL, at(11 * HOUR)).await,
+        "rotated"
+    );
+    assert_eq!(floor_after(c, s).await, (at(TTL), 1, 1));
+    // 13 hours on: past half the retention, the floor is the expiry again.
+    assert_eq!(
+        rotate(c, s, 1, "g1", "g2", TTL, at(13 * HOUR)).await,
+        "rotated"
+    );
+    assert_eq!(floor_after(c, s).await, (at(13 * HOUR + TTL), 2, 1));
+    // A shorter TTL puts the expiry below the floor: the floor follows.
+    assert_eq!(
+        rotate(c, s, 2, "g2", "g3", DAY, at(14 * HOUR)).await,
+        "rotated"
+    );
+    assert_eq!(floor_after(c, s).await, (at(14 * HOUR + DAY), 3, 1));
+    c.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// The sweep finds a dead session without token rows by its floor, which
+/// lags its expiry, and deletes it once its expiry (not its floor) is past
+/// expired_retention: not a second before.
+#[tokio::test]
+async fn the_sweep_deletes_a_session_by_its_expiry_whatever_its_floor() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let s = issue(c, "swept", "g0", TTL, at(0)).await;
+    assert_eq!(rotate(c, s, 0, "g0", "g1", TTL, at(HOUR)).await, "rotated");
+    assert_eq!(floor_after(c, s).await.0, at(TTL));
+    // Its token rows gone (as a session the application held while the
+    // purge deleted them leaves it): only the sweep can find it.
+    c.execute(
+        "DELETE FROM auth.refresh_tokens WHERE session_id = $1",
+        &[&s],
+    )
+    .await
+    .unwrap();
+    let swept = |now: SystemTime| async move {
+        c.query_one(
+            "SELECT sessions FROM auth.purge_refresh_tokens(p_now => $1)",
+            &[&now],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    // The cutoff (now - 1 day) at the expiry: kept, though past the floor.
+    assert_eq!(swept(at(HOUR + TTL + DAY)).await, 0);
+    assert_eq!(swept(at(HOUR + TTL + DAY + 1)).await, 1);
 }

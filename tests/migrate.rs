@@ -351,7 +351,8 @@ async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
             "V8__security_event_repeats",
             "V9__session_binding_and_lifetime",
             "V10__token_in_place",
-            "V11__deleted_by_kind"
+            "V11__deleted_by_kind",
+            "V12__session_expiry_floor"
         ]
     );
 }

@@ -3,7 +3,9 @@
 //! still reads reuse_detected while its row exists, and once the row is
 //! purged neither the genuine rt1_ token nor a forged one can revoke the
 //! family. The purge indexes on a timestamp alone give way to the ones
-//! that end with the primary key.
+//! that end with the primary key, and the session sweep's index on
+//! refresh_expires_at to the one on expiry_floor, which migrate sets for
+//! every session it finds.
 
 mod common;
 
@@ -36,7 +38,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
              CREATE INDEX refresh_tokens_rotated_idx ON auth.refresh_tokens (revoked_at)
                  WHERE revoke_reason = 'rotated';
              CREATE INDEX refresh_tokens_revoked_idx ON auth.refresh_tokens (revoked_at)
-                 WHERE revoke_reason <> 'rotated';",
+                 WHERE revoke_reason <> 'rotated';
+             CREATE INDEX sessions_refresh_expires_at_idx ON auth.sessions (refresh_expires_at);",
         )
         .await
         .unwrap();
@@ -53,7 +56,8 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
             "V8__security_event_repeats",
             "V9__session_binding_and_lifetime",
             "V10__token_in_place",
-            "V11__deleted_by_kind"
+            "V11__deleted_by_kind",
+            "V12__session_expiry_floor"
         ]
     );
     let paced: bool = db
@@ -68,17 +72,41 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
         vec![
             "refresh_tokens_expires_at_idx",
             "refresh_tokens_rotated_idx",
-            "refresh_tokens_revoked_idx"
+            "refresh_tokens_revoked_idx",
+            "sessions_refresh_expires_at_idx"
         ]
     );
-    let indexes: Vec<String> = column(
+    // Both sessions' floors are their expiry: the sweep's index finds them
+    // when they die, instead of reading them on every sweep.
+    assert_eq!(report.expiry_floors_set, 2);
+    let floors: Vec<bool> = column(
         &db.client,
-        "SELECT indexrelid::regclass::text FROM pg_index
-         WHERE indrelid = 'auth.refresh_tokens'::regclass ORDER BY 1",
+        "SELECT expiry_floor = refresh_expires_at FROM auth.sessions",
     )
     .await;
+    assert_eq!(floors, [true, true]);
+    let client = &db.client;
+    let indexes = |table: &'static str| async move {
+        column::<String>(
+            client,
+            &format!(
+                "SELECT indexrelid::regclass::text FROM pg_index
+                 WHERE indrelid = '{table}'::regclass ORDER BY 1"
+            ),
+        )
+        .await
+    };
     assert_eq!(
-        indexes,
+        indexes("auth.sessions").await,
+        [
+            "auth.sessions_expiry_floor_idx",
+            "auth.sessions_pkey",
+            "auth.sessions_revoked_at_idx",
+            "auth.sessions_user_id_idx"
+        ]
+    );
+    assert_eq!(
+        indexes("auth.refresh_tokens").await,
         [
             "auth.refresh_tokens_expired_purge_idx",
             "auth.refresh_tokens_pkey",
@@ -154,7 +182,8 @@ async fn sessions_from_v8_keep_rotating_and_are_listed_after_v9() {
         vec![
             "V9__session_binding_and_lifetime",
             "V10__token_in_place",
-            "V11__deleted_by_kind"
+            "V11__deleted_by_kind",
+            "V12__session_expiry_floor"
         ]
     );
     let lifetime: Vec<Option<String>> = column(
@@ -244,7 +273,11 @@ async fn rows_from_before_in_place_rotation_are_purged_and_their_sessions_rotate
     let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_eq!(
         report.applied,
-        vec!["V10__token_in_place", "V11__deleted_by_kind"]
+        vec![
+            "V10__token_in_place",
+            "V11__deleted_by_kind",
+            "V12__session_expiry_floor"
+        ]
     );
     let c = &db.client;
     // The key V4 on draws for each new session.

@@ -226,18 +226,20 @@ pub async fn seed(client: &Client, shape: Shape, seed: u64) -> Result<i64> {
     );
     let sink = client
         .copy_in(
-            "COPY auth.sessions (id, user_id, created_at, generation, refresh_expires_at, mac_key) FROM STDIN",
+            "COPY auth.sessions (id, user_id, created_at, generation, refresh_expires_at, expiry_floor, mac_key) \
+             FROM STDIN",
         )
         .await
         .map_err(db("seeding sessions"))?;
     let mut sink = Box::pin(sink);
     let mut buffer = String::new();
     for (s, id) in sessions.iter().enumerate() {
+        // The expiry floor at the expiry, as issue and rotate write it.
+        let expires = timestamp(last_issued[s] + TTL);
         buffer.push_str(&format!(
-            "{id}\tuser-{s}\t{}\t{}\t{}\t\\\\x{}\n",
+            "{id}\tuser-{s}\t{}\t{}\t{expires}\t{expires}\t\\\\x{}\n",
             timestamp(first_issued[s]),
             newest[s],
-            timestamp(last_issued[s] + TTL),
             mac_key(*id)
         ));
         if buffer.len() > 1 << 20 {
