@@ -107,9 +107,9 @@ CREATE EXTENSION IF NOT EXISTS pg_prewarm;
 SELECT pg_prewarm(c.oid) FROM pg_class c WHERE c.relnamespace = 'auth'::regnamespace AND c.relkind IN ('r', 'i');
 CHECKPOINT;
 SQL
-    # The copy's files reach the disk now, not while the load runs: the
-    # kernel writing back a gigabyte of them made the baseline's commits
-    # wait (idle p99s of 35 and 62 ms among runs of 4-13 ms).
+    # The copy's files reach the disk now, not while the load runs: without
+    # this, two idle baselines of nine had p99s of 35 and 62 ms, the others
+    # 4-13 ms; with it, all nine 5-13 ms (docs/performance.md).
     sync
 }
 
