@@ -17,6 +17,11 @@
 --                              range scan however many rows share a key; or,
 --                              on a heap that does not follow the key, in
 --                              page order (auth._purge_order);
+--                     'through' due rows found through their session: a
+--                              batch is the range of sessions (auth.sessions,
+--                              ordered by key_column, then id) between two
+--                              positions, its due rows those of these
+--                              sessions; never in page order
 --                     'oldest' the oldest due rows by key, LIMIT n, by
 --                              primary key (`row_key`); for tables whose rows
 --                              do not fit auth.purge_position;
@@ -25,7 +30,8 @@
 --                              all of them once the batch drains (`sweep`);
 --                              listed after every other kind
 --   relation          the table
---   key_column        the column a batch orders by (NULL for 'emptied')
+--   key_column        the column a batch orders by (NULL for 'emptied'; a
+--                     column of auth.sessions for 'through')
 --   row_key           the primary key's columns after key_column
 --   due               when a row is due: a predicate on the relation's
 --                     columns with $1 = now - retentions[1] (and, for
@@ -38,8 +44,11 @@
 --                     token rows: its deletes return session ids, which
 --                     'emptied' looks at
 --   run_column        the auth.cleanup_runs column that also counts its
---                     deletes, for the kinds from before deleted_by_kind
---                     (NULL for a kind added since)
+--                     deletes, and purge_refresh_tokens' pinned column of
+--                     that name less '_deleted', for the kinds from before
+--                     deleted_by_kind and those that split one of them
+--                     (NULL for a kind added since); kinds that share one
+--                     add up there
 -- SECURITY DEFINER-free and readable by monitoring: definitions, no data.
 CREATE OR REPLACE FUNCTION auth.purge_targets(p_kind text DEFAULT NULL)
 RETURNS TABLE (kind text, shape text, relation regclass, key_column text, row_key text[],
@@ -50,10 +59,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY SELECT * FROM (VALUES
+        -- A row of its own (token_history, an rt1_ token, a row from before
+        -- V10, a row revoked 'rotated').
         ('expired', 'range', 'auth.refresh_tokens'::regclass, 'expires_at',
          ARRAY['session_id', 'generation'],
-         'expires_at < $1',
-         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_purge_idx'], true,
+         'NOT rotates_in_place AND expires_at < $1',
+         ARRAY['expired_retention'], ARRAY['refresh_tokens_expired_rows_idx'], true,
+         'expired_deleted'),
+        -- A session's current token row, which a rotation replaces in place.
+        -- No index holds it by expiry: that would take an entry per rotation
+        -- (about 90 bytes of WAL of the 740 a rotation wrote) for a row that
+        -- expires once. Its expires_at is its session's refresh_expires_at,
+        -- whose expiry_floor is at or before it, so it is found through the
+        -- sessions whose floor is before the cutoff, as the session sweep
+        -- finds a session dead by expiry.
+        ('expired_in_place', 'through', 'auth.refresh_tokens'::regclass, 'expiry_floor',
+         ARRAY['session_id', 'generation'],
+         'rotates_in_place AND expires_at < $1',
+         ARRAY['expired_retention'], ARRAY['sessions_expiry_floor_idx', 'refresh_tokens_pkey'], true,
          'expired_deleted'),
         ('revoked', 'range', 'auth.refresh_tokens'::regclass, 'revoked_at',
          ARRAY['session_id', 'generation'],

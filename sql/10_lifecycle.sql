@@ -565,7 +565,10 @@ BEGIN
         v_seal := auth._wrap_seal(p_successor_seal, p_session_id, p_generation + 1, p_now, v_grace);
     END IF;
     IF v_history OR p_authenticator IS NULL OR NOT v_token.rotates_in_place THEN
-        UPDATE auth.refresh_tokens t SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL
+        -- The row stays as a predecessor's, no longer its session's current
+        -- token: the expired kind's index takes it again (indexes.sql).
+        UPDATE auth.refresh_tokens t
+        SET revoked_at = p_now, revoke_reason = 'rotated', successor_seal = NULL, rotates_in_place = false
         WHERE t.session_id = p_session_id AND t.generation = p_generation;
         INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, successor_seal,
                                          rotates_in_place)

@@ -49,6 +49,11 @@
 --            holds, returning the rows deleted, the sessions (kinds that
 --            empty them) and the rows left locked: auth._purge_range runs
 --            it when the plain step meets a held row.
+--   through  as 'range' (but 'pages'), over the sessions whose key is
+--            before the cutoff, in order of key and id (a position's key
+--            and session_id): 'bound' is the ($3 + 1)-th such session from
+--            $5, and a delete step deletes the kind's due rows of the
+--            sessions in its range.
 --   oldest   'due', and 'oldest' (delete the $3 oldest due rows; all of them
 --            when $3 is NULL).
 --   emptied  'due', 'touched' (the due rows among $4) and 'sweep' (all due
@@ -65,45 +70,75 @@ AS $$
 DECLARE
     t       record;
     c       text;
+    v_rel   regclass;
+    v_in    text;
+    v_key   text[];
     v_pk    text;
     v_pk5   text;
     v_pk2   text;
+    v_rows  text;
     v_cols  text;
     v_from  text;
     v_until text;
     v_where text;
 BEGIN
     SELECT * INTO t FROM auth.purge_targets(p_kind);
-    -- The primary key's columns, and the same fields of the positions $5
-    -- and $2 (a loop of simple expressions: no query per column).
-    FOREACH c IN ARRAY t.row_key LOOP
-        v_pk := concat_ws(', ', v_pk, quote_ident(c));
-        v_pk5 := concat_ws(', ', v_pk5, '($5).' || quote_ident(c));
-        v_pk2 := concat_ws(', ', v_pk2, '($2).' || quote_ident(c));
-    END LOOP;
-    IF p_step = 'due' THEN
-        RETURN format('SELECT 1 FROM %s WHERE %s', t.relation, t.due)
-            || CASE WHEN t.shape = 'range' THEN format(' AND (%I, %s) >= (($5).key, %s)', t.key_column, v_pk, v_pk5)
-               ELSE '' END;
+    -- What a 'range' or 'through' position orders: the kind's own rows, or
+    -- (through) the sessions whose key is before the cutoff.
+    IF t.shape = 'through' THEN
+        v_rel := 'auth.sessions'::regclass;
+        v_in := format('%I < $1', t.key_column);
+        v_key := ARRAY['id'];
+    ELSE
+        v_rel := t.relation;
+        v_in := t.due;
+        v_key := t.row_key;
     END IF;
-    IF t.shape = 'range' THEN
+    -- The primary keys' columns (the kind's rows', and the positioned
+    -- relation's with the same fields of the positions $5 and $2: a loop of
+    -- simple expressions, no query per column).
+    FOREACH c IN ARRAY t.row_key LOOP
+        v_rows := concat_ws(', ', v_rows, quote_ident(c));
+    END LOOP;
+    FOREACH c IN ARRAY v_key LOOP
+        v_pk := concat_ws(', ', v_pk, quote_ident(c));
+        -- (A session's id is a position's session_id.)
+        c := quote_ident(CASE t.shape WHEN 'through' THEN 'session_id' ELSE c END);
+        v_pk5 := concat_ws(', ', v_pk5, '($5).' || c);
+        v_pk2 := concat_ws(', ', v_pk2, '($2).' || c);
+    END LOOP;
+    IF t.key_column IS NOT NULL THEN
         v_cols := format('%I, %s', t.key_column, v_pk);
         v_from := format('(%s) >= (($5).key, %s)', v_cols, v_pk5);
         v_until := format('(%s) < (($2).key, %s)', v_cols, v_pk2);
+    END IF;
+    IF p_step = 'due' THEN
+        RETURN format('SELECT 1 FROM %s WHERE %s', t.relation, t.due)
+            || CASE t.shape WHEN 'range' THEN ' AND ' || v_from
+                            WHEN 'through' THEN format(' AND session_id IN (SELECT id FROM %s WHERE %s AND %s)',
+                                                       v_rel, v_in, v_from)
+                            ELSE '' END;
+    END IF;
+    IF t.shape IN ('range', 'through') THEN
         CASE p_step
             WHEN 'bound' THEN
-                RETURN format('SELECT %1$s FROM %2$s WHERE %3$s AND %4$s ORDER BY %1$s OFFSET $3 LIMIT 1',
-                              v_cols, t.relation, t.due, v_from);
+                -- (A 'through' position's generation field is unused.)
+                RETURN format('SELECT %1$s%5$s FROM %2$s WHERE %3$s AND %4$s ORDER BY %1$s OFFSET $3 LIMIT 1',
+                              v_cols, v_rel, v_in, v_from, CASE t.shape WHEN 'through' THEN ', 0' ELSE '' END);
             ELSE
                 -- A delete step: which rows (v_where), then how.
                 v_where := CASE regexp_replace(p_step, '_skip$', '')
-                    WHEN 'range' THEN format('%s AND %s AND %s', t.due, v_from, v_until)
+                    WHEN 'range' THEN format('%s AND %s AND %s', v_in, v_from, v_until)
                     WHEN 'within' THEN format('%s AND %I = ($2).key AND (%s) >= (%s) AND (%s) < (%s)',
-                                              t.due, t.key_column, v_pk, v_pk5, v_pk, v_pk2)
-                    WHEN 'all' THEN format('%s AND %s', t.due, v_from)
-                    WHEN 'pages' THEN format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
-                                             ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due)
+                                              v_in, t.key_column, v_pk, v_pk5, v_pk, v_pk2)
+                    WHEN 'all' THEN format('%s AND %s', v_in, v_from)
+                    WHEN 'pages' THEN CASE t.shape WHEN 'range' THEN
+                                      format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
+                                             ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due) END
                 END;
+                IF t.shape = 'through' THEN
+                    v_where := format('%s AND session_id IN (SELECT id FROM %s WHERE %s)', t.due, v_rel, v_where);
+                END IF;
         END CASE;
         IF v_where IS NULL THEN
             NULL;
@@ -115,7 +150,7 @@ BEGIN
             -- key would need an index scan, which page steps do not use.)
             RETURN format('WITH d AS (DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s FOR UPDATE SKIP LOCKED)'
                           ' RETURNING %4$I) SELECT count(*), %5$s, (SELECT count(*) FROM %1$s WHERE %3$s) - count(*) FROM d',
-                          t.relation, CASE p_step WHEN 'pages_skip' THEN 'ctid' ELSE v_pk END, v_where, t.row_key[1],
+                          t.relation, CASE p_step WHEN 'pages_skip' THEN 'ctid' ELSE v_rows END, v_where, t.row_key[1],
                           CASE WHEN t.empties_sessions THEN format('coalesce(array_agg(DISTINCT %I), ''{}'')', t.row_key[1])
                                ELSE '''{}''::uuid[]' END);
         ELSIF t.empties_sessions THEN
@@ -127,10 +162,10 @@ BEGIN
         END IF;
     ELSIF t.shape = 'oldest' AND p_step = 'oldest' THEN
         RETURN format('DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s ORDER BY %4$I LIMIT $3)',
-                      t.relation, v_pk, t.due, t.key_column);
+                      t.relation, v_rows, t.due, t.key_column);
     ELSIF t.shape = 'emptied' AND p_step IN ('touched', 'sweep') THEN
         RETURN format('DELETE FROM %1$s WHERE (%2$s) IN (SELECT %2$s FROM %1$s WHERE %3$s%4$s FOR UPDATE SKIP LOCKED)',
-                      t.relation, v_pk, t.due,
+                      t.relation, v_rows, t.due,
                       CASE p_step WHEN 'touched' THEN format(' AND %I = ANY ($4)', t.row_key[1]) ELSE '' END);
     END IF;
     RAISE EXCEPTION 'no purge statement % for kind %', quote_literal(p_step), quote_literal(p_kind);
@@ -147,6 +182,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE p_shape WHEN 'range' THEN ARRAY['bound', 'range', 'within', 'all', 'pages',
                                                 'range_skip', 'within_skip', 'all_skip', 'pages_skip']
+                        WHEN 'through' THEN ARRAY['bound', 'range', 'within', 'all',
+                                                  'range_skip', 'within_skip', 'all_skip']
                         WHEN 'oldest' THEN ARRAY['oldest']
                         ELSE ARRAY['touched', 'sweep'] END
 $$;
@@ -257,7 +294,7 @@ DECLARE
 BEGIN
     FOR v_kind IN
         SELECT t.kind, t.empties_sessions, auth._purge_steps(t.shape) AS steps
-        FROM auth.purge_targets() t WHERE t.shape = 'range'
+        FROM auth.purge_targets() t WHERE t.shape IN ('range', 'through')
     LOOP
         v_body := v_body || format(E'    %s p_kind = %L THEN\n', CASE v_body WHEN '' THEN 'IF' ELSE 'ELSIF' END,
                                    v_kind.kind);
@@ -427,8 +464,8 @@ END
 $$;
 
 -- auth._purge_kind: deletes up to p_limit due rows of kind p_kind, of shape
--- p_shape ('range' or 'oldest'), from position p_from on (NULL: from the
--- start), in key order; returns how many, from which sessions, whether it
+-- p_shape ('range', 'through' or 'oldest'), from position p_from on (NULL:
+-- from the start), in key order; returns how many, from which sessions, whether it
 -- saw the end of the kind's due rows, and where the next call may start
 -- (every due row before `resume` is gone). Row locks: the deleted rows,
 -- until the caller's transaction ends.
@@ -462,6 +499,14 @@ $$;
 -- key every time, so a loop of purge_refresh_tokens calls would walk again
 -- over what the earlier calls left, and a call must return 0 only when
 -- nothing is due. A batch in key order never deletes more than p_limit.
+-- A 'through' batch counts sessions, not rows: its ranges hold what is left
+-- of p_limit sessions each, and a run's batch stops once it has read 2 x
+-- p_limit of them (sessions past the cutoff by their key but not by their
+-- expiry, whose key lags it by up to half of expired_retention, hold no due
+-- row; the run's next batch goes on from its resume; a one-off call goes on
+-- until it deleted p_limit rows or read every such session). It deletes more than
+-- p_limit rows only where a session holds more than one row that rotates
+-- in place, which no rotation leaves.
 CREATE OR REPLACE FUNCTION auth._purge_kind(
     p_kind    text,
     p_shape   text,
@@ -516,7 +561,7 @@ BEGIN
         RETURN;
     END IF;
     IF p_from IS NULL THEN
-        v_pages := p_reorder AND auth._purge_order(p_kind, p_cutoffs);
+        v_pages := p_reorder AND p_shape = 'range' AND auth._purge_order(p_kind, p_cutoffs);
         IF v_pages THEN
             resume := ROW(NULL::timestamptz, NULL::uuid, 0)::auth.purge_position;
         END IF;
@@ -549,7 +594,8 @@ BEGIN
         END LOOP;
         RETURN;
     END IF;
-    WHILE deleted < p_limit LOOP
+    WHILE deleted < p_limit AND (p_shape = 'range' OR NOT p_reorder OR v_read < 2 * p_limit) LOOP
+        v_read := v_read + p_limit - deleted;
         v_step := auth._purge_step(p_cutoffs[1], NULL, p_limit - deleted, NULL, resume, p_cutoffs[2],
                                    p_kind, 'bound');
         drained := NOT v_step.found_bound;
@@ -676,8 +722,10 @@ $$;
 -- auth.purge_refresh_tokens: deletes up to p_limit due token rows (NULL: all
 -- that are due) in the caller's transaction, then the dead sessions left
 -- without tokens; returns how many rows of each kind it deleted: the pinned
--- kinds in their columns, and every kind of auth.purge_targets on these two
--- tables in by_kind (kind -> rows), so a new kind needs no new column.
+-- kinds in their columns (each column the sum of the kinds whose run_column
+-- it names: expired counts expired_in_place too), and every kind of
+-- auth.purge_targets on these two tables in by_kind (kind -> rows), so a
+-- new kind needs no new column.
 -- Security events are the run's (auth.run_token_cleanup).
 CREATE OR REPLACE FUNCTION auth.purge_refresh_tokens(
     p_now   timestamptz DEFAULT now(),
@@ -687,11 +735,14 @@ RETURNS TABLE (expired bigint, revoked bigint, rotated bigint, sessions bigint, 
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT (b.deleted ->> 'expired')::bigint, (b.deleted ->> 'revoked')::bigint,
-           (b.deleted ->> 'rotated')::bigint, (b.deleted ->> 'sessions')::bigint, b.deleted
+    SELECT c.counts[1], c.counts[2], c.counts[3], c.counts[4], b.deleted
     FROM auth._purge_batch(p_now, p_limit, NULL,
                            ARRAY(SELECT t.kind FROM auth.purge_targets() t
-                                 WHERE t.relation IN ('auth.refresh_tokens'::regclass, 'auth.sessions'::regclass))) b
+                                 WHERE t.relation IN ('auth.refresh_tokens'::regclass, 'auth.sessions'::regclass))) b,
+         LATERAL (SELECT ARRAY(SELECT (SELECT sum((b.deleted ->> t.kind)::bigint)::bigint FROM auth.purge_targets() t
+                                       WHERE t.run_column = p.col || '_deleted')
+                               FROM unnest(ARRAY['expired', 'revoked', 'rotated', 'sessions']) WITH ORDINALITY p (col, n)
+                               ORDER BY p.n) AS counts) c
 $$;
 
 -- auth._purge_step's statements, from the definitions as they stand now.

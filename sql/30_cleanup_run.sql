@@ -62,7 +62,8 @@ $$;
 
 -- auth._run_counters: the statement that adds a batch's deletes ($2, kind
 -- -> rows) to run $1's record: to deleted_by_kind, and each kind that has a
--- run_column of auth.purge_targets to that column too; and the due rows it
+-- run_column of auth.purge_targets to that column too (the kinds that share
+-- one, added up); and the due rows it
 -- left held by other transactions ($3) to rows_locked. IMMUTABLE without
 -- arguments, so a run builds it once: the planner folds the call into the
 -- caller's cached plan.
@@ -74,9 +75,11 @@ AS $$
 BEGIN
     RETURN format('UPDATE auth.cleanup_runs r SET deleted_by_kind = auth._add_counts(r.deleted_by_kind, $2)%s, '
                   'rows_locked = r.rows_locked + $3, batches = r.batches + 1 WHERE r.id = $1',
-                  coalesce((SELECT string_agg(format(', %1$I = r.%1$I + coalesce(($2 ->> %2$L)::bigint, 0)',
-                                                     t.run_column, t.kind), '')
-                            FROM auth.purge_targets() t WHERE t.run_column IS NOT NULL), ''));
+                  coalesce((SELECT string_agg(format(', %1$I = r.%1$I + %2$s', c.run_column, c.counts), '')
+                            FROM (SELECT t.run_column,
+                                         string_agg(format('coalesce(($2 ->> %L)::bigint, 0)', t.kind), ' + ') AS counts
+                                  FROM auth.purge_targets() t WHERE t.run_column IS NOT NULL
+                                  GROUP BY t.run_column) c), ''));
 END
 $$;
 

@@ -69,7 +69,7 @@ END
 $$;
 
 -- auth.cleanup_backlog: rows due now, per kind of auth.purge_targets that a
--- batch deletes by itself ('range' and 'oldest'): exact counts (an index
+-- batch deletes by itself ('range', 'through' and 'oldest'): exact counts (an index
 -- scan over the due rows) with p_exact = true, the planner's estimates (free
 -- on any table size) with false, and by default exact counts while
 -- auth.refresh_tokens holds under 100,000 rows, estimates above (exact
@@ -99,7 +99,7 @@ BEGIN
     END IF;
     FOR kind IN
         SELECT t.kind FROM auth.purge_targets() WITH ORDINALITY t
-        WHERE t.shape IN ('range', 'oldest') ORDER BY t.ordinality
+        WHERE t.shape IN ('range', 'through', 'oldest') ORDER BY t.ordinality
     LOOP
         v_cutoffs := auth._purge_cutoffs(v_policy, (SELECT t.retentions FROM auth.purge_targets(kind) t),
                                           coalesce(p_now, now()));
@@ -205,7 +205,8 @@ BEGIN
             INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at, revoked_at,
                                              revoke_reason, rotates_in_place)
             SELECT v_id, g - 1, sha256(convert_to(v_family.name || (g - 1), 'UTF8')), c_now - interval '60 days',
-                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g], NOT v_policy.token_history
+                   v_family.expires[g], v_family.revoked[g], v_family.reasons[g],
+                   NOT v_policy.token_history AND v_family.reasons[g] IS DISTINCT FROM 'rotated'
             FROM generate_subscripts(v_family.expires, 1) g;
             v_ids := v_ids || jsonb_build_object(v_family.name, v_id);
         END LOOP;

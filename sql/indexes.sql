@@ -10,9 +10,13 @@
 -- timestamp alone (named in migrate's RETIRED_INDEXES, dropped CONCURRENTLY
 -- once these are built).
 
--- expired kind: expires_at < now - expired_retention (any revoke state).
-CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_expired_purge_idx
-    ON auth.refresh_tokens (expires_at, session_id, generation);
+-- expired kind: expires_at < now - expired_retention (any revoke state), of
+-- the rows that do not rotate in place. A rotation in place changes its
+-- row's key, so the update is never HOT and adds an entry to every index
+-- that holds the row: this one would take one per rotation (the
+-- expired_in_place kind finds those rows through their session).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_expired_rows_idx
+    ON auth.refresh_tokens (expires_at, session_id, generation) WHERE NOT rotates_in_place;
 
 -- rotated kind: the bulk of the table, kept apart so the revoked kind's index
 -- stays small.
@@ -23,12 +27,13 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_rotated_purge_idx
 CREATE INDEX CONCURRENTLY IF NOT EXISTS refresh_tokens_revoked_purge_idx
     ON auth.refresh_tokens (revoked_at, session_id, generation) WHERE revoke_reason <> 'rotated';
 
--- session sweep: dead by expiry, through expiry_floor (at or before
--- refresh_expires_at; V12): an index on refresh_expires_at, which every
--- rotation moves, would take a new entry per rotation in each of the
--- session's indexes.
+-- session sweep and expired_in_place: dead by expiry, through expiry_floor
+-- (at or before refresh_expires_at; V12): an index on refresh_expires_at,
+-- which every rotation moves, would take a new entry per rotation in each
+-- of the session's indexes. Ends with the primary key, for the positions of
+-- expired_in_place's batches.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_expiry_floor_idx
-    ON auth.sessions (expiry_floor);
+    ON auth.sessions (expiry_floor, id);
 
 -- session sweep: dead by revocation.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS sessions_revoked_at_idx

@@ -157,8 +157,11 @@ const INDEXES: &str = include_str!("../sql/indexes.sql");
 /// Indexes of earlier releases that `sql/indexes.sql` replaced, dropped
 /// CONCURRENTLY once their replacements are built: the token kinds' indexes
 /// on the timestamp alone, before the primary key joined their keys; the
-/// session sweep's index on refresh_expires_at, before expiry_floor (V12).
+/// session sweep's index on refresh_expires_at, before expiry_floor (V12);
+/// the expired kind's index of every row, before rows that rotate in place
+/// left it.
 const RETIRED_INDEXES: &[&str] = &[
+    "refresh_tokens_expired_purge_idx",
     "refresh_tokens_expires_at_idx",
     "refresh_tokens_rotated_idx",
     "refresh_tokens_revoked_idx",

@@ -21,8 +21,10 @@ async fn assert_bounded(client: &tokio_postgres::Client) {
         .unwrap();
     assert_eq!(
         plans.len(),
-        30,
-        "3 token kinds x 9 steps (4 in key order, 1 in page order, 4 '_skip' twins) + 2 session steps + 1 security events step"
+        37,
+        "3 token kinds x 9 steps (4 in key order, 1 in page order, 4 '_skip' twins) + 7 steps of \
+         expired_in_place (4 in key order and their '_skip' twins but 'bound') + 2 session steps + \
+         1 security events step"
     );
     for row in &plans {
         let (kind, step, seq, plan, indexes): (&str, &str, bool, &str, Vec<String>) =
@@ -95,7 +97,7 @@ async fn purge_queries_use_indexes_and_index_builds_do_not_block_rotations() {
 
     // Rebuild the largest purge index as a deploy would on a live table.
     db.client
-        .batch_execute("DROP INDEX auth.refresh_tokens_expired_purge_idx")
+        .batch_execute("DROP INDEX auth.refresh_tokens_expired_rows_idx")
         .await
         .unwrap();
     let live: Vec<(uuid::Uuid, i32)> = db
@@ -157,7 +159,7 @@ async fn purge_queries_use_indexes_and_index_builds_do_not_block_rotations() {
     let report = deploy.await.unwrap().unwrap();
     assert_eq!(
         report.indexes_built,
-        vec!["refresh_tokens_expired_purge_idx".to_string()]
+        vec!["refresh_tokens_expired_rows_idx".to_string()]
     );
     migrate(&mut db.client, &no_schedule()).await.unwrap();
     assert_bounded(&db.client).await;

@@ -798,13 +798,25 @@ async fn a_revocation_by_token_needs_the_genuine_token(#[values(false, true)] hi
 /// The session is the token: 200 sessions each rotated 20 times (each
 /// presenting its authenticator, as TokenStore does) leave one token row
 /// per session with the default policy, and 21 with `token_history`; a
-/// replay of an older generation still reads reuse_detected in both.
+/// replay of an older generation still reads reuse_detected in both. Rows
+/// that rotate in place take no entry in the expired kind's index (its
+/// size stays that of the empty index); a row per token does. A rotation
+/// without the authenticator (an rt1_ token) keeps the presented row as a
+/// predecessor's, which leaves rotation in place and joins that index.
 #[rstest]
 #[tokio::test]
 async fn rotation_in_place_keeps_one_token_row_per_session(#[values(false, true)] history: bool) {
     let db = TestDb::migrated().await;
     let c = &db.client;
     set_token_history(c, history).await;
+    let index_size = || async {
+        column::<i64>(
+            c,
+            "SELECT pg_relation_size('auth.refresh_tokens_expired_rows_idx')",
+        )
+        .await[0]
+    };
+    let empty = index_size().await;
     c.batch_execute(
         "SELECT count(*) FROM generate_series(1, 200) k,
              auth.issue_token(p_user_id => 'u' || k, p_token_hash => sha256(convert_to('u' || k || '/0', 'UTF8')),
@@ -839,8 +851,41 @@ async fn rotation_in_place_keeps_one_token_row_per_session(#[values(false, true)
     );
     let generations: Vec<i32> = column(c, "SELECT DISTINCT generation FROM auth.sessions").await;
     assert_eq!(generations, vec![20]);
+    // 4,000 entries of 40 bytes would fill dozens of pages.
+    if history {
+        assert!(index_size().await > empty + 8 * 8192);
+    } else {
+        assert_eq!(index_size().await, empty);
+    }
     let session: uuid::Uuid =
         column(c, "SELECT id FROM auth.sessions WHERE user_id = 'u1'").await[0];
+    let outcome: String = c
+        .query_one(
+            "SELECT outcome FROM auth.rotate_token(p_session_id => $1, p_generation => 20,
+                 p_token_hash => sha256('u1/20'), p_new_token_hash => sha256('u1/21'),
+                 p_ttl => interval '30 days', p_now => now() + interval '1 hour')",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "rotated");
+    let in_place: Vec<String> = column(
+        c,
+        &format!(
+            "SELECT generation || ':' || coalesce(revoke_reason, 'live') || ':' || rotates_in_place
+             FROM auth.refresh_tokens WHERE session_id = '{session}' AND generation >= 20
+             ORDER BY generation"
+        ),
+    )
+    .await;
+    assert_eq!(
+        in_place,
+        [
+            "20:rotated:false".to_string(),
+            format!("21:live:{}", !history)
+        ]
+    );
     assert_eq!(
         rotate(c, session, 5, "u1/5", "x", TTL, at(0)).await,
         "reuse_detected"

@@ -392,26 +392,41 @@ async fn thousands_of_rows_on_one_timestamp_purge_in_exact_batches() {
 /// The same in a scheduled run, whose batches resume where the last one
 /// ended: every count recorded exactly, nothing due left, every live token
 /// still there.
+/// A run in whole batches of `batch_size` from the first (a paced run
+/// starts with small ones); `columns` of its record.
+async fn run_in_batches_of(
+    c: &tokio_postgres::Client,
+    batch_size: i32,
+    columns: &str,
+) -> tokio_postgres::Row {
+    c.execute(
+        "UPDATE auth.cleanup_policy SET batch_size = $1, pace = false",
+        &[&batch_size],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CALL auth.run_token_cleanup()")
+        .await
+        .unwrap();
+    c.query_one(
+        &format!("SELECT {columns} FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1"),
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_run_purges_thousands_of_rows_on_one_timestamp_across_batches() {
     let db = TestDb::migrated().await;
     let c = &db.client;
     seed_mass_revocation(c).await;
-    // Whole batches from the first (a paced run starts with small ones).
-    c.batch_execute("UPDATE auth.cleanup_policy SET batch_size = 100, pace = false")
-        .await
-        .unwrap();
-    c.batch_execute("CALL auth.run_token_cleanup()")
-        .await
-        .unwrap();
-    let run = c
-        .query_one(
-            "SELECT status, batches, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted
-             FROM auth.cleanup_runs ORDER BY id DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap();
+    let run = run_in_batches_of(
+        c,
+        100,
+        "status, batches, expired_deleted, revoked_deleted, rotated_deleted, sessions_deleted",
+    )
+    .await;
     let recorded: (&str, i32, i64, i64, i64, i64) = (
         run.get(0),
         run.get(1),
@@ -740,4 +755,133 @@ async fn a_negative_limit_is_refused() {
         .await
         .unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("p_limit"));
+}
+
+/// Sessions issued through the SQL API at `issued` (seconds from T0) with
+/// `ttl` (seconds), `n` of them, users `prefix`0.., each rotated in place
+/// once `rotated_after` seconds later (0: not rotated): their token rows
+/// rotate in place, and each session's floor is its first expiry.
+async fn sessions_in_place(
+    c: &tokio_postgres::Client,
+    prefix: &str,
+    n: usize,
+    issued: i64,
+    ttl: i64,
+    rotated_after: i64,
+) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for k in 0..n {
+        let user = format!("{prefix}{k}");
+        let s = issue(c, &user, &format!("{user}/0"), ttl, at(issued + k as i64)).await;
+        if rotated_after > 0 {
+            let next = format!("{user}/1");
+            let when = at(issued + k as i64 + rotated_after);
+            assert_eq!(
+                rotate(c, s, 0, &format!("{user}/0"), &next, ttl, when).await,
+                "rotated"
+            );
+        }
+        ids.push(s);
+    }
+    ids
+}
+
+/// A token row that rotates in place is in no index by its expiry: the
+/// expired_in_place kind finds it through its session's floor, batch by
+/// batch (a purge call never deletes more than its limit), deletes it once
+/// its own expiry is past expired_retention (the floor lags: not a second
+/// before) and purge_refresh_tokens counts it under `expired`.
+#[tokio::test]
+async fn rows_that_rotate_in_place_expire_through_their_session() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    // 25 expire at DAY + k; 5 more, rotated 10 hours on, at 34 hours + k,
+    // their floors still at DAY + k.
+    sessions_in_place(c, "a", 25, 0, DAY, 0).await;
+    sessions_in_place(c, "b", 5, 100, DAY, 10 * HOUR).await;
+    assert_eq!(
+        column::<i64>(
+            c,
+            "SELECT count(*) FROM auth.refresh_tokens WHERE rotates_in_place"
+        )
+        .await,
+        [30]
+    );
+    let by_kind = |now: SystemTime, limit: Option<i32>| async move {
+        let row = c
+            .query_one(
+                "SELECT expired, sessions, by_kind ->> 'expired', by_kind ->> 'expired_in_place'
+                 FROM auth.purge_refresh_tokens(p_now => $1, p_limit => $2)",
+                &[&now, &limit],
+            )
+            .await
+            .unwrap();
+        let counts: (i64, i64, Option<String>, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        counts
+    };
+    // At the first expiry's cutoff: nothing yet.
+    assert_eq!(
+        by_kind(at(2 * DAY), None).await,
+        (0, 0, Some("0".into()), Some("0".into()))
+    );
+    // Past every first expiry: 25 of them, 7 at most a call, the 5 lagging
+    // sessions (past the cutoff by their floor, not their expiry) kept.
+    let now = at(2 * DAY + 200);
+    let mut deleted = Vec::new();
+    loop {
+        let (expired, sessions, _, in_place) = by_kind(now, Some(7)).await;
+        assert_eq!(in_place.as_deref(), Some(expired.to_string().as_str()));
+        assert_eq!(sessions, expired, "each emptied session goes with its row");
+        if expired == 0 {
+            break;
+        }
+        deleted.push(expired);
+    }
+    assert_eq!(deleted, [7, 7, 7, 4]);
+    assert_eq!(counts(c).await, (5, 5));
+    // The lagging ones by their expiry, to the second.
+    let last = 100 + 4 + 10 * HOUR + DAY + DAY;
+    assert_eq!(purge(c, at(last), None).await, (4, 0, 0, 4));
+    assert_eq!(purge(c, at(last + 1), None).await, (1, 0, 0, 1));
+    assert_eq!(counts(c).await, (0, 0));
+}
+
+/// A run's batch reads at most twice its batch size of sessions whose floor
+/// is past the cutoff and finds no due row there (expired, but not for
+/// expired_retention yet, their floors lagging): it goes on from there in
+/// the next batch, and the run deletes exactly the due rows on both sides
+/// of them and ends 'ok'.
+#[tokio::test]
+async fn a_run_walks_past_sessions_whose_floor_lags_their_expiry() {
+    let db = TestDb::migrated().await;
+    let c = &db.client;
+    let now = SystemTime::now();
+    let ago = |s: i64| now - std::time::Duration::from_secs(s as u64);
+    let secs = |t: SystemTime| t.duration_since(at(0)).unwrap().as_secs() as i64;
+    // In floor order: 5 due (expired two days ago), 40 expired 20 hours ago
+    // whose floors are 6 hours before that (past the cutoff), 5 due
+    // (expired 26 hours ago), and 10 live.
+    sessions_in_place(c, "early", 5, secs(ago(3 * DAY)), DAY, 0).await;
+    sessions_in_place(c, "lag", 40, secs(ago(2 * DAY + 6 * HOUR)), DAY, 10 * HOUR).await;
+    sessions_in_place(c, "late", 5, secs(ago(2 * DAY + 2 * HOUR)), DAY, 0).await;
+    sessions_in_place(c, "live", 10, secs(ago(HOUR)), DAY, 0).await;
+    let run = run_in_batches_of(
+        c,
+        5,
+        "status, batches, expired_deleted, sessions_deleted,
+         (deleted_by_kind ->> 'expired_in_place')::int8",
+    )
+    .await;
+    let recorded: (&str, i32, i64, i64, i64) =
+        (run.get(0), run.get(1), run.get(2), run.get(3), run.get(4));
+    // Batches: 5 early; 4 of 10 lagging sessions each; then the 5 late.
+    assert_eq!(recorded, ("ok", 6, 10, 10, 10));
+    let left: Vec<String> = column(
+        c,
+        "SELECT DISTINCT regexp_replace(user_id, '[0-9]+$', '') FROM auth.sessions ORDER BY 1",
+    )
+    .await;
+    assert_eq!(left, ["lag", "live"]);
+    assert_eq!(counts(c).await, (50, 50));
 }

@@ -28,6 +28,7 @@ async fn every_definition_names_columns_and_settings_that_exist() {
         kinds,
         [
             "expired",
+            "expired_in_place",
             "revoked",
             "rotated",
             "security_events",
@@ -52,12 +53,18 @@ async fn every_definition_names_columns_and_settings_that_exist() {
     for row in &rows {
         let (kind, shape, relation): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
         assert!(
-            ["range", "oldest", "emptied"].contains(&shape),
+            ["range", "through", "oldest", "emptied"].contains(&shape),
             "{kind}: shape {shape}"
         );
         if let Some(key) = row.get::<_, Option<&str>>(3) {
+            // A 'through' kind orders the sessions its rows belong to.
+            let keyed = if shape == "through" {
+                "auth.sessions"
+            } else {
+                relation
+            };
             assert_eq!(
-                column_type(relation, key).await.as_deref(),
+                column_type(keyed, key).await.as_deref(),
                 Some("timestamp with time zone"),
                 "{kind}: key {relation}.{key}"
             );
@@ -92,19 +99,26 @@ async fn every_definition_names_columns_and_settings_that_exist() {
     }
 }
 
-/// A run counts each kind into the column its definition names, and status
-/// shows every kind of the last run (JSON and Prometheus), in target order.
+/// A run counts each kind under its name, and into the column its
+/// definition names (the kinds that share one, added up), and status shows
+/// every kind of the last run (JSON and Prometheus), in target order.
 #[tokio::test]
 async fn the_run_and_status_count_every_kind_by_its_definition() {
     let db = TestDb::migrated().await;
     let c = &db.client;
-    // One due row of each kind a batch deletes by itself, and the session
+    // One due row of each kind a batch deletes by itself, and the sessions
     // the expired and revoked ones empty.
     c.batch_execute(
         "INSERT INTO auth.sessions (id, user_id, created_at, generation, refresh_expires_at, revoked_at,
                                     revoke_reason)
          VALUES ('00000000-0000-0000-0000-00000000000a', 'u', now() - interval '400 days', 2,
-                 now() - interval '300 days', now() - interval '300 days', 'logout');
+                 now() - interval '300 days', now() - interval '300 days', 'logout'),
+                ('00000000-0000-0000-0000-00000000000b', 'u', now() - interval '400 days', 0,
+                 now() - interval '300 days', NULL, NULL);
+         INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at,
+                                          rotates_in_place)
+         VALUES ('00000000-0000-0000-0000-00000000000b', 0, sha256('d'), now() - interval '400 days',
+                 now() - interval '300 days', true);
          INSERT INTO auth.refresh_tokens (session_id, generation, token_hash, issued_at, expires_at,
                                           revoked_at, revoke_reason)
          VALUES ('00000000-0000-0000-0000-00000000000a', 0, sha256('a'), now() - interval '400 days',
@@ -123,7 +137,8 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
         .unwrap();
     let counted: Vec<String> = column(
         c,
-        "SELECT t.kind || '=' || (to_jsonb(r) ->> t.run_column)
+        "SELECT t.kind || '=' || (r.deleted_by_kind ->> t.kind) || ' ' || t.run_column || '='
+                || (to_jsonb(r) ->> t.run_column)
          FROM auth.cleanup_runs r, auth.purge_targets() WITH ORDINALITY t
          WHERE r.status = 'ok' ORDER BY t.ordinality",
     )
@@ -132,11 +147,12 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
     assert_eq!(
         counted,
         [
-            "expired=2",
-            "revoked=1",
-            "rotated=0",
-            "security_events=1",
-            "sessions=1"
+            "expired=2 expired_deleted=3",
+            "expired_in_place=1 expired_deleted=3",
+            "revoked=1 revoked_deleted=1",
+            "rotated=0 rotated_deleted=0",
+            "security_events=1 security_events_deleted=1",
+            "sessions=2 sessions_deleted=2"
         ]
     );
 
@@ -146,9 +162,10 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
     let run = &json["runs"][0];
     for (kind, rows) in [
         ("expired", 2),
+        ("expired_in_place", 1),
         ("revoked", 1),
         ("rotated", 0),
-        ("sessions", 1),
+        ("sessions", 2),
         ("security_events", 1),
     ] {
         assert_eq!(run[kind], rows, "{kind} in {run}");
@@ -161,7 +178,13 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
         .collect();
     assert_eq!(
         backlog,
-        ["expired", "revoked", "rotated", "security_events"]
+        [
+            "expired",
+            "expired_in_place",
+            "revoked",
+            "rotated",
+            "security_events"
+        ]
     );
     let out = run_cli_ok(&["status", "--format", "prometheus"], &url).await;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -173,7 +196,7 @@ async fn the_run_and_status_count_every_kind_by_its_definition() {
 
 /// A run executes the statements `explain_purge` plans: auth._purge_step,
 /// compiled by migrate, holds `_purge_statement`'s text for every step of
-/// every 'range' kind. Its bound queries run on a generic plan (it pins
+/// every 'range' and 'through' kind. Its bound queries run on a generic plan (it pins
 /// plan_cache_mode), which on a populated, analyzed table is an index-only
 /// scan too, as planned with values.
 #[tokio::test]
@@ -181,7 +204,7 @@ async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_sca
     let db = TestDb::migrated().await;
     seed_families(&db.client, 2000, 5).await;
     db.client
-        .batch_execute("ANALYZE auth.refresh_tokens")
+        .batch_execute("ANALYZE auth.refresh_tokens, auth.sessions")
         .await
         .unwrap();
     let compiled: String = db
@@ -199,12 +222,16 @@ async fn the_compiled_steps_are_the_planned_statements_and_bounds_stay_index_sca
             "SELECT t.kind, s.step, auth._purge_statement(t.kind, s.step)
              FROM auth.purge_targets() t
              CROSS JOIN unnest(auth._purge_steps(t.shape)) s (step)
-             WHERE t.shape = 'range'",
+             WHERE t.shape IN ('range', 'through')",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(steps.len(), 27, "3 kinds x 9 steps");
+    assert_eq!(
+        steps.len(),
+        34,
+        "3 'range' kinds x 9 steps + 1 'through' kind x 7 (no page steps)"
+    );
     // The plan modes hold whatever the database or role sets: deletes on a
     // custom plan with plain index scans off, each bound step generic.
     let settings: Vec<String> = column(

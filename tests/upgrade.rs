@@ -108,7 +108,7 @@ async fn live_rt1_tokens_keep_rotating_after_the_upgrade() {
     assert_eq!(
         indexes("auth.refresh_tokens").await,
         [
-            "auth.refresh_tokens_expired_purge_idx",
+            "auth.refresh_tokens_expired_rows_idx",
             "auth.refresh_tokens_pkey",
             "auth.refresh_tokens_revoked_purge_idx",
             "auth.refresh_tokens_rotated_purge_idx"

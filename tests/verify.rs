@@ -250,7 +250,7 @@ async fn verify_json_and_exit_codes() {
     );
 
     db.client
-        .batch_execute("DROP INDEX auth.refresh_tokens_expired_purge_idx")
+        .batch_execute("DROP INDEX auth.refresh_tokens_expired_rows_idx")
         .await
         .unwrap();
     let out = run_cli(&["verify", "--no-schedule"], &url).await;
