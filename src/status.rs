@@ -82,8 +82,9 @@ pub struct Run {
     pub seconds: Option<f64>,
     /// How it ended, or that it is running.
     pub status: RunStatus,
-    /// Rows deleted per kind of `auth.purge_targets` (expired, revoked,
-    /// rotated, security_events, sessions), in its order.
+    /// Rows deleted per kind of `auth.purge_targets` (expired,
+    /// expired_in_place, revoked, rotated, security_events, sessions), in
+    /// its order.
     #[serde(flatten, serialize_with = "kinds_as_fields")]
     pub deleted: Vec<(String, i64)>,
     /// Batches committed.
@@ -216,7 +217,7 @@ pub struct Status {
     /// Sessions.
     pub sessions: Count,
     /// Due rows per kind of `auth.purge_targets` a batch deletes by itself:
-    /// expired, revoked, rotated, security_events.
+    /// expired, expired_in_place, revoked, rotated, security_events.
     pub backlog: Vec<Count>,
     /// The cleanup policy, setting -> value.
     pub policy: Vec<(String, String)>,
