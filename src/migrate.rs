@@ -297,9 +297,11 @@ pub struct MigrateReport {
     pub applied: Vec<String>,
     /// Indexes this run built (missing before).
     pub indexes_built: Vec<String>,
-    /// INVALID leftovers of interrupted builds that this run dropped and rebuilt.
+    /// Indexes this run dropped and rebuilt: INVALID leftovers of
+    /// interrupted builds, and indexes of an earlier build's definition.
     pub indexes_rebuilt: Vec<String>,
-    /// Indexes of an earlier release that this run dropped (replaced).
+    /// Indexes of an earlier release that this run dropped (replaced), and
+    /// the `<name>_next` leftover of an interrupted rebuild.
     pub indexes_retired: Vec<String>,
     /// Sessions written before V12 whose expiry floor this run set to
     /// their expiry, so that the session sweep finds them by its index.
@@ -571,7 +573,12 @@ pub fn index_statements(schema: &Schema) -> Vec<IndexDefinition> {
 }
 
 /// Builds one index CONCURRENTLY (its own statement, outside any transaction),
-/// first dropping an INVALID leftover of an interrupted build.
+/// first dropping an INVALID leftover of an interrupted build. An index of
+/// that name whose definition is not `sql/indexes.sql`'s (an earlier
+/// build's) is rebuilt without a moment in which the purge lacks it: the new
+/// one is built as `<name>_next`, the old one dropped, the new one renamed
+/// (all three take no lock that stops reads or writes of the table). A
+/// `<name>_next` left by an interrupted rebuild is dropped first.
 async fn build_index(
     client: &Client,
     schema: &Schema,
@@ -579,6 +586,8 @@ async fn build_index(
     report: &mut MigrateReport,
 ) -> Result<()> {
     let context = || format!("building index {schema}.{}", index.name);
+    let next = format!("{}_next", index.name);
+    retire_index(client, schema, &next, report).await?;
     let existing = client
         .query_opt(
             "SELECT i.indisvalid FROM pg_catalog.pg_index i
@@ -591,7 +600,29 @@ async fn build_index(
         .map_err(db(context()))?
         .map(|row| row.get::<_, bool>(0));
     match existing {
-        Some(true) => return Ok(()),
+        Some(true) if same_definition(client, schema, index).await => return Ok(()),
+        Some(true) => {
+            tracing::warn!(index = %index.name, "rebuilding an index whose definition is an earlier build's");
+            let statement = index.statement.replacen(
+                &format!("IF NOT EXISTS {}", index.name),
+                &format!("IF NOT EXISTS {next}"),
+                1,
+            );
+            // One statement each: CONCURRENTLY refuses a transaction block,
+            // which several statements in one query string make.
+            for step in [
+                statement,
+                format!("DROP INDEX CONCURRENTLY {schema}.\"{}\"", index.name),
+                format!(
+                    "ALTER INDEX {schema}.\"{next}\" RENAME TO \"{}\"",
+                    index.name
+                ),
+            ] {
+                client.batch_execute(&step).await.map_err(db(context()))?;
+            }
+            report.indexes_rebuilt.push(index.name.clone());
+            return Ok(());
+        }
         Some(false) => {
             tracing::warn!(index = %index.name, "dropping INVALID index left by an interrupted build");
             client
@@ -611,6 +642,50 @@ async fn build_index(
         .await
         .map_err(db(context()))?;
     Ok(())
+}
+
+/// Whether the valid index `index.name` has the definition `index.statement`
+/// gives: the statement's index is built on an empty table of the same
+/// columns in pg_temp, in a transaction that is rolled back, and the two
+/// are compared as PostgreSQL prints them from ` USING ` on (method,
+/// columns, predicate). When that cannot be done (a role without the
+/// TEMPORARY privilege), the index is taken as it is, with a warning.
+async fn same_definition(client: &Client, schema: &Schema, index: &IndexDefinition) -> bool {
+    let (table, shape) = index
+        .statement
+        .split_once(" ON ")
+        .and_then(|(_, on)| on.trim_start().split_once(' '))
+        .expect("every statement in sql/indexes.sql is CREATE INDEX … ON <table> (…)");
+    let compared = async {
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 CREATE TEMP TABLE tj_index_shape (LIKE {table}) ON COMMIT DROP;
+                 CREATE INDEX tj_index_shape_idx ON pg_temp.tj_index_shape {shape}"
+            ))
+            .await?;
+        client
+            .query_one(
+                "SELECT substring(pg_catalog.pg_get_indexdef('pg_temp.tj_index_shape_idx'::pg_catalog.regclass)
+                                  FROM ' USING .*$')
+                        IS NOT DISTINCT FROM substring(pg_catalog.pg_get_indexdef(c.oid) FROM ' USING .*$')
+                 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $2 AND c.relname = $1",
+                &[&index.name, &schema.name()],
+            )
+            .await
+            .map(|row| row.get::<_, bool>(0))
+    }
+    .await;
+    let rolled_back = client.batch_execute("ROLLBACK").await;
+    match (compared, rolled_back) {
+        (Ok(same), Ok(())) => same,
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(index = %index.name, error = %e, "could not compare the index with its definition; kept as it is");
+            true
+        }
+    }
 }
 
 /// Sets the expiry floor of the sessions written before V12 (or without

@@ -294,6 +294,77 @@ async fn an_invalid_leftover_index_is_dropped_and_rebuilt() {
     assert!(valid);
 }
 
+/// An index of a name sql/indexes.sql defines but of another definition
+/// (an earlier build's, or someone's edit) is rebuilt to the definition,
+/// every purge statement still bounded by it afterwards; a leftover of an
+/// interrupted rebuild goes; the next migrate changes nothing.
+#[tokio::test]
+async fn an_index_of_another_definition_is_rebuilt_to_its_own() {
+    let mut db = TestDb::migrated().await;
+    let names = [
+        "sessions_expiry_floor_idx",
+        "refresh_tokens_revoked_purge_idx",
+    ];
+    let wanted = index_definitions(&db.client, &names).await;
+    db.client
+        .batch_execute(
+            "DROP INDEX auth.sessions_expiry_floor_idx;
+             CREATE INDEX sessions_expiry_floor_idx ON auth.sessions (expiry_floor);
+             DROP INDEX auth.refresh_tokens_revoked_purge_idx;
+             CREATE INDEX refresh_tokens_revoked_purge_idx
+                 ON auth.refresh_tokens (revoked_at, session_id, generation);
+             CREATE INDEX sessions_revoked_at_idx_next ON auth.sessions (revoked_at);",
+        )
+        .await
+        .unwrap();
+    assert_ne!(index_definitions(&db.client, &names).await, wanted);
+    let report = migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert_eq!(
+        (
+            report.indexes_built,
+            report.indexes_rebuilt,
+            report.indexes_retired
+        ),
+        (
+            vec![],
+            vec![
+                "refresh_tokens_revoked_purge_idx".to_string(),
+                "sessions_expiry_floor_idx".to_string()
+            ],
+            vec!["sessions_revoked_at_idx_next".to_string()]
+        )
+    );
+    assert_eq!(index_definitions(&db.client, &names).await, wanted);
+    assert_eq!(
+        column::<i64>(
+            &db.client,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_next' AND relkind = 'i'"
+        )
+        .await,
+        [0]
+    );
+    let before = schema_fingerprint(&db.client).await;
+    let again = migrate(&mut db.client, &no_schedule()).await.unwrap();
+    assert!(again.indexes_built.is_empty() && again.indexes_rebuilt.is_empty());
+    assert_eq!(schema_fingerprint(&db.client).await, before);
+}
+
+/// pg_get_indexdef of each of `names` in schema auth.
+async fn index_definitions(client: &tokio_postgres::Client, names: &[&str]) -> Vec<String> {
+    let mut definitions = Vec::new();
+    for name in names {
+        definitions.push(
+            column::<String>(
+                client,
+                &format!("SELECT pg_get_indexdef('auth.{name}'::regclass)"),
+            )
+            .await
+            .remove(0),
+        );
+    }
+    definitions
+}
+
 #[tokio::test]
 async fn a_failed_migration_keeps_what_applied_and_the_next_run_finishes() {
     let mut db = TestDb::empty().await;
