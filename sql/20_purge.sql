@@ -136,7 +136,7 @@ BEGIN
                                       format('%s AND ctid >= (''('' || ($5).generation || '',0)'')::tid'
                                              ' AND ctid < (''('' || ($2).generation || '',0)'')::tid', t.due) END
                 END;
-                IF t.shape = 'through' THEN
+                IF t.shape = 'through' AND v_where IS NOT NULL THEN
                     v_where := format('%s AND session_id IN (SELECT id FROM %s WHERE %s)', t.due, v_rel, v_where);
                 END IF;
         END CASE;
