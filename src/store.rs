@@ -33,9 +33,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Object, Pool};
-use tokio_postgres::GenericClient;
+use deadpool_postgres::{Object, Pool, StatementCache};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 use crate::error::{Error, Result, db};
@@ -417,12 +418,99 @@ fn call<'a>(
         .into_owned()
 }
 
+/// Where a call's statement runs: a client, and for [`TokenStore`]'s pooled
+/// connections the connection's statement cache. A cached statement is parsed
+/// and planned once per connection, then only bound and executed: one round
+/// trip a call instead of two, and no parsing or planning on the server. On
+/// the caller's own client (the `*_with` functions) each call prepares its
+/// statement, as that client may sit behind a pooler that keeps no prepared
+/// statement from one transaction to the next.
+pub(crate) struct On<'a, C> {
+    client: &'a C,
+    cache: Option<&'a StatementCache>,
+}
+
+impl<'a, C: GenericClient> On<'a, C> {
+    /// Statements prepared for each call on `client`.
+    pub(crate) fn client(client: &'a C) -> Self {
+        Self {
+            client,
+            cache: None,
+        }
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, tokio_postgres::Error> {
+        let client = self.client;
+        self.run(sql, move |statement| async move {
+            client.query_one(&statement, params).await
+        })
+        .await
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let client = self.client;
+        self.run(sql, move |statement| async move {
+            client.query(&statement, params).await
+        })
+        .await
+    }
+
+    /// Runs `execute` with `sql` prepared, from the cache when there is one.
+    /// A cached statement the server no longer has as it was is prepared
+    /// again and run once more: one deallocated on the connection
+    /// (`DEALLOCATE ALL`, `DISCARD ALL` in a pool's recycling), or one whose
+    /// result columns a `migrate` changed (PostgreSQL re-plans a statement
+    /// whose functions were replaced, but refuses one whose result type
+    /// changed). Both fail before anything runs, and a pooled call is its own
+    /// transaction, so running it again runs it once.
+    async fn run<T, F, Fut>(
+        &self,
+        sql: &str,
+        execute: F,
+    ) -> std::result::Result<T, tokio_postgres::Error>
+    where
+        F: Fn(Statement) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    {
+        let Some(cache) = self.cache else {
+            return execute(self.client.prepare(sql).await?).await;
+        };
+        match execute(cache.prepare(self.client.client(), sql).await?).await {
+            Err(err) if stale(&err) => {
+                cache.remove(sql, &[]);
+                execute(cache.prepare(self.client.client(), sql).await?).await
+            }
+            answer => answer,
+        }
+    }
+}
+
+/// Whether `err` says the server no longer has a cached statement as it was
+/// prepared: deallocated (26000), or its result type changed (0A000 from
+/// the plan cache's revalidation; matched by routine, which is never
+/// translated, as the message may be).
+fn stale(err: &tokio_postgres::Error) -> bool {
+    err.as_db_error().is_some_and(|e| {
+        *e.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || (*e.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && e.routine() == Some("RevalidateCachedQuery"))
+    })
+}
+
 fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
 
 pub(crate) async fn issue_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     user_id: &str,
     ttl: Duration,
@@ -454,7 +542,7 @@ pub(crate) async fn issue_on<C: GenericClient>(
         &mut params,
         &clock,
     );
-    let row = client
+    let row = on
         .query_one(&sql, &params)
         .await
         .map_err(db("issuing a refresh token"))?;
@@ -470,7 +558,7 @@ pub(crate) async fn issue_on<C: GenericClient>(
 }
 
 pub(crate) async fn rotate_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     token: &str,
     ttl: Duration,
@@ -514,7 +602,7 @@ pub(crate) async fn rotate_on<C: GenericClient>(
         &mut params,
         &clock,
     );
-    let row = client
+    let row = on
         .query_one(&sql, &params)
         .await
         .map_err(db("rotating a refresh token"))?;
@@ -557,7 +645,7 @@ pub(crate) async fn rotate_on<C: GenericClient>(
 }
 
 pub(crate) async fn revoke_session_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     session_id: Uuid,
     reason: RevokeReason,
@@ -573,7 +661,7 @@ pub(crate) async fn revoke_session_on<C: GenericClient>(
         &mut params,
         &clock,
     );
-    let row = client
+    let row = on
         .query_one(&sql, &params)
         .await
         .map_err(db("revoking a session"))?;
@@ -581,7 +669,7 @@ pub(crate) async fn revoke_session_on<C: GenericClient>(
 }
 
 async fn revoke_token_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     token: &str,
     reason: RevokeReason,
@@ -610,7 +698,7 @@ async fn revoke_token_on<C: GenericClient>(
         &mut params,
         &Clock::Server,
     );
-    let revoked: i32 = client
+    let revoked: i32 = on
         .query_one(&sql, &params)
         .await
         .map_err(db("revoking a presented token"))?
@@ -643,11 +731,11 @@ pub async fn revoke_token_with<C: GenericClient>(
     token: &str,
     reason: RevokeReason,
 ) -> Result<bool> {
-    revoke_token_on(client, &Schema::default(), token, reason).await
+    revoke_token_on(On::client(client), &Schema::default(), token, reason).await
 }
 
 pub(crate) async fn revoke_user_sessions_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     user_id: &str,
     reason: RevokeReason,
@@ -668,7 +756,7 @@ pub(crate) async fn revoke_user_sessions_on<C: GenericClient>(
         &mut params,
         &clock,
     );
-    let row = client
+    let row = on
         .query_one(&sql, &params)
         .await
         .map_err(db("revoking a user's sessions"))?;
@@ -730,7 +818,7 @@ pub async fn issue_with_options<C: GenericClient>(
     options: &IssueOptions,
 ) -> Result<Issued> {
     issue_on(
-        client,
+        On::client(client),
         &Schema::default(),
         user_id,
         ttl,
@@ -803,7 +891,7 @@ pub async fn rotate_with_options<C: GenericClient>(
     options: &RotateOptions,
 ) -> Result<Rotation> {
     rotate_on(
-        client,
+        On::client(client),
         &Schema::default(),
         token,
         ttl,
@@ -838,7 +926,7 @@ pub async fn revoke_session_with<C: GenericClient>(
     reason: RevokeReason,
 ) -> Result<i32> {
     revoke_session_on(
-        client,
+        On::client(client),
         &Schema::default(),
         session_id,
         reason,
@@ -873,7 +961,7 @@ pub async fn revoke_user_sessions_with<C: GenericClient>(
     reason: RevokeReason,
 ) -> Result<i32> {
     revoke_user_sessions_on(
-        client,
+        On::client(client),
         &Schema::default(),
         user_id,
         reason,
@@ -911,7 +999,7 @@ pub async fn revoke_user_sessions_except_with<C: GenericClient>(
     reason: RevokeReason,
 ) -> Result<i32> {
     revoke_user_sessions_on(
-        client,
+        On::client(client),
         &Schema::default(),
         user_id,
         reason,
@@ -944,18 +1032,18 @@ pub async fn list_sessions_with<C: GenericClient>(
     user_id: &str,
     limit: i32,
 ) -> Result<Vec<SessionInfo>> {
-    list_sessions_on(client, &Schema::default(), user_id, limit).await
+    list_sessions_on(On::client(client), &Schema::default(), user_id, limit).await
 }
 
 async fn list_sessions_on<C: GenericClient>(
-    client: &C,
+    on: On<'_, C>,
     schema: &Schema,
     user_id: &str,
     limit: i32,
 ) -> Result<Vec<SessionInfo>> {
-    let rows = client
+    let rows = on
         .query(
-            &*schema.sql(
+            &schema.sql(
                 "SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason,
                         last_used_at, device_label, client_id
                  FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
@@ -1000,6 +1088,13 @@ async fn list_sessions_on<C: GenericClient>(
 /// the same successor, when the token is presented again within the
 /// policy's `reuse_grace`. The `*_with` functions, on the caller's own client,
 /// cancel nothing.
+///
+/// **Each pooled connection prepares a call's statement once** and keeps it,
+/// so later calls on it take one round trip and no parsing or planning. A
+/// statement the server no longer has as it was (deallocated by the pool's
+/// recycling, or its result columns changed by a `migrate`) is prepared
+/// again and the call made once more, before anything ran. Behind PgBouncer
+/// in transaction mode, enable its `max_prepared_statements`.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -1046,10 +1141,16 @@ impl Call {
         })
     }
 
-    fn client(&self) -> &tokio_postgres::Client {
-        self.connection
+    /// The connection, with its statement cache.
+    fn on(&self) -> On<'_, tokio_postgres::Client> {
+        let connection = self
+            .connection
             .as_ref()
-            .expect("a call's connection is there until it ends")
+            .expect("a call's connection is there until it ends");
+        On {
+            client: connection,
+            cache: Some(&connection.statement_cache),
+        }
     }
 
     /// Returns the connection to the pool unless the query timed out.
@@ -1221,7 +1322,7 @@ impl TokenStore {
             .bounded(
                 "auth.issue_token",
                 issue_on(
-                    call.client(),
+                    call.on(),
                     &self.schema,
                     user_id,
                     self.ttl,
@@ -1262,7 +1363,7 @@ impl TokenStore {
             .bounded(
                 "auth.rotate_token",
                 rotate_on(
-                    call.client(),
+                    call.on(),
                     &self.schema,
                     token,
                     self.ttl,
@@ -1316,13 +1417,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.revoke_session",
-                revoke_session_on(
-                    call.client(),
-                    &self.schema,
-                    session_id,
-                    reason,
-                    Clock::Server,
-                ),
+                revoke_session_on(call.on(), &self.schema, session_id, reason, Clock::Server),
             )
             .await;
         call.end(answer)
@@ -1358,7 +1453,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.revoke_token",
-                revoke_token_on(call.client(), &self.schema, token, reason),
+                revoke_token_on(call.on(), &self.schema, token, reason),
             )
             .await;
         call.end(answer)
@@ -1383,7 +1478,7 @@ impl TokenStore {
             .bounded(
                 "auth.revoke_user_sessions",
                 revoke_user_sessions_on(
-                    call.client(),
+                    call.on(),
                     &self.schema,
                     user_id,
                     reason,
@@ -1423,7 +1518,7 @@ impl TokenStore {
             .bounded(
                 "auth.revoke_user_sessions",
                 revoke_user_sessions_on(
-                    call.client(),
+                    call.on(),
                     &self.schema,
                     user_id,
                     reason,
@@ -1457,7 +1552,7 @@ impl TokenStore {
         let answer = self
             .bounded(
                 "auth.list_sessions",
-                list_sessions_on(call.client(), &self.schema, user_id, DEFAULT_LIST_LIMIT),
+                list_sessions_on(call.on(), &self.schema, user_id, DEFAULT_LIST_LIMIT),
             )
             .await;
         call.end(answer)

@@ -17,7 +17,7 @@ pub mod simulated {
     use uuid::Uuid;
 
     use crate::store::{
-        Clock, IssueOptions, Issued, RevokeReason, RotateOptions, Rotation, issue_on,
+        Clock, IssueOptions, Issued, On, RevokeReason, RotateOptions, Rotation, issue_on,
         revoke_session_on, revoke_user_sessions_on, rotate_on,
     };
     use crate::{Result, Schema};
@@ -33,7 +33,7 @@ pub mod simulated {
         now: SystemTime,
     ) -> Result<Issued> {
         issue_on(
-            client,
+            On::client(client),
             &Schema::default(),
             user_id,
             ttl,
@@ -54,7 +54,7 @@ pub mod simulated {
         now: SystemTime,
     ) -> Result<Rotation> {
         rotate_on(
-            client,
+            On::client(client),
             &Schema::default(),
             token,
             ttl,
@@ -75,7 +75,7 @@ pub mod simulated {
         now: SystemTime,
     ) -> Result<i32> {
         revoke_session_on(
-            client,
+            On::client(client),
             &Schema::default(),
             session_id,
             reason,
@@ -95,7 +95,7 @@ pub mod simulated {
         now: SystemTime,
     ) -> Result<i32> {
         revoke_user_sessions_on(
-            client,
+            On::client(client),
             &Schema::default(),
             user_id,
             reason,
@@ -117,7 +117,7 @@ pub mod simulated {
         now: SystemTime,
     ) -> Result<i32> {
         revoke_user_sessions_on(
-            client,
+            On::client(client),
             &Schema::default(),
             user_id,
             reason,

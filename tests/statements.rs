@@ -1,0 +1,171 @@
+//! TokenStore's statements: prepared once per pooled connection, and
+//! prepared again when the server no longer has them as they were.
+
+mod common;
+
+use common::{TestDb, drop_member, member_of};
+use token_janitor::{Rotation, TokenStore};
+use tokio_postgres::Client;
+
+/// The statements the server holds on a connection (by the function each
+/// calls), with how many times each was executed.
+async fn prepared(client: &Client) -> Vec<(String, i64)> {
+    client
+        .query(
+            "SELECT regexp_replace(statement, '^SELECT .* FROM auth\\.([a-z_]+)\\(.*$', '\\1', 's'),
+                    generic_plans + custom_plans
+             FROM pg_catalog.pg_prepared_statements
+             WHERE from_sql IS FALSE AND statement NOT LIKE '%pg_prepared_statements%'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// The name of the statement that calls auth.list_sessions on the pool's one
+/// connection.
+async fn statement_name(pool: &deadpool_postgres::Pool) -> String {
+    pool.get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT name FROM pg_catalog.pg_prepared_statements
+             WHERE from_sql IS FALSE AND statement ^@ 'SELECT session_id, created_at'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn rotated(rotation: Rotation) -> token_janitor::Issued {
+    match rotation {
+        Rotation::Rotated(next) => next,
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+}
+
+/// One connection in the pool: every call of the store runs on it, and the
+/// test reads what the server holds there between calls.
+#[tokio::test]
+async fn each_statement_is_prepared_once_per_connection() {
+    let db = TestDb::migrated().await;
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let pool = url.pool(1);
+    let store = TokenStore::new(pool.clone());
+
+    let mut token = store.issue("u1").await.unwrap();
+    for _ in 0..7 {
+        token = rotated(store.rotate(token.token.expose()).await.unwrap());
+    }
+    assert_eq!(token.generation, 7);
+    store.list_sessions("u1").await.unwrap();
+
+    let connection = pool.get().await.unwrap();
+    assert_eq!(
+        prepared(&connection).await,
+        vec![
+            ("issue_token".to_string(), 1),
+            ("list_sessions".to_string(), 1),
+            ("rotate_token".to_string(), 7),
+        ],
+        "one statement per function, each call of it executing that statement"
+    );
+    drop(connection);
+    drop(store);
+    drop_member(&db, &role, app).await;
+}
+
+/// A pool whose recycling deallocates the connection's statements (or an
+/// application that shares the pool and runs DEALLOCATE ALL) leaves the
+/// cache naming statements the server no longer has: the call prepares its
+/// statement again, and rotates once.
+#[tokio::test]
+async fn a_deallocated_statement_is_prepared_again() {
+    let db = TestDb::migrated().await;
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let pool = url.pool(1);
+    let store = TokenStore::new(pool.clone());
+    let first = rotated(
+        store
+            .rotate(store.issue("u1").await.unwrap().token.expose())
+            .await
+            .unwrap(),
+    );
+
+    let connection = pool.get().await.unwrap();
+    connection.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(prepared(&connection).await, vec![]);
+    drop(connection);
+
+    let second = rotated(store.rotate(first.token.expose()).await.unwrap());
+    assert_eq!(second.generation, first.generation + 1);
+    let generation: i32 = db
+        .client
+        .query_one(
+            "SELECT generation FROM auth.sessions WHERE id = $1",
+            &[&first.session_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(generation, second.generation, "rotated exactly once more");
+    let connection = pool.get().await.unwrap();
+    assert_eq!(
+        prepared(&connection).await,
+        vec![("rotate_token".to_string(), 1)]
+    );
+    drop(connection);
+    drop(store);
+    drop_member(&db, &role, app).await;
+}
+
+/// A migration that changes the type of a result column a statement reads:
+/// PostgreSQL refuses the cached statement ("cached plan must not change
+/// result type"); the store prepares it again and answers. Here
+/// auth.list_sessions' device_label turns from text into varchar, as a
+/// later release might make it.
+#[tokio::test]
+async fn a_statement_whose_result_type_changed_is_prepared_again() {
+    let db = TestDb::migrated().await;
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let pool = url.pool(1);
+    let store = TokenStore::new(pool.clone());
+    let issued = store
+        .issue_with_options(
+            "u1",
+            &token_janitor::IssueOptions::default().device_label("laptop"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.list_sessions("u1").await.unwrap().len(), 1);
+    let before = statement_name(&pool).await;
+
+    db.client
+        .batch_execute(
+            "ALTER FUNCTION auth.list_sessions(text, integer) RENAME TO list_sessions_before;
+             CREATE FUNCTION auth.list_sessions(p_user_id text, p_limit integer DEFAULT 100)
+             RETURNS TABLE (session_id uuid, created_at timestamptz, generation integer,
+                            refresh_expires_at timestamptz, revoked_at timestamptz, revoke_reason text,
+                            last_used_at timestamptz, device_label varchar(100), client_id text)
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+             AS $$ SELECT session_id, created_at, generation, refresh_expires_at, revoked_at, revoke_reason,
+                          last_used_at, device_label::varchar(100), client_id
+                   FROM auth.list_sessions_before(p_user_id, p_limit) $$;
+             GRANT EXECUTE ON FUNCTION auth.list_sessions(text, integer) TO token_janitor_app;",
+        )
+        .await
+        .unwrap();
+
+    let sessions = store.list_sessions("u1").await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].session_id, issued.session_id);
+    assert_eq!(sessions[0].device_label.as_deref(), Some("laptop"));
+    assert_ne!(statement_name(&pool).await, before, "prepared again");
+    drop(store);
+    drop_member(&db, &role, app).await;
+}
