@@ -10,8 +10,17 @@
 #     --seconds S    length of the saturation run                       (20)
 #     --clients C    pgbench connections of the saturation run          (2)
 #     --repeat K     saturation runs per mode, alternating modes        (3)
+#     --prepared     pgbench -M prepared: each client parses and plans the
+#                    rotation once, as TokenStore's pooled connections do
+#                    (default: pgbench's simple protocol, every call parsed)
+#     --floor        also runs, alternating with the others, a rotation
+#                    stripped of every check, the policy read, the family
+#                    lock and the token read (auth.rotation_floor, installed
+#                    in the token_history-off scratch database only, never
+#                    by migrate): what any rotation in PL/pgSQL costs at
+#                    least, for measurement only
 #
-# Per mode it prints:
+# pgbench's protocol is --prepared's or its simple one. Per mode it prints:
 #   rows_per_session  token rows per live session after the rotations, no
 #                     cleanup having run;
 #   wal_per_rotation  WAL bytes written by the rotations (a CHECKPOINT
@@ -33,7 +42,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
-SESSIONS=1000 ROTATIONS=20 SECONDS_=20 CLIENTS=2 REPEAT=3
+SESSIONS=1000 ROTATIONS=20 SECONDS_=20 CLIENTS=2 REPEAT=3 PROTOCOL=simple FLOOR=
 while [ $# -gt 0 ]; do
     case "$1" in
         --sessions) SESSIONS="$2"; shift 2 ;;
@@ -41,6 +50,8 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
         --repeat) REPEAT="$2"; shift 2 ;;
+        --prepared) PROTOCOL=prepared; shift ;;
+        --floor) FLOOR=1; shift ;;
         *) echo "rotation-cost.sh: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -52,7 +63,8 @@ done
 # shellcheck source=scripts/scratch.sh
 . "$ROOT/scripts/scratch.sh" rotcost
 
-# One rotation of the session of user u<k>, its token's hash being
+# One rotation of the session of user $1 (an expression) through function
+# $2 (default auth.rotate_token), its token's hash being
 # sha256('u<k>/<generation>'). The authenticator is computed from the
 # session's key, which this superuser reads; an application has it in the
 # token string.
@@ -60,7 +72,7 @@ rotation() {
     cat <<SQL
 SELECT 1 / (r.outcome = 'rotated')::int
 FROM auth.sessions s,
-     auth.rotate_token(p_session_id => s.id, p_generation => s.generation,
+     ${2:-auth.rotate_token}(p_session_id => s.id, p_generation => s.generation,
                        p_token_hash => sha256(convert_to(s.user_id || '/' || s.generation, 'UTF8')),
                        p_new_token_hash => sha256(convert_to(s.user_id || '/' || (s.generation + 1), 'UTF8')),
                        p_ttl => interval '30 days',
@@ -71,6 +83,7 @@ WHERE s.user_id = $1
 SQL
 }
 { echo "\\set k random(1, $SESSIONS)"; rotation "'u' || :k"; echo ';'; } >"$WORK/rotate.sql"
+{ echo "\\set k random(1, $SESSIONS)"; rotation "'u' || :k" auth.rotation_floor; echo ';'; } >"$WORK/floor.sql"
 printf '%s\n' '\set k random(1, 1000)' 'UPDATE ceiling SET n = n + 1 WHERE id = :k;' >"$WORK/ceiling.sql"
 
 prepare() {
@@ -97,7 +110,7 @@ prepare() {
 
 # saturate DB SCRIPT: transactions per second of SCRIPT on scratch database DB.
 saturate() {
-    "$PGBIN/pgbench" -n -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_" -f "$WORK/$2.sql" "$SERVER/${PREFIX}_$1" 2>&1 |
+    "$PGBIN/pgbench" -n -M "$PROTOCOL" -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_" -f "$WORK/$2.sql" "$SERVER/${PREFIX}_$1" 2>&1 |
         awk '/^tps = / { printf "%.0f", $3 }'
 }
 
@@ -106,6 +119,40 @@ for mode in false true; do
     echo "token_history $mode: $SESSIONS sessions x $ROTATIONS rotations" >&2
     read -r ROWS[$mode] WAL[$mode] < <(prepare "$mode" | tr '|' ' ')
 done
+if [ -n "$FLOOR" ]; then
+    # The in-place rotation's writes and nothing else: no argument, TTL,
+    # binding, expiry or revocation check, no policy, no family lock, no read
+    # of the token row. Never install this anywhere but a scratch database.
+    psql -qX -v ON_ERROR_STOP=1 "$SERVER/${PREFIX}_false" >/dev/null <<'SQL'
+CREATE FUNCTION auth.rotation_floor(p_session_id uuid, p_generation integer, p_token_hash bytea,
+                                    p_new_token_hash bytea, p_ttl interval, p_authenticator bytea,
+                                    p_successor_seal bytea)
+RETURNS TABLE (outcome text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_session auth.sessions%ROWTYPE;
+    v_now     timestamptz := clock_timestamp();
+BEGIN
+    SELECT * INTO v_session FROM auth.sessions s WHERE s.id = p_session_id FOR NO KEY UPDATE;
+    IF sha256(auth._authenticator(v_session.mac_key, p_session_id, p_generation, p_token_hash))
+       <> sha256(p_authenticator) THEN
+        RETURN QUERY SELECT 'invalid'::text;
+        RETURN;
+    END IF;
+    UPDATE auth.refresh_tokens t
+    SET generation = p_generation + 1, token_hash = p_new_token_hash, issued_at = v_now,
+        expires_at = v_now + p_ttl,
+        successor_seal = auth._wrap_seal(p_successor_seal, p_session_id, p_generation + 1, v_now,
+                                         interval '10 seconds')
+    WHERE t.session_id = p_session_id AND t.generation = p_generation;
+    UPDATE auth.sessions s SET generation = p_generation + 1, refresh_expires_at = v_now + p_ttl
+    WHERE s.id = p_session_id;
+    RETURN QUERY SELECT 'rotated'::text;
+END
+$$;
+SQL
+fi
 psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "CREATE DATABASE ${PREFIX}_ceiling"
 sql "${PREFIX}_ceiling" "CREATE TABLE ceiling (id integer PRIMARY KEY, n bigint NOT NULL);
                        INSERT INTO ceiling SELECT k, 0 FROM generate_series(1, 1000) k" >/dev/null
@@ -114,6 +161,10 @@ for i in $(seq "$REPEAT"); do
         echo "saturation run $i, token_history $mode: $CLIENTS clients, ${SECONDS_}s" >&2
         RATES[$mode]="${RATES[$mode]:-}$(saturate "$mode" rotate) "
     done
+    if [ -n "$FLOOR" ]; then
+        echo "saturation run $i, the floor rotation: $CLIENTS clients, ${SECONDS_}s" >&2
+        FLOORS="${FLOORS:-}$(saturate false floor) "
+    fi
     echo "saturation run $i, one-row updates: $CLIENTS clients, ${SECONDS_}s" >&2
     CEILING="${CEILING:-}$(saturate ceiling ceiling) "
 done
@@ -123,4 +174,7 @@ for mode in false true; do
     printf '%-14s %16s %16s %s; %s\n' "$mode" "${ROWS[$mode]}" "${WAL[$mode]}" "${RATES[$mode]% }" \
         "$(echo "${RATES[$mode]}" | median)"
 done
+if [ -n "$FLOOR" ]; then
+    printf 'the floor rotation (token_history false)/s at saturation: %s; %s\n' "${FLOORS% }" "$(echo "$FLOORS" | median)"
+fi
 printf 'one-row updates/s at saturation (the commit ceiling): %s; %s\n' "${CEILING% }" "$(echo "$CEILING" | median)"
