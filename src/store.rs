@@ -420,8 +420,9 @@ fn call<'a>(
 
 /// Where a call's statement runs: a client, and for [`TokenStore`]'s pooled
 /// connections the connection's statement cache. A cached statement is parsed
-/// and planned once per connection, then only bound and executed: one round
-/// trip a call instead of two, and no parsing or planning on the server. On
+/// once per connection, then only bound and executed: one round trip a call
+/// instead of two, and after its first five executions PostgreSQL reuses
+/// one generic plan instead of planning each call. On
 /// the caller's own client (the `*_with` functions) each call prepares its
 /// statement, as that client may sit behind a pooler that keeps no prepared
 /// statement from one transaction to the next.
@@ -465,12 +466,17 @@ impl<'a, C: GenericClient> On<'a, C> {
 
     /// Runs `execute` with `sql` prepared, from the cache when there is one.
     /// A cached statement the server no longer has as it was is prepared
-    /// again and run once more: one deallocated on the connection
-    /// (`DEALLOCATE ALL`, `DISCARD ALL` in a pool's recycling), or one whose
+    /// again and run once more: one deallocated on the connection (`DISCARD
+    /// ALL` or `DEALLOCATE ALL` in a pool's custom recycling), or one whose
     /// result columns a `migrate` changed (PostgreSQL re-plans a statement
-    /// whose functions were replaced, but refuses one whose result type
-    /// changed). Both fail before anything runs, and a pooled call is its own
-    /// transaction, so running it again runs it once.
+    /// whose routines were replaced, but refuses one whose result type
+    /// changed). Both fail at Bind, before anything runs, and a pooled call
+    /// is its own transaction, so running it again runs it once. After any
+    /// other error from the server the statement leaves the cache too, and
+    /// the connection's next call prepares it again: an error that the
+    /// statement as prepared keeps causing (a routine whose parameter types
+    /// a `migrate` changed) fails one call, not every call on the
+    /// connection.
     async fn run<T, F, Fut>(
         &self,
         sql: &str,
@@ -484,8 +490,11 @@ impl<'a, C: GenericClient> On<'a, C> {
             return execute(self.client.prepare(sql).await?).await;
         };
         match execute(cache.prepare(self.client.client(), sql).await?).await {
-            Err(err) if stale(&err) => {
+            Err(err) if err.as_db_error().is_some() => {
                 cache.remove(sql, &[]);
+                if !stale(&err) {
+                    return Err(err);
+                }
                 execute(cache.prepare(self.client.client(), sql).await?).await
             }
             answer => answer,
@@ -1090,11 +1099,13 @@ async fn list_sessions_on<C: GenericClient>(
 /// cancel nothing.
 ///
 /// **Each pooled connection prepares a call's statement once** and keeps it,
-/// so later calls on it take one round trip and no parsing or planning. A
-/// statement the server no longer has as it was (deallocated by the pool's
-/// recycling, or its result columns changed by a `migrate`) is prepared
-/// again and the call made once more, before anything ran. Behind PgBouncer
-/// in transaction mode, enable its `max_prepared_statements`.
+/// so later calls on it take one round trip, and are neither parsed nor,
+/// after their first few, planned. A statement the server no longer has as
+/// it was (deallocated by a pool's custom recycling, or its result columns
+/// changed by a `migrate`) is prepared again and the call made once more,
+/// before anything ran; after any other server error the statement is
+/// prepared again at the connection's next call. Behind PgBouncer in
+/// transaction mode, enable its `max_prepared_statements`.
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -169,3 +169,98 @@ async fn a_statement_whose_result_type_changed_is_prepared_again() {
     drop(store);
     drop_member(&db, &role, app).await;
 }
+
+/// The same for a call that writes: a rotation whose cached statement is
+/// refused for its result type is made once, not twice (the session
+/// advances one generation). Here auth.rotate_token's outcome turns from
+/// text into varchar.
+#[tokio::test]
+async fn a_rotation_whose_result_type_changed_rotates_once() {
+    let db = TestDb::migrated().await;
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let store = TokenStore::new(url.pool(1));
+    let first = rotated(
+        store
+            .rotate(store.issue("u1").await.unwrap().token.expose())
+            .await
+            .unwrap(),
+    );
+
+    db.client
+        .batch_execute(
+            "ALTER FUNCTION auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea, text, text)
+                 RENAME TO rotate_token_before;
+             CREATE FUNCTION auth.rotate_token(p_session_id uuid, p_generation integer, p_token_hash bytea,
+                                               p_new_token_hash bytea, p_ttl interval,
+                                               p_authenticator bytea DEFAULT NULL,
+                                               p_successor_seal bytea DEFAULT NULL,
+                                               p_client_id text DEFAULT NULL, p_dpop_jkt text DEFAULT NULL)
+             RETURNS TABLE (outcome varchar, generation integer, expires_at timestamptz, user_id text,
+                            authenticator bytea, successor_seal bytea)
+             LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+             AS $$ SELECT r.outcome::varchar, r.generation, r.expires_at, r.user_id, r.authenticator,
+                          r.successor_seal
+                   FROM auth.rotate_token_before(p_session_id, p_generation, p_token_hash, p_new_token_hash,
+                                                 p_ttl, p_authenticator, p_successor_seal, p_client_id,
+                                                 p_dpop_jkt) r $$;
+             GRANT EXECUTE ON FUNCTION
+                 auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea, text, text)
+                 TO token_janitor_app;",
+        )
+        .await
+        .unwrap();
+
+    let second = rotated(store.rotate(first.token.expose()).await.unwrap());
+    assert_eq!(second.generation, first.generation + 1);
+    let generation: i32 = db
+        .client
+        .query_one(
+            "SELECT generation FROM auth.sessions WHERE id = $1",
+            &[&first.session_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(generation, second.generation, "rotated exactly once");
+    drop(store);
+    drop_member(&db, &role, app).await;
+}
+
+/// A call the server refuses (here a device label over 100 characters)
+/// takes its statement out of the cache: the connection prepares it again
+/// at its next call, so an error that a statement as prepared would keep
+/// causing fails one call, not every call on the connection.
+#[tokio::test]
+async fn a_refused_call_leaves_its_statement_to_be_prepared_again() {
+    let db = TestDb::migrated().await;
+    let (role, url, app) = member_of(&db, "token_janitor_app").await;
+    let pool = url.pool(1);
+    let store = TokenStore::new(pool.clone());
+    let labelled = |label: String| token_janitor::IssueOptions::default().device_label(label);
+    store
+        .issue_with_options("u1", &labelled("laptop".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        prepared(&pool.get().await.unwrap()).await,
+        vec![("issue_token".to_string(), 1)]
+    );
+
+    let refused = store
+        .issue_with_options("u1", &labelled("x".repeat(101)))
+        .await
+        .expect_err("a label over 100 characters");
+    assert!(refused.to_string().contains("p_device_label"), "{refused}");
+    assert_eq!(prepared(&pool.get().await.unwrap()).await, vec![]);
+
+    store
+        .issue_with_options("u1", &labelled("phone".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        prepared(&pool.get().await.unwrap()).await,
+        vec![("issue_token".to_string(), 1)]
+    );
+    drop(store);
+    drop_member(&db, &role, app).await;
+}
