@@ -42,6 +42,18 @@ async fn statement_name(pool: &deadpool_postgres::Pool) -> String {
         .get(0)
 }
 
+/// The session's generation, as the server holds it.
+async fn generation(db: &TestDb, token: &token_janitor::Issued) -> i32 {
+    db.client
+        .query_one(
+            "SELECT generation FROM auth.sessions WHERE id = $1",
+            &[&token.session_id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn rotated(rotation: Rotation) -> token_janitor::Issued {
     match rotation {
         Rotation::Rotated(next) => next,
@@ -104,16 +116,11 @@ async fn a_deallocated_statement_is_prepared_again() {
 
     let second = rotated(store.rotate(first.token.expose()).await.unwrap());
     assert_eq!(second.generation, first.generation + 1);
-    let generation: i32 = db
-        .client
-        .query_one(
-            "SELECT generation FROM auth.sessions WHERE id = $1",
-            &[&first.session_id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(generation, second.generation, "rotated exactly once more");
+    assert_eq!(
+        generation(&db, &first).await,
+        second.generation,
+        "rotated exactly once more"
+    );
     let connection = pool.get().await.unwrap();
     assert_eq!(
         prepared(&connection).await,
@@ -212,16 +219,11 @@ async fn a_rotation_whose_result_type_changed_rotates_once() {
 
     let second = rotated(store.rotate(first.token.expose()).await.unwrap());
     assert_eq!(second.generation, first.generation + 1);
-    let generation: i32 = db
-        .client
-        .query_one(
-            "SELECT generation FROM auth.sessions WHERE id = $1",
-            &[&first.session_id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(generation, second.generation, "rotated exactly once");
+    assert_eq!(
+        generation(&db, &first).await,
+        second.generation,
+        "rotated exactly once"
+    );
     drop(store);
     drop_member(&db, &role, app).await;
 }
