@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use super::Machine;
 
+/// Token rows per live session that issue 25 asks the soak to stay under
+/// with the default policy.
+const ROWS_PER_LIVE_SESSION_TARGET: f64 = 1.2;
+
 /// The soak's compressed policy, in seconds. R is the refresh interval.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct SoakPolicy {
@@ -210,7 +214,7 @@ impl SoakReport {
         out.push_str(&format!(
             "| measure | value | target |\n|---|---:|---:|\n\
              | size_growth (tables + indexes, end / end of warm-up) | {:.3} | ≤ 1.10 |\n\
-             | rows_per_live_session (end) | {:.2} | ≤ 6 |\n\
+             | rows_per_live_session (end) | {:.2} | ≤ {ROWS_PER_LIVE_SESSION_TARGET} |\n\
              | rotate_p99_growth (last window / first after warm-up, {:.0} s each: {:.1} / {:.1} ms) | {:.2} | ≤ 1.2 |\n\n",
             s.size_growth,
             s.rows_per_live_session,
@@ -294,7 +298,9 @@ impl SoakReport {
         )?;
         lines(
             &panels[1],
-            "token rows per live session (line: 6)",
+            &format!(
+                "token rows per live session (line: {ROWS_PER_LIVE_SESSION_TARGET}, the target)"
+            ),
             &x,
             &[(
                 "rows / live session",
@@ -308,7 +314,7 @@ impl SoakReport {
                 BLUE,
             )],
             warmup,
-            Some(6.0),
+            Some(ROWS_PER_LIVE_SESSION_TARGET),
         )?;
         lines(
             &panels[2],
