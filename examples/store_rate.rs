@@ -4,8 +4,8 @@
 //!   call's statement prepared (one round trip a call, parsed once and,
 //!   after its first five calls, planned once);
 //! - `per call`: `store::rotate_with` on a connection of the task's own,
-//!   which prepares the statement for each call (two round trips, a parse
-//!   and a plan), as `TokenStore` did before it cached statements.
+//!   which sends each call as an unnamed statement (one round trip, parsed
+//!   and planned every time).
 //!
 //! ```sh
 //! DATABASE_URL=postgres://…/migrated_db cargo run --release --example store_rate -- [tasks] [seconds] [rounds]

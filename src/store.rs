@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Object, Pool, StatementCache};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
@@ -387,52 +387,58 @@ impl Clock {
     }
 }
 
-/// A call of `function` with `args` (`name => $n`, numbered from 1), plus
-/// `p_now` when the clock is driven; `select` picks the output columns (`r`
-/// for a function that returns one value). Every name in it is
-/// schema-qualified: it runs on the application's connection, under whatever
-/// search_path the database or the role sets (a `public.make_interval` of the
-/// same signature would otherwise run in its place).
+/// A call of `function` with `args` (`name => $n`, numbered from 1, each
+/// with the type its parameter is sent as), plus `p_now` when the clock is
+/// driven; `select` picks the output columns (`r` for a function that
+/// returns one value). Returns the statement and its parameters' types.
+/// Every name in it is schema-qualified: it runs on the application's
+/// connection, under whatever search_path the database or the role sets (a
+/// `public.make_interval` of the same signature would otherwise run in its
+/// place).
 fn call<'a>(
     schema: &Schema,
     select: &str,
     function: &str,
-    args: &[&str],
+    args: &[(&str, Type)],
     params: &mut Vec<&'a (dyn ToSql + Sync)>,
     clock: &'a Clock,
-) -> String {
+) -> (String, Vec<Type>) {
     let mut named: Vec<String> = args
         .iter()
         .enumerate()
-        .map(|(i, arg)| arg.replace("$n", &format!("${}", i + 1)))
+        .map(|(i, (arg, _))| arg.replace("$n", &format!("${}", i + 1)))
         .collect();
+    let mut types: Vec<Type> = args.iter().map(|(_, t)| t.clone()).collect();
     if let Some(now) = clock.driven() {
         params.push(now);
         named.push(format!("p_now => ${}", params.len()));
+        types.push(Type::TIMESTAMPTZ);
     }
-    schema
+    let sql = schema
         .sql(&format!(
             "SELECT {select} FROM {function}({}) r",
             named.join(", ")
         ))
-        .into_owned()
+        .into_owned();
+    (sql, types)
 }
 
 /// Where a call's statement runs: a client, and for [`TokenStore`]'s pooled
 /// connections the connection's statement cache. A cached statement is parsed
-/// once per connection, then only bound and executed: one round trip a call
-/// instead of two, and after its first five executions PostgreSQL reuses
-/// one generic plan instead of planning each call. On
-/// the caller's own client (the `*_with` functions) each call prepares its
-/// statement, as that client may sit behind a pooler that keeps no prepared
-/// statement from one transaction to the next.
+/// once per connection, then only bound and executed: one round trip a call,
+/// and after its first five executions PostgreSQL reuses one generic plan
+/// instead of planning each call. On the caller's own client (the `*_with`
+/// functions) each call is sent as an unnamed statement with its parameters'
+/// types: one round trip too, parsed and planned every time, and nothing left
+/// on the server between transactions, so it also works behind a pooler that
+/// keeps no prepared statement.
 pub(crate) struct On<'a, C> {
     client: &'a C,
     cache: Option<&'a StatementCache>,
 }
 
 impl<'a, C: GenericClient> On<'a, C> {
-    /// Statements prepared for each call on `client`.
+    /// Each call sent as an unnamed statement on `client`.
     pub(crate) fn client(client: &'a C) -> Self {
         Self {
             client,
@@ -443,10 +449,17 @@ impl<'a, C: GenericClient> On<'a, C> {
     async fn query_one(
         &self,
         sql: &str,
+        types: &[Type],
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Row, tokio_postgres::Error> {
+        let Some(cache) = self.cache else {
+            return self
+                .client
+                .query_typed_one(sql, &typed(types, params))
+                .await;
+        };
         let client = self.client;
-        self.run(sql, move |statement| async move {
+        self.cached(cache, sql, types, move |statement| async move {
             client.query_one(&statement, params).await
         })
         .await
@@ -455,51 +468,63 @@ impl<'a, C: GenericClient> On<'a, C> {
     async fn query(
         &self,
         sql: &str,
+        types: &[Type],
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let Some(cache) = self.cache else {
+            return self.client.query_typed(sql, &typed(types, params)).await;
+        };
         let client = self.client;
-        self.run(sql, move |statement| async move {
+        self.cached(cache, sql, types, move |statement| async move {
             client.query(&statement, params).await
         })
         .await
     }
 
-    /// Runs `execute` with `sql` prepared, from the cache when there is one.
-    /// A cached statement the server no longer has as it was is prepared
-    /// again and run once more: one deallocated on the connection (`DISCARD
-    /// ALL` or `DEALLOCATE ALL` in a pool's custom recycling), or one whose
-    /// result columns a `migrate` changed (PostgreSQL re-plans a statement
-    /// whose routines were replaced, but refuses one whose result type
-    /// changed). Both fail at Bind, before anything runs, and a pooled call
-    /// is its own transaction, so running it again runs it once. After any
-    /// other error from the server the statement leaves the cache too, and
-    /// the connection's next call prepares it again: an error that the
+    /// Runs `execute` with `sql` prepared from `cache`. A cached statement
+    /// the server no longer has as it was is prepared again and run once
+    /// more: one deallocated on the connection (`DISCARD ALL` or
+    /// `DEALLOCATE ALL` in a pool's custom recycling), or one whose result
+    /// columns a `migrate` changed (PostgreSQL re-plans a statement whose
+    /// routines were replaced, but refuses one whose result type changed).
+    /// Both fail at Bind, before anything runs, and a pooled call is its own
+    /// transaction, so running it again runs it once. After any other error
+    /// from the server the statement leaves the cache too, and the
+    /// connection's next call prepares it again: an error that the
     /// statement as prepared keeps causing (a routine whose parameter types
     /// a `migrate` changed) fails one call, not every call on the
     /// connection.
-    async fn run<T, F, Fut>(
+    async fn cached<T, F, Fut>(
         &self,
+        cache: &StatementCache,
         sql: &str,
+        types: &[Type],
         execute: F,
     ) -> std::result::Result<T, tokio_postgres::Error>
     where
         F: Fn(Statement) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     {
-        let Some(cache) = self.cache else {
-            return execute(self.client.prepare(sql).await?).await;
-        };
-        match execute(cache.prepare(self.client.client(), sql).await?).await {
+        let client = self.client.client();
+        match execute(cache.prepare_typed(client, sql, types).await?).await {
             Err(err) if err.as_db_error().is_some() => {
-                cache.remove(sql, &[]);
+                cache.remove(sql, types);
                 if !stale(&err) {
                     return Err(err);
                 }
-                execute(cache.prepare(self.client.client(), sql).await?).await
+                execute(cache.prepare_typed(client, sql, types).await?).await
             }
             answer => answer,
         }
     }
+}
+
+/// Each parameter with the type it is sent as.
+fn typed<'p>(
+    types: &[Type],
+    params: &[&'p (dyn ToSql + Sync)],
+) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
+    params.iter().copied().zip(types.iter().cloned()).collect()
 }
 
 /// Whether `err` says the server no longer has a cached statement as it was
@@ -536,23 +561,26 @@ pub(crate) async fn issue_on<C: GenericClient>(
         &options.dpop_jkt,
         &options.device_label,
     ];
-    let sql = call(
+    let (sql, types) = call(
         schema,
         "session_id, generation, expires_at, authenticator",
         "auth.issue_token",
         &[
-            "p_user_id => $n",
-            "p_token_hash => $n",
-            "p_ttl => pg_catalog.make_interval(secs => $n)",
-            "p_client_id => $n",
-            "p_dpop_jkt => $n",
-            "p_device_label => $n",
+            ("p_user_id => $n", Type::TEXT),
+            ("p_token_hash => $n", Type::BYTEA),
+            (
+                "p_ttl => pg_catalog.make_interval(secs => $n)",
+                Type::FLOAT8,
+            ),
+            ("p_client_id => $n", Type::TEXT),
+            ("p_dpop_jkt => $n", Type::TEXT),
+            ("p_device_label => $n", Type::TEXT),
         ],
         &mut params,
         &clock,
     );
     let row = on
-        .query_one(&sql, &params)
+        .query_one(&sql, &types, &params)
         .await
         .map_err(db("issuing a refresh token"))?;
     let session_id: Uuid = row.get(0);
@@ -593,26 +621,29 @@ pub(crate) async fn rotate_on<C: GenericClient>(
         &options.client_id,
         &options.dpop_jkt,
     ];
-    let sql = call(
+    let (sql, types) = call(
         schema,
         "outcome, generation, expires_at, authenticator, successor_seal, user_id",
         "auth.rotate_token",
         &[
-            "p_session_id => $n",
-            "p_generation => $n",
-            "p_token_hash => $n",
-            "p_new_token_hash => $n",
-            "p_ttl => pg_catalog.make_interval(secs => $n)",
-            "p_authenticator => $n",
-            "p_successor_seal => $n",
-            "p_client_id => $n",
-            "p_dpop_jkt => $n",
+            ("p_session_id => $n", Type::UUID),
+            ("p_generation => $n", Type::INT4),
+            ("p_token_hash => $n", Type::BYTEA),
+            ("p_new_token_hash => $n", Type::BYTEA),
+            (
+                "p_ttl => pg_catalog.make_interval(secs => $n)",
+                Type::FLOAT8,
+            ),
+            ("p_authenticator => $n", Type::BYTEA),
+            ("p_successor_seal => $n", Type::BYTEA),
+            ("p_client_id => $n", Type::TEXT),
+            ("p_dpop_jkt => $n", Type::TEXT),
         ],
         &mut params,
         &clock,
     );
     let row = on
-        .query_one(&sql, &params)
+        .query_one(&sql, &types, &params)
         .await
         .map_err(db("rotating a refresh token"))?;
     let outcome: &str = row.get(0);
@@ -662,16 +693,19 @@ pub(crate) async fn revoke_session_on<C: GenericClient>(
 ) -> Result<i32> {
     let reason = reason.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&session_id, &reason];
-    let sql = call(
+    let (sql, types) = call(
         schema,
         "r",
         "auth.revoke_session",
-        &["p_session_id => $n", "p_reason => $n"],
+        &[
+            ("p_session_id => $n", Type::UUID),
+            ("p_reason => $n", Type::TEXT),
+        ],
         &mut params,
         &clock,
     );
     let row = on
-        .query_one(&sql, &params)
+        .query_one(&sql, &types, &params)
         .await
         .map_err(db("revoking a session"))?;
     Ok(row.get(0))
@@ -693,22 +727,22 @@ async fn revoke_token_on<C: GenericClient>(
         &reason,
         &authenticator,
     ];
-    let sql = call(
+    let (sql, types) = call(
         schema,
         "r",
         "auth.revoke_token",
         &[
-            "p_session_id => $n",
-            "p_generation => $n",
-            "p_token_hash => $n",
-            "p_reason => $n",
-            "p_authenticator => $n",
+            ("p_session_id => $n", Type::UUID),
+            ("p_generation => $n", Type::INT4),
+            ("p_token_hash => $n", Type::BYTEA),
+            ("p_reason => $n", Type::TEXT),
+            ("p_authenticator => $n", Type::BYTEA),
         ],
         &mut params,
         &Clock::Server,
     );
     let revoked: i32 = on
-        .query_one(&sql, &params)
+        .query_one(&sql, &types, &params)
         .await
         .map_err(db("revoking a presented token"))?
         .get(0);
@@ -753,20 +787,20 @@ pub(crate) async fn revoke_user_sessions_on<C: GenericClient>(
 ) -> Result<i32> {
     let reason = reason.as_str();
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user_id, &reason, &except];
-    let sql = call(
+    let (sql, types) = call(
         schema,
         "r",
         "auth.revoke_user_sessions",
         &[
-            "p_user_id => $n",
-            "p_reason => $n",
-            "p_except_session_id => $n",
+            ("p_user_id => $n", Type::TEXT),
+            ("p_reason => $n", Type::TEXT),
+            ("p_except_session_id => $n", Type::UUID),
         ],
         &mut params,
         &clock,
     );
     let row = on
-        .query_one(&sql, &params)
+        .query_one(&sql, &types, &params)
         .await
         .map_err(db("revoking a user's sessions"))?;
     Ok(row.get(0))
@@ -1057,6 +1091,7 @@ async fn list_sessions_on<C: GenericClient>(
                         last_used_at, device_label, client_id
                  FROM auth.list_sessions(p_user_id => $1, p_limit => $2)",
             ),
+            &[Type::TEXT, Type::INT4],
             &[&user_id, &limit],
         )
         .await
