@@ -539,6 +539,12 @@ fn stale(err: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// The token lifetime, sent in seconds: every call that issues a token takes it.
+const TTL_ARG: (&str, Type) = (
+    "p_ttl => pg_catalog.make_interval(secs => $n)",
+    Type::FLOAT8,
+);
+
 fn seconds(ttl: Duration) -> f64 {
     ttl.as_secs_f64()
 }
@@ -568,10 +574,7 @@ pub(crate) async fn issue_on<C: GenericClient>(
         &[
             ("p_user_id => $n", Type::TEXT),
             ("p_token_hash => $n", Type::BYTEA),
-            (
-                "p_ttl => pg_catalog.make_interval(secs => $n)",
-                Type::FLOAT8,
-            ),
+            TTL_ARG,
             ("p_client_id => $n", Type::TEXT),
             ("p_dpop_jkt => $n", Type::TEXT),
             ("p_device_label => $n", Type::TEXT),
@@ -630,10 +633,7 @@ pub(crate) async fn rotate_on<C: GenericClient>(
             ("p_generation => $n", Type::INT4),
             ("p_token_hash => $n", Type::BYTEA),
             ("p_new_token_hash => $n", Type::BYTEA),
-            (
-                "p_ttl => pg_catalog.make_interval(secs => $n)",
-                Type::FLOAT8,
-            ),
+            TTL_ARG,
             ("p_authenticator => $n", Type::BYTEA),
             ("p_successor_seal => $n", Type::BYTEA),
             ("p_client_id => $n", Type::TEXT),
