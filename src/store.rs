@@ -524,6 +524,7 @@ fn typed<'p>(
     types: &[Type],
     params: &[&'p (dyn ToSql + Sync)],
 ) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
+    debug_assert_eq!(types.len(), params.len(), "a type for every parameter");
     params.iter().copied().zip(types.iter().cloned()).collect()
 }
 
