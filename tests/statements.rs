@@ -4,57 +4,102 @@
 mod common;
 
 use common::{TestDb, drop_member, member_of};
-use token_janitor::{Rotation, TokenStore};
+use token_janitor::deadpool_postgres::Pool;
+use token_janitor::{Issued, Rotation, TokenStore};
 use tokio_postgres::Client;
 
-/// The statements the server holds on a connection (by the function each
-/// calls), with how many times each was executed.
-async fn prepared(client: &Client) -> Vec<(String, i64)> {
-    client
-        .query(
-            "SELECT regexp_replace(statement, '^SELECT .* FROM auth\\.([a-z_]+)\\(.*$', '\\1', 's'),
-                    generic_plans + custom_plans
-             FROM pg_catalog.pg_prepared_statements
-             WHERE from_sql IS FALSE AND statement NOT LIKE '%pg_prepared_statements%'
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
+/// A migrated database, and a store as a login role of token_janitor_app on
+/// a pool of one connection: every call of the store runs on it, and the
+/// test reads what the server holds there between calls.
+struct OneConnection {
+    db: TestDb,
+    role: String,
+    app: Client,
+    pool: Pool,
+    store: TokenStore,
 }
 
-/// The name of the statement that calls auth.list_sessions on the pool's one
-/// connection.
-async fn statement_name(pool: &deadpool_postgres::Pool) -> String {
-    pool.get()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT name FROM pg_catalog.pg_prepared_statements
-             WHERE from_sql IS FALSE AND statement ^@ 'SELECT session_id, created_at'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+impl OneConnection {
+    async fn new() -> Self {
+        let db = TestDb::migrated().await;
+        let (role, url, app) = member_of(&db, "token_janitor_app").await;
+        let pool = url.pool(1);
+        let store = TokenStore::new(pool.clone());
+        Self {
+            db,
+            role,
+            app,
+            pool,
+            store,
+        }
+    }
+
+    /// The statements the server holds on the connection (by the function
+    /// each calls), with how many times each was executed.
+    async fn prepared(&self) -> Vec<(String, i64)> {
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .query(
+                "SELECT regexp_replace(statement, '^SELECT .* FROM auth\\.([a-z_]+)\\(.*$', '\\1', 's'),
+                        generic_plans + custom_plans
+                 FROM pg_catalog.pg_prepared_statements
+                 WHERE from_sql IS FALSE AND statement NOT LIKE '%pg_prepared_statements%'
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
+    /// The name of the statement that calls auth.list_sessions on the
+    /// connection.
+    async fn list_statement_name(&self) -> String {
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT name FROM pg_catalog.pg_prepared_statements
+                 WHERE from_sql IS FALSE AND statement ^@ 'SELECT session_id, created_at'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// The session's generation, as the server holds it.
+    async fn generation(&self, token: &Issued) -> i32 {
+        self.db
+            .client
+            .query_one(
+                "SELECT generation FROM auth.sessions WHERE id = $1",
+                &[&token.session_id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A session of user u1, rotated once.
+    async fn rotated_once(&self) -> Issued {
+        let issued = self.store.issue("u1").await.unwrap();
+        rotated(self.store.rotate(issued.token.expose()).await.unwrap())
+    }
+
+    async fn finish(self) {
+        drop(self.store);
+        drop(self.pool);
+        drop_member(&self.db, &self.role, self.app).await;
+    }
 }
 
-/// The session's generation, as the server holds it.
-async fn generation(db: &TestDb, token: &token_janitor::Issued) -> i32 {
-    db.client
-        .query_one(
-            "SELECT generation FROM auth.sessions WHERE id = $1",
-            &[&token.session_id],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn rotated(rotation: Rotation) -> token_janitor::Issued {
+fn rotated(rotation: Rotation) -> Issued {
     match rotation {
         Rotation::Rotated(next) => next,
         other => panic!("expected a rotation, got {other:?}"),
@@ -65,21 +110,17 @@ fn rotated(rotation: Rotation) -> token_janitor::Issued {
 /// test reads what the server holds there between calls.
 #[tokio::test]
 async fn each_statement_is_prepared_once_per_connection() {
-    let db = TestDb::migrated().await;
-    let (role, url, app) = member_of(&db, "token_janitor_app").await;
-    let pool = url.pool(1);
-    let store = TokenStore::new(pool.clone());
+    let t = OneConnection::new().await;
 
-    let mut token = store.issue("u1").await.unwrap();
+    let mut token = t.store.issue("u1").await.unwrap();
     for _ in 0..7 {
-        token = rotated(store.rotate(token.token.expose()).await.unwrap());
+        token = rotated(t.store.rotate(token.token.expose()).await.unwrap());
     }
     assert_eq!(token.generation, 7);
-    store.list_sessions("u1").await.unwrap();
+    t.store.list_sessions("u1").await.unwrap();
 
-    let connection = pool.get().await.unwrap();
     assert_eq!(
-        prepared(&connection).await,
+        t.prepared().await,
         vec![
             ("issue_token".to_string(), 1),
             ("list_sessions".to_string(), 1),
@@ -87,9 +128,7 @@ async fn each_statement_is_prepared_once_per_connection() {
         ],
         "one statement per function, each call of it executing that statement"
     );
-    drop(connection);
-    drop(store);
-    drop_member(&db, &role, app).await;
+    t.finish().await;
 }
 
 /// A pool whose recycling deallocates the connection's statements (or an
@@ -98,37 +137,23 @@ async fn each_statement_is_prepared_once_per_connection() {
 /// statement again, and rotates once.
 #[tokio::test]
 async fn a_deallocated_statement_is_prepared_again() {
-    let db = TestDb::migrated().await;
-    let (role, url, app) = member_of(&db, "token_janitor_app").await;
-    let pool = url.pool(1);
-    let store = TokenStore::new(pool.clone());
-    let first = rotated(
-        store
-            .rotate(store.issue("u1").await.unwrap().token.expose())
-            .await
-            .unwrap(),
-    );
+    let t = OneConnection::new().await;
+    let first = t.rotated_once().await;
 
-    let connection = pool.get().await.unwrap();
+    let connection = t.pool.get().await.unwrap();
     connection.batch_execute("DEALLOCATE ALL").await.unwrap();
-    assert_eq!(prepared(&connection).await, vec![]);
     drop(connection);
+    assert_eq!(t.prepared().await, vec![]);
 
-    let second = rotated(store.rotate(first.token.expose()).await.unwrap());
+    let second = rotated(t.store.rotate(first.token.expose()).await.unwrap());
     assert_eq!(second.generation, first.generation + 1);
     assert_eq!(
-        generation(&db, &first).await,
+        t.generation(&first).await,
         second.generation,
         "rotated exactly once more"
     );
-    let connection = pool.get().await.unwrap();
-    assert_eq!(
-        prepared(&connection).await,
-        vec![("rotate_token".to_string(), 1)]
-    );
-    drop(connection);
-    drop(store);
-    drop_member(&db, &role, app).await;
+    assert_eq!(t.prepared().await, vec![("rotate_token".to_string(), 1)]);
+    t.finish().await;
 }
 
 /// A migration that changes the type of a result column a statement reads:
@@ -138,21 +163,19 @@ async fn a_deallocated_statement_is_prepared_again() {
 /// later release might make it.
 #[tokio::test]
 async fn a_statement_whose_result_type_changed_is_prepared_again() {
-    let db = TestDb::migrated().await;
-    let (role, url, app) = member_of(&db, "token_janitor_app").await;
-    let pool = url.pool(1);
-    let store = TokenStore::new(pool.clone());
-    let issued = store
+    let t = OneConnection::new().await;
+    let issued = t
+        .store
         .issue_with_options(
             "u1",
             &token_janitor::IssueOptions::default().device_label("laptop"),
         )
         .await
         .unwrap();
-    assert_eq!(store.list_sessions("u1").await.unwrap().len(), 1);
-    let before = statement_name(&pool).await;
+    assert_eq!(t.store.list_sessions("u1").await.unwrap().len(), 1);
+    let before = t.list_statement_name().await;
 
-    db.client
+    t.db.client
         .batch_execute(
             "ALTER FUNCTION auth.list_sessions(text, integer) RENAME TO list_sessions_before;
              CREATE FUNCTION auth.list_sessions(p_user_id text, p_limit integer DEFAULT 100)
@@ -168,13 +191,12 @@ async fn a_statement_whose_result_type_changed_is_prepared_again() {
         .await
         .unwrap();
 
-    let sessions = store.list_sessions("u1").await.unwrap();
+    let sessions = t.store.list_sessions("u1").await.unwrap();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].session_id, issued.session_id);
     assert_eq!(sessions[0].device_label.as_deref(), Some("laptop"));
-    assert_ne!(statement_name(&pool).await, before, "prepared again");
-    drop(store);
-    drop_member(&db, &role, app).await;
+    assert_ne!(t.list_statement_name().await, before, "prepared again");
+    t.finish().await;
 }
 
 /// The same for a call that writes: a rotation whose cached statement is
@@ -183,17 +205,10 @@ async fn a_statement_whose_result_type_changed_is_prepared_again() {
 /// text into varchar.
 #[tokio::test]
 async fn a_rotation_whose_result_type_changed_rotates_once() {
-    let db = TestDb::migrated().await;
-    let (role, url, app) = member_of(&db, "token_janitor_app").await;
-    let store = TokenStore::new(url.pool(1));
-    let first = rotated(
-        store
-            .rotate(store.issue("u1").await.unwrap().token.expose())
-            .await
-            .unwrap(),
-    );
+    let t = OneConnection::new().await;
+    let first = t.rotated_once().await;
 
-    db.client
+    t.db.client
         .batch_execute(
             "ALTER FUNCTION auth.rotate_token(uuid, integer, bytea, bytea, interval, bytea, bytea, text, text)
                  RENAME TO rotate_token_before;
@@ -217,15 +232,14 @@ async fn a_rotation_whose_result_type_changed_rotates_once() {
         .await
         .unwrap();
 
-    let second = rotated(store.rotate(first.token.expose()).await.unwrap());
+    let second = rotated(t.store.rotate(first.token.expose()).await.unwrap());
     assert_eq!(second.generation, first.generation + 1);
     assert_eq!(
-        generation(&db, &first).await,
+        t.generation(&first).await,
         second.generation,
         "rotated exactly once"
     );
-    drop(store);
-    drop_member(&db, &role, app).await;
+    t.finish().await;
 }
 
 /// A call the server refuses (here a device label over 100 characters)
@@ -234,35 +248,26 @@ async fn a_rotation_whose_result_type_changed_rotates_once() {
 /// causing fails one call, not every call on the connection.
 #[tokio::test]
 async fn a_refused_call_leaves_its_statement_to_be_prepared_again() {
-    let db = TestDb::migrated().await;
-    let (role, url, app) = member_of(&db, "token_janitor_app").await;
-    let pool = url.pool(1);
-    let store = TokenStore::new(pool.clone());
+    let t = OneConnection::new().await;
     let labelled = |label: String| token_janitor::IssueOptions::default().device_label(label);
-    store
+    t.store
         .issue_with_options("u1", &labelled("laptop".to_string()))
         .await
         .unwrap();
-    assert_eq!(
-        prepared(&pool.get().await.unwrap()).await,
-        vec![("issue_token".to_string(), 1)]
-    );
+    assert_eq!(t.prepared().await, vec![("issue_token".to_string(), 1)]);
 
-    let refused = store
+    let refused = t
+        .store
         .issue_with_options("u1", &labelled("x".repeat(101)))
         .await
         .expect_err("a label over 100 characters");
     assert!(refused.to_string().contains("p_device_label"), "{refused}");
-    assert_eq!(prepared(&pool.get().await.unwrap()).await, vec![]);
+    assert_eq!(t.prepared().await, vec![]);
 
-    store
+    t.store
         .issue_with_options("u1", &labelled("phone".to_string()))
         .await
         .unwrap();
-    assert_eq!(
-        prepared(&pool.get().await.unwrap()).await,
-        vec![("issue_token".to_string(), 1)]
-    );
-    drop(store);
-    drop_member(&db, &role, app).await;
+    assert_eq!(t.prepared().await, vec![("issue_token".to_string(), 1)]);
+    t.finish().await;
 }
